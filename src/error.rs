@@ -1,0 +1,150 @@
+//! The one error type of the crate.
+
+use std::time::Duration;
+
+use crate::size::SizeError;
+
+/// Result alias used throughout `shmkv`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a segment was refused as incompatible with this build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incompatible {
+    /// The segment at the key is not a shmkv map (wrong magic).
+    NotShmkv,
+    /// Written by a different layout version of shmkv.
+    LayoutVersion {
+        /// Version found in the segment.
+        found: u32,
+        /// Version this build writes and reads.
+        expected: u32,
+    },
+    /// Hash algorithm id, seed or canary do not reproduce here.
+    Hash,
+    /// The rkyv format fingerprint differs (endianness, alignment, pointer width).
+    Format {
+        /// Fingerprint found in the segment.
+        found: u64,
+        /// Fingerprint of this build.
+        expected: u64,
+    },
+}
+
+impl std::fmt::Display for Incompatible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Incompatible::NotShmkv => write!(f, "not a shmkv segment (bad magic)"),
+            Incompatible::LayoutVersion { found, expected } => {
+                write!(f, "layout version {found}, this build reads {expected}")
+            }
+            Incompatible::Hash => write!(f, "hash algorithm/seed/canary mismatch"),
+            Incompatible::Format { found, expected } => write!(
+                f,
+                "rkyv format fingerprint {found:#018x}, this build has {expected:#018x}"
+            ),
+        }
+    }
+}
+
+/// Every failure `shmkv` reports. Variants are meant to be matched on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No map exists under this name or key.
+    #[error("map {name:?} not found")]
+    NotFound {
+        /// The map's name (or the key, printed).
+        name: String,
+    },
+    /// `create` found a map already there.
+    #[error("map {name:?} already exists")]
+    AlreadyExists {
+        /// The map's name.
+        name: String,
+    },
+    /// The kernel refused access (SysV permission bits).
+    #[error("permission denied for map {name:?} ({op})")]
+    PermissionDenied {
+        /// The map's name.
+        name: String,
+        /// The system call that was refused.
+        op: &'static str,
+    },
+    /// A size string or a size option is not acceptable.
+    #[error("invalid size: {0}")]
+    InvalidSize(#[from] SizeError),
+    /// A map name is empty or too long.
+    #[error("invalid map name: {0}")]
+    InvalidName(String),
+    /// The key is longer than the map accepts.
+    #[error("key of {len} bytes is too large (max {max})")]
+    KeyTooLarge {
+        /// Length of the key.
+        len: usize,
+        /// Largest accepted length.
+        max: usize,
+    },
+    /// The value (serialized) can never fit into this map.
+    #[error("value of {len} bytes is too large (max {max})")]
+    ValueTooLarge {
+        /// Length of the serialized value.
+        len: usize,
+        /// Largest value this map can hold.
+        max: usize,
+    },
+    /// The table or the arena has no room; nothing stored was changed.
+    #[error("map is full: {what} (needed {needed}, available {available})")]
+    Full {
+        /// `"slots"` or `"arena"`.
+        what: &'static str,
+        /// Units needed by the write.
+        needed: u64,
+        /// Units still available.
+        available: u64,
+    },
+    /// The write lock was not obtained in time.
+    #[error("write lock not obtained within {waited:?} (held by pid {holder_pid:?})")]
+    LockTimeout {
+        /// How long the call waited.
+        waited: Duration,
+        /// The process that last operated the lock (the holder), if known.
+        holder_pid: Option<i32>,
+    },
+    /// The segment was written by an incompatible build.
+    #[error("incompatible segment: {0}")]
+    Incompatible(Incompatible),
+    /// Shared memory content fails validation.
+    #[error("corrupted map: {0}")]
+    Corrupted(String),
+    /// A different map lives at the key this name maps to.
+    #[error("key holds map {found:?}, not {expected:?}")]
+    NameMismatch {
+        /// The name that was asked for.
+        expected: String,
+        /// The name stored in the segment.
+        found: String,
+    },
+    /// A write was attempted through a read-only handle.
+    #[error("map was opened read-only")]
+    ReadOnly,
+    /// A write was started inside another write on the same map and thread.
+    #[error("nested write on the same map (would deadlock)")]
+    NestedWrite,
+    /// The value could not be serialized or deserialized.
+    #[error("value encoding: {0}")]
+    Value(String),
+    /// A system call failed for another reason.
+    #[error("{op} failed: {errno}")]
+    Os {
+        /// The system call.
+        op: &'static str,
+        /// The error number.
+        errno: nix::errno::Errno,
+    },
+}
+
+impl Error {
+    pub(crate) fn corrupted(what: impl Into<String>) -> Self {
+        Error::Corrupted(what.into())
+    }
+}

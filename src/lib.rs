@@ -1,0 +1,104 @@
+//! `shmkv`: a hash map in SysV shared memory, shared by unrelated processes.
+//!
+//! Worker pools read shared configuration or lookup tables millions of times
+//! per second without a lock, a system call or a copy, while a few processes
+//! update it with crash-atomic writes.
+//!
+//! # Usage
+//!
+//! ```
+//! # fn main() -> shmkv::Result<()> {
+//! use shmkv::{Options, ShmMap, Size};
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+//! struct Backend { host: String, port: u16, weight: u32 }
+//!
+//! let name = format!("doc-usage-{}", std::process::id());
+//! let opts = Options::new().capacity(10_000).arena_size(Size::parse("4mb")?);
+//! let map: ShmMap<str, Backend> = ShmMap::open_or_create(&name, &opts)?;
+//! map.insert("api", &Backend { host: "10.0.0.7".into(), port: 8080, weight: 3 })?;
+//!
+//! // In any process: a zero-copy, validated read.
+//! let b = map.get_archived("api")?.expect("present");
+//! assert_eq!(b.port, 8080);
+//! assert_eq!(b.host.as_str(), "10.0.0.7");
+//! # drop(b);
+//! # map.destroy()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - Reads are lock-free: no lock, no system call and no write to shared
+//!   memory; each bucket is read under a seqlock, so a read never sees a torn
+//!   entry. A reference returned by `get_archived` stays valid and unchanged
+//!   while it is held.
+//! - Every write — a single `insert`/`remove` or a whole
+//!   [`write`](ShmMap::write) batch — is atomic and crash-safe: if the writer
+//!   is killed at any instruction, the next process that takes the lock (or a
+//!   reader that finds the map stuck) restores the state before or after the
+//!   write. A [`view`](ShmMap::view) sees all of a batch or none of it.
+//! - Keys are hashed with XXH3-64 over their bytes with a per-map seed stored
+//!   in the segment; the rkyv format is fingerprinted. A process whose build
+//!   disagrees gets [`Error::Incompatible`] instead of wrong answers.
+//!
+//! # Multi-process use
+//!
+//! A map is found by name (hashed to a SysV key), by a raw key
+//! ([`Options::sysv_key`]) or by `ftok` ([`Options::ftok`]). It lives in the
+//! kernel until [`destroy`](ShmMap::destroy), surviving every process.
+//! Permissions are SysV mode bits ([`Options::mode`], default 0600); reader
+//! processes can attach read-only ([`Options::read_only`]).
+//!
+//! # Failure modes
+//!
+//! Every failure is an [`Error`] variant: missing or existing maps,
+//! permissions, full table or arena (nothing stored is lost), oversized keys
+//! and values, lock timeouts (with the holder's pid), incompatible or
+//! corrupted segments. A reader that finds a bucket locked by a writer that
+//! died takes the lock and recovers; a read-only handle cannot, and waits at
+//! most the lock timeout.
+//!
+//! # Performance
+//!
+//! A read hashes the key, then touches the probed slots (two per cache line)
+//! and the record's arena bytes. A write costs one semaphore acquire and
+//! release plus the copy of the record. See `BENCHMARKS.md` and `DESIGN.md`.
+
+pub mod error;
+mod hash;
+pub mod key;
+mod map;
+pub mod options;
+mod raw;
+mod raw_map;
+pub mod size;
+mod sysv;
+
+pub use error::{Error, Incompatible, Result};
+pub use hash::format_fingerprint;
+pub use key::{Key, KeyBytes};
+pub use map::{Batch, Checkable, Loadable, ShmMap, Storable, View};
+pub use options::{key_from_name, Options};
+pub use raw::write::MAX_KEY_LEN;
+pub use raw_map::{RawBatch, RawMap, RawView, Ref, Stats};
+pub use size::{Size, SizeError};
+
+/// Test support: crash points of the write protocol and the layout offsets
+/// tests scribble on. Not part of the stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::raw::heap::HeapRegion;
+    pub use crate::raw::hooks::{arm, CrashPoint};
+
+    /// Byte offsets of root header fields.
+    pub mod root_offsets {
+        pub const MAGIC: usize = 0;
+        pub const LAYOUT_VERSION: usize = 8;
+        pub const HASH_ALGO: usize = 16;
+        pub const HASH_CANARY: usize = 32;
+        pub const FORMAT_FINGERPRINT: usize = 40;
+        pub const NAME_LEN: usize = 20;
+        pub const CURRENT: usize = 192;
+    }
+}

@@ -1,0 +1,212 @@
+//! How a map is found and sized.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::raw::layout::{align_up, data_geometry, ARENA_ALIGN, MAX_NAME_LEN, ROOT_SIZE};
+use crate::raw::write::max_used;
+use crate::size::{Size, SizeError};
+use crate::sysv;
+
+/// Where the map's SysV key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeySource {
+    Name,
+    Raw(i32),
+    Ftok(PathBuf, u8),
+}
+
+/// Options for creating or opening a map. Builder style:
+///
+/// ```
+/// use shmkv::{Options, Size};
+/// use std::time::Duration;
+/// let opts = Options::new()
+///     .capacity(10_000)
+///     .arena_size(Size::parse("4mb").unwrap())
+///     .mode(0o644)
+///     .lock_timeout(Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) capacity: u64,
+    pub(crate) arena_size: Option<Size>,
+    pub(crate) max_size: Option<Size>,
+    pub(crate) mode: u32,
+    pub(crate) read_only: bool,
+    pub(crate) lock_timeout: Duration,
+    key: KeySource,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options::new()
+    }
+}
+
+impl Options {
+    /// Defaults: 1,024 entries, 256 arena bytes per entry (at least 64 KiB),
+    /// no size bound, mode 0600, read-write, 5 s lock timeout, key from name.
+    pub fn new() -> Options {
+        Options {
+            capacity: 1024,
+            arena_size: None,
+            max_size: None,
+            mode: 0o600,
+            read_only: false,
+            lock_timeout: Duration::from_secs(5),
+            key: KeySource::Name,
+        }
+    }
+
+    /// Number of entries the table holds without growing (at most 7/8 of
+    /// the slots are used; the slot count is rounded up to a power of two).
+    pub fn capacity(mut self, entries: u64) -> Options {
+        self.capacity = entries;
+        self
+    }
+
+    /// Bytes of the arena that holds keys and values.
+    pub fn arena_size(mut self, size: impl Into<Size>) -> Options {
+        self.arena_size = Some(size.into());
+        self
+    }
+
+    /// Upper bound on the map's total shared memory.
+    pub fn max_size(mut self, size: impl Into<Size>) -> Options {
+        self.max_size = Some(size.into());
+        self
+    }
+
+    /// Permission bits of the segments and the semaphore (default 0600).
+    pub fn mode(mut self, mode: u32) -> Options {
+        self.mode = mode & 0o777;
+        self
+    }
+
+    /// Attach with `SHM_RDONLY`; every write returns [`Error::ReadOnly`].
+    pub fn read_only(mut self, read_only: bool) -> Options {
+        self.read_only = read_only;
+        self
+    }
+
+    /// How long a write waits for the lock before [`Error::LockTimeout`]
+    /// (also bounds how long a read waits on a stuck writer).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Options {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Use this raw SysV key instead of one derived from the name.
+    pub fn sysv_key(mut self, key: i32) -> Options {
+        self.key = KeySource::Raw(key);
+        self
+    }
+
+    /// Use `ftok(path, id)` as the SysV key.
+    pub fn ftok(mut self, path: impl Into<PathBuf>, id: u8) -> Options {
+        self.key = KeySource::Ftok(path.into(), id);
+        self
+    }
+
+    /// Checks the name and returns the SysV key of the map.
+    pub(crate) fn key_for(&self, name: &str) -> Result<libc::key_t> {
+        check_name(name)?;
+        match &self.key {
+            KeySource::Name => Ok(key_from_name(name)),
+            KeySource::Raw(k) if *k == sysv::IPC_PRIVATE => {
+                Err(Error::InvalidName("raw key 0 (IPC_PRIVATE) cannot name a map".into()))
+            }
+            KeySource::Raw(k) => Ok(*k),
+            KeySource::Ftok(path, id) => sysv::ftok(path, *id, name),
+        }
+    }
+
+    /// `(slots, arena bytes, data segment bytes)` for a new map.
+    pub(crate) fn geometry(&self) -> Result<(u64, u64, u64)> {
+        let bad = |m: String| Error::InvalidSize(SizeError::OutOfRange(m));
+        if self.capacity == 0 || self.capacity > 1 << 31 {
+            return Err(bad(format!("capacity {} (must be 1..=2^31 entries)", self.capacity)));
+        }
+        let mut slots = 16u64;
+        while max_used(slots) < self.capacity {
+            slots *= 2;
+        }
+        let arena = match self.arena_size {
+            Some(s) => s.bytes(),
+            None => (self.capacity.saturating_mul(256)).max(64 << 10),
+        };
+        if arena < 4096 {
+            return Err(bad(format!("arena of {arena} bytes (minimum 4kb)")));
+        }
+        let arena = align_up(arena.min(u64::MAX - 4096), ARENA_ALIGN);
+        let (_, _, total) = data_geometry(slots, arena).ok_or_else(|| bad("size overflows".into()))?;
+        if let Some(max) = self.max_size {
+            if total + ROOT_SIZE as u64 > max.bytes() {
+                return Err(bad(format!(
+                    "initial size {} exceeds max_size {}",
+                    Size::from(total + ROOT_SIZE as u64),
+                    max
+                )));
+            }
+        }
+        Ok((slots, arena, total))
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('\0') {
+        return Err(Error::InvalidName(format!(
+            "{name:?}: must be 1..={MAX_NAME_LEN} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// The SysV key of a named map: XXH3-64 of the name (seed 0), folded to a
+/// positive 31-bit value (never 0, which is `IPC_PRIVATE`).
+pub fn key_from_name(name: &str) -> i32 {
+    let h = crate::hash::hash_key(0, name.as_bytes());
+    let k = ((h ^ (h >> 32)) & 0x7fff_ffff) as i32;
+    if k == 0 {
+        1
+    } else {
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_rounds_and_bounds() {
+        let (slots, arena, _) = Options::new().capacity(100_000).geometry().unwrap();
+        assert_eq!(slots, 131_072);
+        assert!(max_used(slots) >= 100_000);
+        assert_eq!(arena, 100_000 * 256);
+        let (slots, _, _) = Options::new().capacity(7).geometry().unwrap();
+        assert_eq!(slots, 16);
+        let (slots, _, _) = Options::new().capacity(14).geometry().unwrap();
+        assert!(max_used(slots) >= 14);
+        assert!(Options::new().capacity(0).geometry().is_err());
+        assert!(Options::new().arena_size(100u64).geometry().is_err());
+        assert!(matches!(
+            Options::new().capacity(1000).max_size(4096u64).geometry(),
+            Err(Error::InvalidSize(_))
+        ));
+    }
+
+    #[test]
+    fn keys() {
+        assert!(Options::new().key_for("").is_err());
+        assert!(Options::new().key_for(&"x".repeat(129)).is_err());
+        assert!(Options::new().sysv_key(0).key_for("a").is_err());
+        assert_eq!(Options::new().sysv_key(42).key_for("a").unwrap(), 42);
+        let k = Options::new().key_for("config").unwrap();
+        assert!(k > 0);
+        assert_eq!(k, key_from_name("config"));
+        assert_ne!(k, key_from_name("config2"));
+    }
+}

@@ -1,0 +1,50 @@
+//! Test-only crash points of the write protocol. A test process arms one
+//! point; when the writer reaches it, the process kills itself with SIGKILL,
+//! which is exactly what a crash at that instruction looks like to others.
+//! Unarmed, a point costs one Relaxed load of a process-local static.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Where a writer can be made to die.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CrashPoint {
+    /// Records staged in the arena, nothing committed.
+    AfterStage = 1,
+    /// Redo log written, commit marker not yet stored.
+    AfterRedoLog = 2,
+    /// Commit marker stored, no slot touched.
+    AfterCommit = 3,
+    /// The global view sequence and one slot's sequence are odd.
+    MidApply = 4,
+    /// All slots applied, commit marker not yet cleared.
+    AfterApply = 5,
+    /// Root segment created during `create`, before the magic is written.
+    MidCreate = 6,
+}
+
+static ARMED: AtomicU32 = AtomicU32::new(0);
+/// Number of times the armed point is passed before the crash.
+static SKIP: AtomicU64 = AtomicU64::new(0);
+
+/// Arms `point`: the process SIGKILLs itself the `skip + 1`-th time a writer
+/// reaches it.
+pub fn arm(point: CrashPoint, skip: u64) {
+    SKIP.store(skip, Ordering::Relaxed);
+    ARMED.store(point as u32, Ordering::Relaxed);
+}
+
+/// Called by the writer at each point.
+#[inline]
+pub(crate) fn reached(point: CrashPoint) {
+    if ARMED.load(Ordering::Relaxed) == point as u32 {
+        if SKIP.load(Ordering::Relaxed) > 0 {
+            SKIP.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The shared-memory layout, declared once. Every field is a fixed-width
+//! atomic so that only shared references to atomics are ever formed into a
+//! segment. Offsets are asserted at compile time; DESIGN.md shows the same
+//! table as a byte diagram.
+
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// `"SHMKVRT\x01"`: a root segment (the one at the map's key).
+pub(crate) const ROOT_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVRT\x01");
+/// `"SHMKVDT\x01"`: a data segment (one table generation).
+pub(crate) const DATA_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVDT\x01");
+/// `"SHMKVRD\x01"`: a redo log staged in the arena.
+pub(crate) const REDO_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVRD\x01");
+/// Bumped on any change of this file.
+pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// Hash algorithm id 1: XXH3-64 with the header's seed over the key bytes.
+pub(crate) const HASH_XXH3_64: u32 = 1;
+/// Longest map name stored in the root header.
+pub(crate) const MAX_NAME_LEN: usize = 128;
+/// Size of the root segment.
+pub(crate) const ROOT_SIZE: usize = 512;
+/// Size of the data segment header; the slots start right after it.
+pub(crate) const DATA_HEADER_SIZE: usize = 256;
+/// Arena records start at multiples of this (rkyv roots need ≤ 16).
+pub(crate) const ARENA_ALIGN: u64 = 16;
+
+/// The root segment, at the map's SysV key. Immutable after creation except
+/// `current` (read-mostly: changes only when a new generation is published)
+/// and `pending` (written by writers only).
+#[repr(C)]
+pub(crate) struct RootHeader {
+    /// [`ROOT_MAGIC`]; stored last, with Release, when the map is complete.
+    pub(crate) magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub(crate) layout_version: AtomicU32,
+    /// [`ROOT_SIZE`].
+    pub(crate) root_size: AtomicU32,
+    /// [`HASH_XXH3_64`].
+    pub(crate) hash_algo: AtomicU32,
+    /// Length of the name in `name`.
+    pub(crate) name_len: AtomicU32,
+    /// Seed of the key hash, random per map.
+    pub(crate) hash_seed: AtomicU64,
+    /// Hash of the fixed canary vector under `hash_seed`.
+    pub(crate) hash_canary: AtomicU64,
+    /// Fingerprint of the rkyv archive format of the creating build.
+    pub(crate) format_fingerprint: AtomicU64,
+    /// Upper bound on the total bytes of the map's segments (0 = none).
+    pub(crate) max_size: AtomicU64,
+    /// Pid of the creating process (diagnostics).
+    pub(crate) creator_pid: AtomicU64,
+    /// The map's name, UTF-8, zero padded.
+    pub(crate) name: [AtomicU64; MAX_NAME_LEN / 8],
+    /// The generation in force: `generation << 32 | shmid` of its data segment.
+    pub(crate) current: AtomicU64,
+    _reserved_read_mostly: [AtomicU64; 7],
+    /// `shmid + 1` of a data segment being built and not yet published, so
+    /// that recovery can remove it; 0 = none.
+    pub(crate) pending: AtomicU64,
+    _reserved: [AtomicU64; 31],
+}
+
+const _: () = assert!(size_of::<RootHeader>() == ROOT_SIZE);
+const _: () = assert!(offset_of!(RootHeader, magic) == 0);
+const _: () = assert!(offset_of!(RootHeader, layout_version) == 8);
+const _: () = assert!(offset_of!(RootHeader, root_size) == 12);
+const _: () = assert!(offset_of!(RootHeader, hash_algo) == 16);
+const _: () = assert!(offset_of!(RootHeader, name_len) == 20);
+const _: () = assert!(offset_of!(RootHeader, hash_seed) == 24);
+const _: () = assert!(offset_of!(RootHeader, hash_canary) == 32);
+const _: () = assert!(offset_of!(RootHeader, format_fingerprint) == 40);
+const _: () = assert!(offset_of!(RootHeader, max_size) == 48);
+const _: () = assert!(offset_of!(RootHeader, creator_pid) == 56);
+const _: () = assert!(offset_of!(RootHeader, name) == 64);
+const _: () = assert!(offset_of!(RootHeader, current) == 192);
+const _: () = assert!(offset_of!(RootHeader, pending) == 256);
+
+/// Packs the root's `current` word.
+pub(crate) const CURRENT_GEN_SHIFT: u32 = 32;
+/// Mask of the shmid part of `current`.
+pub(crate) const CURRENT_SHMID_MASK: u64 = (1 << CURRENT_GEN_SHIFT) - 1;
+
+/// `current` word for `generation` living in segment `shmid`.
+pub(crate) fn pack_current(generation: u32, shmid: i32) -> u64 {
+    (u64::from(generation) << CURRENT_GEN_SHIFT) | u64::from(shmid as u32)
+}
+
+/// `(generation, shmid)` of a `current` word.
+pub(crate) fn unpack_current(word: u64) -> (u32, i32) {
+    (
+        (word >> CURRENT_GEN_SHIFT) as u32,
+        (word & CURRENT_SHMID_MASK) as u32 as i32,
+    )
+}
+
+/// Header of a data segment (one table generation). The first cache line is
+/// immutable after creation; the second holds the counters writers change.
+#[repr(C)]
+pub(crate) struct DataHeader {
+    /// [`DATA_MAGIC`]; stored last, with Release.
+    pub(crate) magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub(crate) layout_version: AtomicU32,
+    /// [`DATA_HEADER_SIZE`].
+    pub(crate) header_size: AtomicU32,
+    /// Generation number (1 for the first).
+    pub(crate) generation: AtomicU64,
+    /// Bytes of the whole segment.
+    pub(crate) segment_size: AtomicU64,
+    /// Number of slots (a power of two).
+    pub(crate) capacity: AtomicU64,
+    /// Byte offset of slot 0.
+    pub(crate) slots_offset: AtomicU64,
+    /// Byte offset of the arena.
+    pub(crate) arena_offset: AtomicU64,
+    /// Bytes of the arena.
+    pub(crate) arena_size: AtomicU64,
+    /// Global seqlock: odd while a write is being applied; `view_seq / 2` is
+    /// the map's version (committed writes so far).
+    pub(crate) view_seq: AtomicU64,
+    /// Published end of the arena: bytes below are immutable.
+    pub(crate) arena_used: AtomicU64,
+    /// Slots holding a key.
+    pub(crate) live: AtomicU64,
+    /// Slots holding a tombstone.
+    pub(crate) tombstones: AtomicU64,
+    /// Arena bytes of records no slot points to any more.
+    pub(crate) garbage: AtomicU64,
+    /// Commit marker: `(redo_offset << 1) | 1` while a committed redo log is
+    /// being applied, 0 otherwise.
+    pub(crate) commit: AtomicU64,
+    _reserved: [AtomicU64; 18],
+}
+
+const _: () = assert!(size_of::<DataHeader>() == DATA_HEADER_SIZE);
+const _: () = assert!(offset_of!(DataHeader, magic) == 0);
+const _: () = assert!(offset_of!(DataHeader, layout_version) == 8);
+const _: () = assert!(offset_of!(DataHeader, header_size) == 12);
+const _: () = assert!(offset_of!(DataHeader, generation) == 16);
+const _: () = assert!(offset_of!(DataHeader, segment_size) == 24);
+const _: () = assert!(offset_of!(DataHeader, capacity) == 32);
+const _: () = assert!(offset_of!(DataHeader, slots_offset) == 40);
+const _: () = assert!(offset_of!(DataHeader, arena_offset) == 48);
+const _: () = assert!(offset_of!(DataHeader, arena_size) == 56);
+const _: () = assert!(offset_of!(DataHeader, view_seq) == 64);
+const _: () = assert!(offset_of!(DataHeader, arena_used) == 72);
+const _: () = assert!(offset_of!(DataHeader, live) == 80);
+const _: () = assert!(offset_of!(DataHeader, tombstones) == 88);
+const _: () = assert!(offset_of!(DataHeader, garbage) == 96);
+const _: () = assert!(offset_of!(DataHeader, commit) == 104);
+
+/// One bucket: a seqlock word and three data words, all atomics.
+#[repr(C)]
+pub(crate) struct Slot {
+    /// Per-bucket sequence: odd while the bucket is being written.
+    pub(crate) seq: AtomicU64,
+    /// XXH3-64 of the key (0 unless FULL).
+    pub(crate) hash: AtomicU64,
+    /// A [`SlotWord`](super::slot::SlotWord): tag and record offset.
+    pub(crate) rec: AtomicU64,
+    /// A [`Lens`](super::slot::Lens): key and value length.
+    pub(crate) lens: AtomicU64,
+}
+
+/// Bytes per slot: two slots per 64-byte cache line.
+pub(crate) const SLOT_SIZE: usize = 32;
+const _: () = assert!(size_of::<Slot>() == SLOT_SIZE);
+const _: () = assert!(offset_of!(Slot, seq) == 0);
+const _: () = assert!(offset_of!(Slot, hash) == 8);
+const _: () = assert!(offset_of!(Slot, rec) == 16);
+const _: () = assert!(offset_of!(Slot, lens) == 24);
+
+/// Bytes of a record header in the arena: `key_len: u32, value_len: u32`
+/// (little-endian), then the key, padding to 16, the value, padding to 16.
+pub(crate) const RECORD_HEADER: u64 = 8;
+
+/// Bytes of a redo log header in the arena: eight little-endian u64 words
+/// `magic, count, target_view_seq, arena_used, live, tombstones, garbage,
+/// checksum`, followed by `count` entries of four u64 words
+/// `slot, hash, rec, lens`.
+pub(crate) const REDO_HEADER: u64 = 64;
+/// Bytes of one redo entry.
+pub(crate) const REDO_ENTRY: u64 = 32;
+
+/// Rounds `x` up to the arena alignment.
+pub(crate) const fn align_up(x: u64, to: u64) -> u64 {
+    (x + to - 1) & !(to - 1)
+}
+
+/// Geometry of a data segment for `capacity` slots and `arena` bytes.
+pub(crate) fn data_geometry(capacity: u64, arena: u64) -> Option<(u64, u64, u64)> {
+    let slots_offset = DATA_HEADER_SIZE as u64;
+    let arena_offset = align_up(slots_offset.checked_add(capacity.checked_mul(SLOT_SIZE as u64)?)?, 64);
+    let total = arena_offset.checked_add(arena)?;
+    Some((slots_offset, arena_offset, total))
+}

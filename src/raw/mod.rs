@@ -1,0 +1,11 @@
+//! Everything that touches raw shared memory: the layout, slot words, the
+//! seqlock, the table (read path), the write protocol and recovery.
+
+pub(crate) mod heap;
+pub(crate) mod hooks;
+pub(crate) mod layout;
+pub(crate) mod root;
+pub(crate) mod seqlock;
+pub(crate) mod slot;
+pub(crate) mod table;
+pub(crate) mod write;

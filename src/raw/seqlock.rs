@@ -1,0 +1,63 @@
+//! Per-bucket seqlock, in the manner of crossbeam-utils' `SeqLock`:
+//! odd stamp = being written; readers do an Acquire load of the stamp,
+//! Relaxed loads of the data words, an Acquire fence, and a Relaxed re-load.
+//! Readers never write to the slot.
+
+use std::sync::atomic::{fence, Ordering};
+
+use super::layout::Slot;
+use super::slot::{Lens, SlotWord};
+
+/// How many times a reader retries a bucket that is odd (being written)
+/// before it reports a stall, so the caller can check whether the writer
+/// is still alive.
+pub(crate) const SPIN_LIMIT: u32 = 1 << 12;
+
+/// A consistent snapshot of a slot's data words.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotRead {
+    pub(crate) hash: u64,
+    pub(crate) rec: SlotWord,
+    pub(crate) lens: Lens,
+}
+
+impl Slot {
+    /// Reads the slot's words consistently, or `None` if the slot stayed
+    /// odd (or kept changing) for [`SPIN_LIMIT`] tries.
+    #[inline]
+    pub(crate) fn read(&self) -> Option<SlotRead> {
+        for _ in 0..SPIN_LIMIT {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let hash = self.hash.load(Ordering::Relaxed);
+                let rec = self.rec.load(Ordering::Relaxed);
+                let lens = self.lens.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == s1 {
+                    return Some(SlotRead {
+                        hash,
+                        rec: SlotWord(rec),
+                        lens: Lens(lens),
+                    });
+                }
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    /// Writes the slot under its seqlock. Only the lock holder calls this.
+    /// A slot left odd by a dead writer is completed: its stamp is already
+    /// odd, so it is kept and only the closing even store is made.
+    pub(crate) fn write(&self, hash: u64, rec: SlotWord, lens: Lens, crash_mid: impl FnOnce()) {
+        let s = self.seq.load(Ordering::Relaxed);
+        let odd = s | 1;
+        self.seq.store(odd, Ordering::Relaxed);
+        fence(Ordering::Release);
+        crash_mid();
+        self.hash.store(hash, Ordering::Relaxed);
+        self.rec.store(rec.0, Ordering::Relaxed);
+        self.lens.store(lens.0, Ordering::Relaxed);
+        self.seq.store(odd.wrapping_add(1), Ordering::Release);
+    }
+}

@@ -1,0 +1,316 @@
+//! One table generation: the data segment's header, slots and arena, with
+//! the lock-free read path. Works over any memory region (a SysV segment or
+//! a heap buffer); the writer side is in [`super::write`].
+
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, Ordering};
+
+use super::layout::{
+    align_up, data_geometry, DataHeader, Slot, ARENA_ALIGN, DATA_HEADER_SIZE, DATA_MAGIC,
+    LAYOUT_VERSION, RECORD_HEADER,
+};
+use super::seqlock::SPIN_LIMIT;
+use super::slot::{Lens, Tag};
+use crate::error::{Error, Incompatible, Result};
+
+/// Why a lock-free read did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadErr {
+    /// A bucket (or the view sequence) stayed odd: a writer is slow or dead.
+    Stalled,
+    /// A word read from shared memory is out of bounds or impossible.
+    Corrupted(&'static str),
+}
+
+impl ReadErr {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            ReadErr::Stalled => Error::corrupted("stalled"),
+            ReadErr::Corrupted(what) => Error::corrupted(what),
+        }
+    }
+}
+
+/// Where a key's record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// Slot index.
+    pub(crate) slot: u64,
+    /// Arena offset of the record.
+    pub(crate) record: u64,
+    /// Arena offset of the value bytes (16-byte aligned).
+    pub(crate) value_off: u64,
+    /// Length of the value.
+    pub(crate) value_len: u64,
+    /// Length of the key.
+    pub(crate) key_len: u64,
+}
+
+/// Offset of the value within a record whose key has `key_len` bytes.
+pub(crate) const fn value_offset_in_record(key_len: u64) -> u64 {
+    align_up(RECORD_HEADER + key_len, ARENA_ALIGN)
+}
+
+/// Arena bytes a record of these lengths occupies.
+pub(crate) const fn record_size(key_len: u64, value_len: u64) -> u64 {
+    align_up(value_offset_in_record(key_len) + value_len, ARENA_ALIGN)
+}
+
+/// A view of one data segment. Holds raw pointers: its owner keeps the
+/// memory mapped for as long as the `Table` (and anything borrowed from it)
+/// lives.
+#[derive(Debug)]
+pub(crate) struct Table {
+    base: NonNull<u8>,
+    capacity: u64,
+    mask: u64,
+    arena_offset: u64,
+    arena_size: u64,
+    generation: u64,
+    segment_size: u64,
+}
+
+// SAFETY: the table only reads shared memory through atomics or through
+// immutable published arena bytes; it holds no thread-bound state.
+unsafe impl Send for Table {}
+// SAFETY: as above.
+unsafe impl Sync for Table {}
+
+impl Table {
+    /// Writes a fresh data header into zero-filled memory, magic last.
+    ///
+    /// # Safety
+    /// `base` points to `len` bytes, 64-byte aligned, zero-filled, that
+    /// nobody else reads or writes until this returns (or that readers only
+    /// access after seeing the magic), and that stay mapped while the
+    /// returned table lives.
+    pub(crate) unsafe fn init(
+        base: NonNull<u8>,
+        len: usize,
+        capacity: u64,
+        arena_size: u64,
+        generation: u64,
+    ) -> Result<Table> {
+        let (slots_offset, arena_offset, total) = data_geometry(capacity, arena_size)
+            .ok_or_else(|| Error::corrupted("geometry overflow"))?;
+        if total > len as u64 || !capacity.is_power_of_two() || arena_size % ARENA_ALIGN != 0 {
+            return Err(Error::corrupted("data segment too small for its geometry"));
+        }
+        // SAFETY: `base` is valid for DATA_HEADER_SIZE bytes (len >= total),
+        // aligned, and DataHeader consists of atomics only.
+        let h = unsafe { base.cast::<DataHeader>().as_ref() };
+        h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.header_size.store(DATA_HEADER_SIZE as u32, Ordering::Relaxed);
+        h.generation.store(generation, Ordering::Relaxed);
+        h.segment_size.store(total, Ordering::Relaxed);
+        h.capacity.store(capacity, Ordering::Relaxed);
+        h.slots_offset.store(slots_offset, Ordering::Relaxed);
+        h.arena_offset.store(arena_offset, Ordering::Relaxed);
+        h.arena_size.store(arena_size, Ordering::Relaxed);
+        h.magic.store(DATA_MAGIC, Ordering::Release);
+        // SAFETY: forwarded from the caller.
+        unsafe { Table::attach(base, len) }
+    }
+
+    /// Validates a data header and returns a view of it.
+    ///
+    /// # Safety
+    /// `base` points to `len` readable bytes, 8-byte aligned, that stay
+    /// mapped while the returned table lives. Their content may be anything.
+    pub(crate) unsafe fn attach(base: NonNull<u8>, len: usize) -> Result<Table> {
+        if len < DATA_HEADER_SIZE || base.as_ptr() as usize % 64 != 0 {
+            return Err(Error::corrupted("data segment smaller than its header"));
+        }
+        // SAFETY: len >= DATA_HEADER_SIZE and the alignment was checked;
+        // the header is atomics only, so any bit pattern is a valid value.
+        let h = unsafe { base.cast::<DataHeader>().as_ref() };
+        if h.magic.load(Ordering::Acquire) != DATA_MAGIC {
+            return Err(Error::Incompatible(Incompatible::NotShmkv));
+        }
+        let version = h.layout_version.load(Ordering::Relaxed);
+        if version != LAYOUT_VERSION {
+            return Err(Error::Incompatible(Incompatible::LayoutVersion {
+                found: version,
+                expected: LAYOUT_VERSION,
+            }));
+        }
+        let capacity = h.capacity.load(Ordering::Relaxed);
+        let arena_size = h.arena_size.load(Ordering::Relaxed);
+        let segment_size = h.segment_size.load(Ordering::Relaxed);
+        let geometry = data_geometry(capacity, arena_size);
+        let ok = h.header_size.load(Ordering::Relaxed) as usize == DATA_HEADER_SIZE
+            && capacity.is_power_of_two()
+            && arena_size % ARENA_ALIGN == 0
+            && matches!(geometry, Some((s, a, t))
+                if s == h.slots_offset.load(Ordering::Relaxed)
+                && a == h.arena_offset.load(Ordering::Relaxed)
+                && t == segment_size
+                && t <= len as u64);
+        if !ok {
+            return Err(Error::corrupted("data header geometry is inconsistent"));
+        }
+        let (_, arena_offset, _) = geometry.expect("checked above");
+        Ok(Table {
+            base,
+            capacity,
+            mask: capacity - 1,
+            arena_offset,
+            arena_size,
+            generation: h.generation.load(Ordering::Relaxed),
+            segment_size,
+        })
+    }
+
+    pub(crate) fn header(&self) -> &DataHeader {
+        // SAFETY: validated at attach: the mapping holds a full header, is
+        // aligned, and outlives `self`. Atomics only.
+        unsafe { self.base.cast::<DataHeader>().as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self, i: u64) -> &Slot {
+        debug_assert!(i < self.capacity);
+        // SAFETY: i < capacity, and attach checked that capacity slots of
+        // 32 bytes fit after the 256-byte header inside the mapping. Slots
+        // are 8-byte aligned atomics; only shared references are formed.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(DATA_HEADER_SIZE + (i as usize) * std::mem::size_of::<Slot>())
+                .cast::<Slot>()
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub(crate) fn arena_size(&self) -> u64 {
+        self.arena_size
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// Raw pointer to arena byte `off` (no bounds check).
+    pub(crate) fn arena_ptr(&self, off: u64) -> *mut u8 {
+        // SAFETY: callers bounds-check `off` against arena_size first; the
+        // arena lies inside the mapping (checked at attach).
+        unsafe { self.base.as_ptr().add((self.arena_offset + off) as usize) }
+    }
+
+    /// The arena bytes `[off, off + len)`, if in bounds.
+    ///
+    /// Sound because arena bytes below `arena_used` are never written again
+    /// in this generation, and callers only pass ranges of published records
+    /// they reached through a validated seqlock read (or staged records of
+    /// the current lock holder, which only that holder reads).
+    #[inline]
+    pub(crate) fn bytes(&self, off: u64, len: u64) -> Option<&[u8]> {
+        let end = off.checked_add(len)?;
+        if end > self.arena_size {
+            return None;
+        }
+        // SAFETY: in bounds of the arena (checked above), immutable while
+        // borrowed (see above); u8 has no alignment or validity needs.
+        Some(unsafe { std::slice::from_raw_parts(self.arena_ptr(off), len as usize) })
+    }
+
+    /// Where the record of a FULL slot with these words lies, bounds-checked.
+    #[inline]
+    pub(crate) fn locate(&self, slot: u64, record: u64, lens: Lens) -> Result<Found, ReadErr> {
+        let key_len = lens.key_len();
+        let value_len = lens.value_len();
+        let value_off = record
+            .checked_add(value_offset_in_record(key_len))
+            .ok_or(ReadErr::Corrupted("record offset overflows"))?;
+        match value_off.checked_add(value_len) {
+            Some(end) if end <= self.arena_size => Ok(Found {
+                slot,
+                record,
+                value_off,
+                value_len,
+                key_len,
+            }),
+            _ => Err(ReadErr::Corrupted("record out of arena bounds")),
+        }
+    }
+
+    /// The key bytes of a located record.
+    #[inline]
+    pub(crate) fn key_of(&self, f: &Found) -> &[u8] {
+        self.bytes(f.record + RECORD_HEADER, f.key_len)
+            .expect("locate checked bounds")
+    }
+
+    /// The value bytes of a located record.
+    #[inline]
+    pub(crate) fn value_of(&self, f: &Found) -> &[u8] {
+        self.bytes(f.value_off, f.value_len).expect("locate checked bounds")
+    }
+
+    /// Lock-free lookup: linear probing from `hash`, each slot read under
+    /// its seqlock; the offset is followed only after the read validated.
+    #[inline]
+    pub(crate) fn find(&self, key: &[u8], hash: u64) -> Result<Option<Found>, ReadErr> {
+        let mut i = hash & self.mask;
+        for _ in 0..self.capacity {
+            let s = self.slot(i).read().ok_or(ReadErr::Stalled)?;
+            match s.rec.tag() {
+                Some(Tag::EMPTY) => return Ok(None),
+                Some(Tag::FULL) => {
+                    if s.hash == hash && s.lens.key_len() == key.len() as u64 {
+                        let f = self.locate(i, s.rec.offset(), s.lens)?;
+                        if self.key_of(&f) == key {
+                            return Ok(Some(f));
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => return Err(ReadErr::Corrupted("invalid slot tag")),
+            }
+            i = (i + 1) & self.mask;
+        }
+        Ok(None)
+    }
+
+    /// Reads slot `i` under its seqlock: the record if the slot is FULL.
+    pub(crate) fn entry_at(&self, i: u64) -> Result<Option<Found>, ReadErr> {
+        let s = self.slot(i).read().ok_or(ReadErr::Stalled)?;
+        match s.rec.tag() {
+            Some(Tag::FULL) => self.locate(i, s.rec.offset(), s.lens).map(Some),
+            Some(_) => Ok(None),
+            None => Err(ReadErr::Corrupted("invalid slot tag")),
+        }
+    }
+
+    /// Starts a consistent multi-key read: the view sequence, once even.
+    pub(crate) fn view_begin(&self) -> Result<u64, ReadErr> {
+        let h = self.header();
+        for _ in 0..SPIN_LIMIT {
+            let s = h.view_seq.load(Ordering::Acquire);
+            if s & 1 == 0 {
+                return Ok(s);
+            }
+            std::hint::spin_loop();
+        }
+        Err(ReadErr::Stalled)
+    }
+
+    /// True if no write was applied since `view_begin` returned `s`.
+    pub(crate) fn view_validate(&self, s: u64) -> bool {
+        fence(Ordering::Acquire);
+        self.header().view_seq.load(Ordering::Relaxed) == s
+    }
+
+    /// The map's version: committed writes so far.
+    pub(crate) fn version(&self) -> u64 {
+        self.header().view_seq.load(Ordering::Acquire) >> 1
+    }
+}

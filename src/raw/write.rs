@@ -1,0 +1,452 @@
+//! The write protocol (DESIGN.md "Write protocol"): stage records and a redo
+//! list in the unpublished part of the arena, commit with one store of the
+//! header's `commit` word, apply the redo list slot by slot under the
+//! seqlocks, clear the marker. [`Table::recover`] finishes or discards
+//! whatever a dead writer left. Callers hold the writer lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{fence, Ordering};
+
+use super::hooks::{reached, CrashPoint};
+use super::layout::{
+    align_up, ARENA_ALIGN, RECORD_HEADER, REDO_ENTRY, REDO_HEADER, REDO_MAGIC,
+};
+use super::slot::{Lens, SlotWord, Tag};
+use super::table::{record_size, value_offset_in_record, ReadErr, Table};
+use crate::error::{Error, Result};
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 64 * 1024;
+
+/// Table load bound: live keys plus tombstones stay at or below 7/8 of the
+/// slots, so every probe sequence meets an EMPTY slot.
+pub(crate) fn max_used(capacity: u64) -> u64 {
+    capacity - capacity / 8
+}
+
+/// What a batch did to one key.
+#[derive(Debug, Clone, Copy)]
+enum Staged {
+    /// A new record at `record` (staged, not yet published).
+    Put { record: u64, lens: Lens, hash: u64 },
+    /// The key is removed.
+    Remove { hash: u64 },
+}
+
+/// A planned slot image: the three data words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Image {
+    hash: u64,
+    rec: SlotWord,
+    lens: Lens,
+}
+
+/// The writer's staging area for one write (one call or one batch).
+pub(crate) struct Stager<'t> {
+    t: &'t Table,
+    /// Next free arena byte; everything from `arena_used` up is unpublished.
+    cursor: u64,
+    /// Keys in the order they were first touched, and their final operation.
+    ops: Vec<(Box<[u8]>, Staged)>,
+    index: HashMap<Box<[u8]>, usize>,
+    /// Bytes of records staged and then superseded within this batch.
+    staged_garbage: u64,
+}
+
+impl<'t> Stager<'t> {
+    /// Starts a write. The caller holds the writer lock and has run recovery.
+    pub(crate) fn new(t: &'t Table) -> Stager<'t> {
+        Stager {
+            t,
+            cursor: t.header().arena_used.load(Ordering::Relaxed),
+            ops: Vec::new(),
+            index: HashMap::new(),
+            staged_garbage: 0,
+        }
+    }
+
+    /// Largest value a key of `key_len` bytes can have in this generation.
+    pub(crate) fn max_value_len(&self, key_len: usize) -> u64 {
+        let fixed = value_offset_in_record(key_len as u64) + REDO_HEADER + REDO_ENTRY + ARENA_ALIGN;
+        self.t.arena_size().saturating_sub(fixed).min(u64::from(u32::MAX))
+    }
+
+    fn check_key(key: &[u8]) -> Result<()> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: MAX_KEY_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stages `key → value`: writes the record into unpublished arena bytes.
+    pub(crate) fn put(&mut self, key: &[u8], hash: u64, value: &[u8]) -> Result<()> {
+        Self::check_key(key)?;
+        let max = self.max_value_len(key.len());
+        if value.len() as u64 > max {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: max as usize,
+            });
+        }
+        let record = align_up(self.cursor, ARENA_ALIGN);
+        let size = record_size(key.len() as u64, value.len() as u64);
+        let end = record + size;
+        if end > self.t.arena_size() {
+            return Err(Error::Full {
+                what: "arena",
+                needed: size,
+                available: self.t.arena_size().saturating_sub(record),
+            });
+        }
+        let lens = Lens::new(key.len() as u32, value.len() as u32);
+        let mut head = [0u8; RECORD_HEADER as usize];
+        head[..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        head[4..].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        // SAFETY: [record, end) lies inside the arena (checked above) and at
+        // or above arena_used: unpublished bytes no reader follows an offset
+        // into, and we hold the writer lock so nobody else writes them.
+        unsafe {
+            self.write_arena(record, &head);
+            self.write_arena(record + RECORD_HEADER, key);
+            self.write_arena(record + value_offset_in_record(key.len() as u64), value);
+        }
+        self.cursor = end;
+        self.set(key, Staged::Put { record, lens, hash });
+        Ok(())
+    }
+
+    /// Stages removal of `key`; returns whether it was present.
+    pub(crate) fn remove(&mut self, key: &[u8], hash: u64) -> Result<bool> {
+        Self::check_key(key)?;
+        let present = self.get(key, hash)?.is_some();
+        if present {
+            self.set(key, Staged::Remove { hash });
+        }
+        Ok(present)
+    }
+
+    /// Reads `key` as this batch sees it (its own staged writes first).
+    pub(crate) fn get(&self, key: &[u8], hash: u64) -> Result<Option<&[u8]>> {
+        if let Some(&i) = self.index.get(key) {
+            return Ok(match self.ops[i].1 {
+                Staged::Put { record, lens, .. } => {
+                    let f = self
+                        .t
+                        .locate(0, record, lens)
+                        .map_err(ReadErr::into_error)?;
+                    Some(self.t.value_of(&f))
+                }
+                Staged::Remove { .. } => None,
+            });
+        }
+        Ok(self
+            .t
+            .find(key, hash)
+            .map_err(ReadErr::into_error)?
+            .map(|f| self.t.value_of(&f)))
+    }
+
+    fn set(&mut self, key: &[u8], op: Staged) {
+        match self.index.get(key) {
+            Some(&i) => {
+                if let Staged::Put { lens, .. } = self.ops[i].1 {
+                    self.staged_garbage += record_size(lens.key_len(), lens.value_len());
+                }
+                self.ops[i].1 = op;
+            }
+            None => {
+                self.index.insert(key.into(), self.ops.len());
+                self.ops.push((key.into(), op));
+            }
+        }
+    }
+
+    /// Copies `data` into the arena at `off`.
+    ///
+    /// # Safety
+    /// `[off, off + data.len())` is inside the arena and unpublished, and
+    /// the caller holds the writer lock.
+    unsafe fn write_arena(&self, off: u64, data: &[u8]) {
+        // SAFETY: forwarded from the caller; `data` is process-local memory,
+        // so the ranges cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.t.arena_ptr(off), data.len()) };
+    }
+
+    /// The slot image a planned or current slot has.
+    fn image(&self, plan: &BTreeMap<u64, Image>, i: u64) -> Image {
+        if let Some(img) = plan.get(&i) {
+            return *img;
+        }
+        let s = self.t.slot(i);
+        Image {
+            hash: s.hash.load(Ordering::Relaxed),
+            rec: SlotWord(s.rec.load(Ordering::Relaxed)),
+            lens: Lens(s.lens.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Finds `key` in the planned table: `(slot of the key, first free slot)`.
+    fn probe(&self, plan: &BTreeMap<u64, Image>, key: &[u8], hash: u64) -> Result<(Option<(u64, Image)>, Option<u64>)> {
+        let mask = self.t.capacity() - 1;
+        let mut i = hash & mask;
+        let mut free = None;
+        for _ in 0..self.t.capacity() {
+            let img = self.image(plan, i);
+            match img.rec.tag() {
+                Some(Tag::EMPTY) => return Ok((None, free.or(Some(i)))),
+                Some(Tag::TOMBSTONE) => {
+                    free.get_or_insert(i);
+                }
+                Some(Tag::FULL) => {
+                    if img.hash == hash && img.lens.key_len() == key.len() as u64 {
+                        let f = self
+                            .t
+                            .locate(i, img.rec.offset(), img.lens)
+                            .map_err(ReadErr::into_error)?;
+                        if self.t.key_of(&f) == key {
+                            return Ok((Some((i, img)), free));
+                        }
+                    }
+                }
+                _ => return Err(Error::corrupted("invalid slot tag")),
+            }
+            i = (i + 1) & mask;
+        }
+        Ok((None, free))
+    }
+
+    /// Plans, logs, commits and applies the batch. Returns whether anything
+    /// was written.
+    pub(crate) fn commit(self) -> Result<bool> {
+        if self.ops.is_empty() {
+            return Ok(false);
+        }
+        let h = self.t.header();
+        let cap = self.t.capacity();
+        let mut live = h.live.load(Ordering::Relaxed);
+        let mut tombs = h.tombstones.load(Ordering::Relaxed);
+        let mut garbage = h.garbage.load(Ordering::Relaxed) + self.staged_garbage;
+        let mut plan: BTreeMap<u64, Image> = BTreeMap::new();
+        let mut removed = Vec::new();
+
+        for (key, op) in &self.ops {
+            match *op {
+                Staged::Put { record, lens, hash } => {
+                    let img = Image { hash, rec: SlotWord::full(record), lens };
+                    match self.probe(&plan, key, hash)? {
+                        (Some((i, old)), _) => {
+                            garbage += record_size(old.lens.key_len(), old.lens.value_len());
+                            plan.insert(i, img);
+                        }
+                        (None, Some(i)) => {
+                            if self.image(&plan, i).rec.tag() == Some(Tag::TOMBSTONE) {
+                                tombs -= 1;
+                            } else if live + tombs + 1 > max_used(cap) {
+                                return Err(Error::Full {
+                                    what: "slots",
+                                    needed: live + tombs + 1,
+                                    available: max_used(cap),
+                                });
+                            }
+                            live += 1;
+                            plan.insert(i, img);
+                        }
+                        (None, None) => {
+                            return Err(Error::Full {
+                                what: "slots",
+                                needed: 1,
+                                available: 0,
+                            })
+                        }
+                    }
+                }
+                Staged::Remove { hash } => {
+                    if let (Some((i, old)), _) = self.probe(&plan, key, hash)? {
+                        garbage += record_size(old.lens.key_len(), old.lens.value_len());
+                        live -= 1;
+                        tombs += 1;
+                        plan.insert(
+                            i,
+                            Image { hash: 0, rec: SlotWord::TOMBSTONE, lens: Lens(0) },
+                        );
+                        removed.push(i);
+                    }
+                }
+            }
+        }
+
+        // A tombstone followed by an EMPTY slot ends no live probe chain: turn
+        // it (and the tombstones right before it) back into EMPTY.
+        let mask = cap - 1;
+        for i in removed {
+            if self.image(&plan, i).rec.tag() != Some(Tag::TOMBSTONE)
+                || self.image(&plan, (i + 1) & mask).rec.tag() != Some(Tag::EMPTY)
+            {
+                continue;
+            }
+            let mut j = i;
+            while self.image(&plan, j).rec.tag() == Some(Tag::TOMBSTONE) {
+                plan.insert(j, Image { hash: 0, rec: SlotWord::EMPTY, lens: Lens(0) });
+                tombs -= 1;
+                j = (j + cap - 1) & mask;
+            }
+        }
+
+        let arena_used = self.cursor;
+        let log = align_up(self.cursor, ARENA_ALIGN);
+        let log_len = REDO_HEADER + REDO_ENTRY * plan.len() as u64;
+        if log + log_len > self.t.arena_size() {
+            return Err(Error::Full {
+                what: "arena",
+                needed: log_len,
+                available: self.t.arena_size().saturating_sub(log),
+            });
+        }
+        reached(CrashPoint::AfterStage);
+
+        let target = (h.view_seq.load(Ordering::Relaxed) | 1) + 1;
+        let mut words: Vec<u64> = Vec::with_capacity((log_len / 8) as usize);
+        words.extend_from_slice(&[REDO_MAGIC, plan.len() as u64, target, arena_used, live, tombs, garbage, 0]);
+        for (i, img) in &plan {
+            words.extend_from_slice(&[*i, img.hash, img.rec.0, img.lens.0]);
+        }
+        words[7] = redo_checksum(&words);
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        // SAFETY: [log, log + log_len) is inside the arena (checked above)
+        // and above every staged record: unpublished.
+        unsafe { self.write_arena(log, &bytes) };
+        reached(CrashPoint::AfterRedoLog);
+
+        h.commit.store((log << 1) | 1, Ordering::Release);
+        reached(CrashPoint::AfterCommit);
+        let redo = Redo::parse(self.t, (log << 1) | 1).map_err(Error::corrupted)?;
+        redo.apply(self.t, true);
+        Ok(true)
+    }
+}
+
+/// XXH3 of the redo words with the checksum word taken as zero.
+fn redo_checksum(words: &[u64]) -> u64 {
+    let mut w = words.to_vec();
+    w[7] = 0;
+    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+/// A parsed, validated redo log.
+struct Redo {
+    target: u64,
+    arena_used: u64,
+    live: u64,
+    tombs: u64,
+    garbage: u64,
+    entries: Vec<(u64, Image)>,
+}
+
+impl Redo {
+    /// Reads and validates the redo log a commit word points at.
+    fn parse(t: &Table, commit: u64) -> std::result::Result<Redo, String> {
+        let log = commit >> 1;
+        let head = t
+            .bytes(log, REDO_HEADER)
+            .ok_or("redo log offset out of bounds")?;
+        let word = |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        if word(head, 0) != REDO_MAGIC {
+            return Err("redo log has a bad magic".into());
+        }
+        let count = word(head, 1);
+        let len = count
+            .checked_mul(REDO_ENTRY)
+            .and_then(|n| n.checked_add(REDO_HEADER))
+            .ok_or("redo log length overflows")?;
+        let all = t.bytes(log, len).ok_or("redo log out of bounds")?;
+        let words: Vec<u64> = (0..(len / 8) as usize).map(|i| word(all, i)).collect();
+        if redo_checksum(&words) != words[7] {
+            return Err("redo log checksum mismatch".into());
+        }
+        let redo = Redo {
+            target: words[2],
+            arena_used: words[3],
+            live: words[4],
+            tombs: words[5],
+            garbage: words[6],
+            entries: words[8..]
+                .chunks_exact(4)
+                .map(|e| (e[0], Image { hash: e[1], rec: SlotWord(e[2]), lens: Lens(e[3]) }))
+                .collect(),
+        };
+        if redo.target & 1 != 0 || redo.arena_used > t.arena_size() || redo.live + redo.tombs > t.capacity() {
+            return Err("redo log header out of range".into());
+        }
+        for (i, img) in &redo.entries {
+            let ok = *i < t.capacity()
+                && match img.rec.tag() {
+                    Some(Tag::FULL) => t.locate(*i, img.rec.offset(), img.lens).is_ok(),
+                    Some(_) => true,
+                    None => false,
+                };
+            if !ok {
+                return Err(format!("redo entry for slot {i} is invalid"));
+            }
+        }
+        Ok(redo)
+    }
+
+    /// Applies the log: view sequence odd, each slot under its seqlock,
+    /// counters, view sequence even (= target), commit marker cleared.
+    /// Idempotent; `crash_hooks` enables the test crash points.
+    fn apply(&self, t: &Table, crash_hooks: bool) {
+        let h = t.header();
+        if h.view_seq.load(Ordering::Relaxed) != self.target {
+            h.view_seq.store(self.target - 1, Ordering::Relaxed);
+            fence(Ordering::Release);
+            for (n, (i, img)) in self.entries.iter().enumerate() {
+                t.slot(*i).write(img.hash, img.rec, img.lens, || {
+                    if crash_hooks && n == 0 {
+                        reached(CrashPoint::MidApply);
+                    }
+                });
+            }
+            h.arena_used.store(self.arena_used, Ordering::Relaxed);
+            h.live.store(self.live, Ordering::Relaxed);
+            h.tombstones.store(self.tombs, Ordering::Relaxed);
+            h.garbage.store(self.garbage, Ordering::Relaxed);
+            h.view_seq.store(self.target, Ordering::Release);
+        }
+        if crash_hooks {
+            reached(CrashPoint::AfterApply);
+        }
+        h.commit.store(0, Ordering::Release);
+    }
+}
+
+impl Table {
+    /// Brings the table to a consistent state after a writer died: a
+    /// committed redo log is applied again (idempotent), an uncommitted one
+    /// is ignored (its bytes are above `arena_used`). Returns whether
+    /// anything was repaired. The caller holds the writer lock.
+    pub(crate) fn recover(&self) -> Result<bool> {
+        let h = self.header();
+        let commit = h.commit.load(Ordering::Acquire);
+        if commit == 0 {
+            let seq = h.view_seq.load(Ordering::Relaxed);
+            if seq & 1 == 1 {
+                h.view_seq.store(seq + 1, Ordering::Release);
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let redo = Redo::parse(self, commit).map_err(Error::corrupted)?;
+        redo.apply(self, false);
+        Ok(true)
+    }
+
+    /// Whether a committed write is waiting to be applied (cheap check).
+    pub(crate) fn needs_recovery(&self) -> bool {
+        self.header().commit.load(Ordering::Acquire) != 0
+            || self.header().view_seq.load(Ordering::Relaxed) & 1 == 1
+    }
+}
