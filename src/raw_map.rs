@@ -189,15 +189,20 @@ impl RawMap {
         }
         let geometry = opts.geometry()?;
         // Creation is serialised by the map's lock, which is created first.
-        let sem = match Semaphore::open(key, true, opts.mode, opts.lock_timeout, name)? {
-            SemOpen::CreatedAndHeld(s) => s,
+        let (sem, created_sem) = match Semaphore::open(key, true, opts.mode, opts.lock_timeout, name)? {
+            SemOpen::CreatedAndHeld(s) => (s, true),
             SemOpen::Existing(s) => {
                 s.acquire(opts.lock_timeout)?;
-                s
+                (s, false)
             }
         };
         let result = RawMap::create_locked(name, key, opts, mode, geometry, &sem);
-        let _ = sem.release();
+        if result.is_err() && created_sem {
+            // Nothing of ours is at the key: do not leave a lock behind.
+            sem.remove();
+        } else {
+            let _ = sem.release();
+        }
         match result? {
             Some(()) => RawMap::open_existing(name, key, opts),
             None => Err(Error::AlreadyExists { name: name.to_string() }),
@@ -241,7 +246,6 @@ impl RawMap {
             }
         }
         root::init_identity(r, name, random_seed(), opts.max_size.map_or(0, |s| s.bytes()));
-        reached(CrashPoint::MidCreate);
         let data_id = match sysv::shm_get(sysv::IPC_PRIVATE, data_size as usize, flags, name)? {
             Ok(id) => id,
             Err(e) => return Err(Error::Os { op: "shmget", errno: e }),
@@ -254,6 +258,7 @@ impl RawMap {
         // SAFETY: a new segment is zero-filled, mapped by `data_seg` for the
         // rest of this function, and not yet published anywhere.
         unsafe { Table::init(data_seg.base(), data_seg.len(), slots, arena, 1)? };
+        reached(CrashPoint::MidCreate);
         r.current.store(pack_current(1, data_id), Ordering::Release);
         r.pending.store(0, Ordering::Release);
         r.magic.store(ROOT_MAGIC, Ordering::Release);

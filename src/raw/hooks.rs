@@ -19,7 +19,8 @@ pub enum CrashPoint {
     MidApply = 4,
     /// All slots applied, commit marker not yet cleared.
     AfterApply = 5,
-    /// Root segment created during `create`, before the magic is written.
+    /// During `create`: root and data segment made, data segment recorded
+    /// as pending, root magic not yet written.
     MidCreate = 6,
 }
 

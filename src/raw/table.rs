@@ -290,12 +290,14 @@ impl Table {
         }
     }
 
-    /// Starts a consistent multi-key read: the view sequence, once even.
+    /// Starts a consistent multi-key read: the view sequence, once it is
+    /// even and no committed write is pending (the commit word shares the
+    /// cache line), so a view always sees the latest committed write.
     pub(crate) fn view_begin(&self) -> Result<u64, ReadErr> {
         let h = self.header();
         for _ in 0..SPIN_LIMIT {
             let s = h.view_seq.load(Ordering::Acquire);
-            if s & 1 == 0 {
+            if s & 1 == 0 && h.commit.load(Ordering::Relaxed) == 0 {
                 return Ok(s);
             }
             std::hint::spin_loop();
