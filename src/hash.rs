@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 
 /// The fixed test vector whose hash under the map's seed is the canary.
-pub(crate) const CANARY_VECTOR: &[u8] = b"shmkv hash canary: the quick brown fox jumps over the lazy dog";
+pub(crate) const CANARY_VECTOR: &[u8] =
+    b"shmkv hash canary: the quick brown fox jumps over the lazy dog";
 
 /// XXH3-64 of `key` with `seed`.
 #[inline]

@@ -81,7 +81,7 @@ pub use key::{Key, KeyBytes};
 pub use map::{Batch, Checkable, Loadable, ShmMap, Storable, View};
 pub use options::{key_from_name, Options};
 pub use raw::write::MAX_KEY_LEN;
-pub use raw_map::{RawBatch, RawMap, RawView, Ref, Stats};
+pub use raw_map::{Entry, RawBatch, RawMap, RawView, Ref, Stats};
 pub use size::{Size, SizeError};
 
 /// Test support: crash points of the write protocol and the layout offsets

@@ -30,11 +30,17 @@ pub trait Checkable: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Err
 impl<T> Checkable for T where T: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>> {}
 
 /// A stored value type that can also be read back as an owned value.
-pub trait Loadable: Sized + Archive<Archived: Checkable + Deserialize<Self, HighDeserializer<rancor::Error>>> {}
+pub trait Loadable:
+    Sized + Archive<Archived: Checkable + Deserialize<Self, HighDeserializer<rancor::Error>>>
+{
+}
 impl<T> Loadable for T where
     T: Archive<Archived: Checkable + Deserialize<T, HighDeserializer<rancor::Error>>>
 {
 }
+
+/// Ties a handle to its key and value types without owning either.
+type Marker<K, V> = PhantomData<(fn(&K), fn() -> V)>;
 
 fn encode<V: Storable>(value: &V) -> Result<AlignedVec> {
     rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, AlignedVec::new())
@@ -69,7 +75,7 @@ fn decode<V: Loadable>(bytes: &[u8]) -> Result<V> {
 /// ```
 pub struct ShmMap<K: ?Sized, V> {
     raw: RawMap,
-    _types: PhantomData<(fn(&K), fn() -> V)>,
+    _types: Marker<K, V>,
 }
 
 impl<K: ?Sized, V> std::fmt::Debug for ShmMap<K, V> {
@@ -80,7 +86,10 @@ impl<K: ?Sized, V> std::fmt::Debug for ShmMap<K, V> {
 
 impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
     fn wrap(raw: RawMap) -> Self {
-        ShmMap { raw, _types: PhantomData }
+        ShmMap {
+            raw,
+            _types: PhantomData,
+        }
     }
 
     /// Creates a new map; [`Error::AlreadyExists`] if one is there.
@@ -137,7 +146,9 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
         Ok(self.raw.get_ref(&key.key_bytes())?.map(|bytes| {
             // SAFETY: the caller guarantees the bytes are a valid archive of
             // V; they are 16-byte aligned and immutable while referenced.
-            Ref::map(bytes, |b| unsafe { rkyv::access_unchecked::<V::Archived>(b) })
+            Ref::map(bytes, |b| unsafe {
+                rkyv::access_unchecked::<V::Archived>(b)
+            })
         }))
     }
 
@@ -187,7 +198,10 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
         self.raw
             .entries()?
             .iter()
-            .map(|(k, _)| K::from_key_bytes(k).ok_or_else(|| Error::Value("stored key does not decode".into())))
+            .map(|(k, _)| {
+                K::from_key_bytes(k)
+                    .ok_or_else(|| Error::Value("stored key does not decode".into()))
+            })
             .collect()
     }
 
@@ -200,7 +214,8 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
             .entries()?
             .iter()
             .map(|(k, v)| {
-                let k = K::from_key_bytes(k).ok_or_else(|| Error::Value("stored key does not decode".into()))?;
+                let k = K::from_key_bytes(k)
+                    .ok_or_else(|| Error::Value("stored key does not decode".into()))?;
                 Ok((k, decode(v)?))
             })
             .collect()
@@ -253,7 +268,7 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
 /// The typed operations of one atomic write (see [`ShmMap::write`]).
 pub struct Batch<'b, 'm, K: ?Sized, V> {
     raw: &'b mut RawBatch<'m>,
-    _types: PhantomData<(fn(&K), fn() -> V)>,
+    _types: Marker<K, V>,
 }
 
 impl<K: Key + ?Sized, V: Archive> Batch<'_, '_, K, V> {
@@ -288,7 +303,7 @@ impl<K: Key + ?Sized, V: Archive> Batch<'_, '_, K, V> {
 /// Typed consistent reads (see [`ShmMap::view`]).
 pub struct View<'v, 'm, K: ?Sized, V> {
     raw: &'v RawView<'m>,
-    _types: PhantomData<(fn(&K), fn() -> V)>,
+    _types: Marker<K, V>,
 }
 
 impl<'m, K: Key + ?Sized, V: Archive> View<'_, 'm, K, V> {
@@ -308,7 +323,10 @@ impl<'m, K: Key + ?Sized, V: Archive> View<'_, 'm, K, V> {
     where
         V: Loadable,
     {
-        self.raw.get(&key.key_bytes())?.map(|b| decode(&b)).transpose()
+        self.raw
+            .get(&key.key_bytes())?
+            .map(|b| decode(&b))
+            .transpose()
     }
 
     /// Whether `key` is present.

@@ -115,9 +115,9 @@ impl Options {
         check_name(name)?;
         match &self.key {
             KeySource::Name => Ok(key_from_name(name)),
-            KeySource::Raw(k) if *k == sysv::IPC_PRIVATE => {
-                Err(Error::InvalidName("raw key 0 (IPC_PRIVATE) cannot name a map".into()))
-            }
+            KeySource::Raw(k) if *k == sysv::IPC_PRIVATE => Err(Error::InvalidName(
+                "raw key 0 (IPC_PRIVATE) cannot name a map".into(),
+            )),
             KeySource::Raw(k) => Ok(*k),
             KeySource::Ftok(path, id) => sysv::ftok(path, *id, name),
         }
@@ -127,7 +127,10 @@ impl Options {
     pub(crate) fn geometry(&self) -> Result<(u64, u64, u64)> {
         let bad = |m: String| Error::InvalidSize(SizeError::OutOfRange(m));
         if self.capacity == 0 || self.capacity > 1 << 31 {
-            return Err(bad(format!("capacity {} (must be 1..=2^31 entries)", self.capacity)));
+            return Err(bad(format!(
+                "capacity {} (must be 1..=2^31 entries)",
+                self.capacity
+            )));
         }
         let mut slots = 16u64;
         while max_used(slots) < self.capacity {
@@ -141,7 +144,8 @@ impl Options {
             return Err(bad(format!("arena of {arena} bytes (minimum 4kb)")));
         }
         let arena = align_up(arena.min(u64::MAX - 4096), ARENA_ALIGN);
-        let (_, _, total) = data_geometry(slots, arena).ok_or_else(|| bad("size overflows".into()))?;
+        let (_, _, total) =
+            data_geometry(slots, arena).ok_or_else(|| bad("size overflows".into()))?;
         if let Some(max) = self.max_size {
             if total + ROOT_SIZE as u64 > max.bytes() {
                 return Err(bad(format!(

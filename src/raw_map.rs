@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::hash::{hash_key, random_seed};
 use crate::options::Options;
 use crate::raw::hooks::{reached, CrashPoint};
-use crate::raw::layout::{pack_current, unpack_current, RootHeader, ROOT_MAGIC, ROOT_SIZE};
+use crate::raw::layout::{
+    pack_current, pack_owner, unpack_current, RootHeader, ROOT_MAGIC, ROOT_SIZE,
+};
 use crate::raw::root::{self, RootState};
 use crate::raw::table::{ReadErr, Table};
 use crate::raw::write::Stager;
@@ -56,6 +58,9 @@ impl<T: ?Sized> Clone for Ref<'_, T> {
         Ref { value: self.value }
     }
 }
+
+/// A key and its value, zero-copy.
+pub type Entry<'m> = (Ref<'m, [u8]>, Ref<'m, [u8]>);
 
 /// Counters and identity of a map, as `stats()` reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,13 +194,14 @@ impl RawMap {
         }
         let geometry = opts.geometry()?;
         // Creation is serialised by the map's lock, which is created first.
-        let (sem, created_sem) = match Semaphore::open(key, true, opts.mode, opts.lock_timeout, name)? {
-            SemOpen::CreatedAndHeld(s) => (s, true),
-            SemOpen::Existing(s) => {
-                s.acquire(opts.lock_timeout)?;
-                (s, false)
-            }
-        };
+        let (sem, created_sem) =
+            match Semaphore::open(key, true, opts.mode, opts.lock_timeout, name)? {
+                SemOpen::CreatedAndHeld(s) => (s, true),
+                SemOpen::Existing(s) => {
+                    s.acquire(opts.lock_timeout)?;
+                    (s, false)
+                }
+            };
         let result = RawMap::create_locked(name, key, opts, mode, geometry, &sem);
         if result.is_err() && created_sem {
             // Nothing of ours is at the key: do not leave a lock behind.
@@ -205,7 +211,9 @@ impl RawMap {
         }
         match result? {
             Some(()) => RawMap::open_existing(name, key, opts),
-            None => Err(Error::AlreadyExists { name: name.to_string() }),
+            None => Err(Error::AlreadyExists {
+                name: name.to_string(),
+            }),
         }
     }
 
@@ -245,10 +253,20 @@ impl RawMap {
                 RootState::Incomplete => discard_data_segments(r, true),
             }
         }
-        root::init_identity(r, name, random_seed(), opts.max_size.map_or(0, |s| s.bytes()));
+        root::init_identity(
+            r,
+            name,
+            random_seed(),
+            opts.max_size.map_or(0, |s| s.bytes()),
+        );
         let data_id = match sysv::shm_get(sysv::IPC_PRIVATE, data_size as usize, flags, name)? {
             Ok(id) => id,
-            Err(e) => return Err(Error::Os { op: "shmget", errno: e }),
+            Err(e) => {
+                return Err(Error::Os {
+                    op: "shmget",
+                    errno: e,
+                })
+            }
         };
         r.pending.store(data_id as u64 + 1, Ordering::Release);
         let mut undo_data = Undo(Some(move || {
@@ -257,7 +275,16 @@ impl RawMap {
         let data_seg = Attached::attach(data_id, false, name)?;
         // SAFETY: a new segment is zero-filled, mapped by `data_seg` for the
         // rest of this function, and not yet published anywhere.
-        unsafe { Table::init(data_seg.base(), data_seg.len(), slots, arena, 1)? };
+        unsafe {
+            Table::init(
+                data_seg.base(),
+                data_seg.len(),
+                slots,
+                arena,
+                1,
+                pack_owner(key, root_id),
+            )?
+        };
         reached(CrashPoint::MidCreate);
         r.current.store(pack_current(1, data_id), Ordering::Release);
         r.pending.store(0, Ordering::Release);
@@ -270,7 +297,11 @@ impl RawMap {
     fn open_existing(name: &str, key: libc::key_t, opts: &Options) -> Result<RawMap> {
         let root_id = match sysv::shm_get(key, 0, 0, name)? {
             Ok(id) => id,
-            Err(_) => return Err(Error::NotFound { name: name.to_string() }),
+            Err(_) => {
+                return Err(Error::NotFound {
+                    name: name.to_string(),
+                })
+            }
         };
         let root_seg = Attached::attach(root_id, opts.read_only, name)?;
         // SAFETY: `root_seg` keeps the mapping alive while `r` is used below;
@@ -295,7 +326,9 @@ impl RawMap {
         let sem = match Semaphore::open(key, false, opts.mode, opts.lock_timeout, name) {
             Ok(SemOpen::Existing(s) | SemOpen::CreatedAndHeld(s)) => s,
             Err(Error::NotFound { .. }) => {
-                return Err(Error::corrupted(format!("the lock of map {name:?} is missing")))
+                return Err(Error::corrupted(format!(
+                    "the lock of map {name:?} is missing"
+                )))
             }
             Err(e) => return Err(e),
         };
@@ -304,12 +337,19 @@ impl RawMap {
             return Err(Error::corrupted("root names no data segment"));
         }
         let data = Attached::attach(data_id, opts.read_only, name).map_err(|e| match e {
-            Error::NotFound { .. } => Error::corrupted("data segment is gone"),
-            e => e,
+            e @ Error::PermissionDenied { .. } => e,
+            e => Error::corrupted(format!("data segment {data_id} named by the root: {e}")),
         })?;
         // SAFETY: `data` is moved into the returned map together with the
         // table, and the table field drops first.
-        let table = unsafe { Table::attach(data.base(), data.len()) }?;
+        let table = unsafe { Table::attach(data.base(), data.len()) }.map_err(|e| {
+            Error::corrupted(format!("data segment {data_id} named by the root: {e}"))
+        })?;
+        if table.owner() != pack_owner(key, root_id) {
+            return Err(Error::corrupted(format!(
+                "data segment {data_id} belongs to another map"
+            )));
+        }
         Ok(RawMap {
             name: name.to_string(),
             key,
@@ -461,7 +501,7 @@ impl RawMap {
     }
 
     /// Every entry, as one consistent snapshot (see [`RawMap::view`]).
-    pub fn entries(&self) -> Result<Vec<(Ref<'_, [u8]>, Ref<'_, [u8]>)>> {
+    pub fn entries(&self) -> Result<Vec<Entry<'_>>> {
         self.view(|v| v.entries())
     }
 
@@ -627,7 +667,7 @@ impl<'m> RawView<'m> {
     }
 
     /// Every entry.
-    pub fn entries(&self) -> Result<Vec<(Ref<'m, [u8]>, Ref<'m, [u8]>)>> {
+    pub fn entries(&self) -> Result<Vec<Entry<'m>>> {
         let t = &self.map.table;
         let mut out = Vec::new();
         for i in 0..t.capacity() {

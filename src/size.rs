@@ -153,7 +153,10 @@ mod tests {
             ("0", Zero),
             ("0kb", Zero),
             ("16777216tb", Overflow("16777216tb".into())),
-            ("99999999999999999999", Overflow("99999999999999999999".into())),
+            (
+                "99999999999999999999",
+                Overflow("99999999999999999999".into()),
+            ),
         ];
         for (s, want) in table {
             assert_eq!(Size::parse(s).as_ref(), Err(want), "{s:?}");

@@ -137,7 +137,8 @@ impl Attached {
         if p as isize == -1 {
             return Err(os_error("shmat", Errno::last(), name));
         }
-        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| Error::corrupted("shmat gave null"))?;
+        let base =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| Error::corrupted("shmat gave null"))?;
         Ok(Attached {
             shmid,
             base,
@@ -188,7 +189,8 @@ impl Semaphore {
     ) -> Result<SemOpen> {
         if create {
             // SAFETY: plain integer arguments.
-            let id = unsafe { libc::semget(key, 1, libc::IPC_CREAT | libc::IPC_EXCL | mode as i32) };
+            let id =
+                unsafe { libc::semget(key, 1, libc::IPC_CREAT | libc::IPC_EXCL | mode as i32) };
             if id >= 0 {
                 let sem = Semaphore { semid: id };
                 // SAFETY: SETVAL takes an int as the variadic argument.
@@ -230,13 +232,26 @@ impl Semaphore {
         // SAFETY: semid_ds is plain old data.
         let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
         // SAFETY: IPC_STAT writes a semid_ds through the pointer we pass.
-        if unsafe { libc::semctl(self.semid, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) } != 0 {
+        if unsafe {
+            libc::semctl(
+                self.semid,
+                0,
+                libc::IPC_STAT,
+                &mut ds as *mut libc::semid_ds,
+            )
+        } != 0
+        {
             return Err(os_error("semctl(IPC_STAT)", Errno::last(), name));
         }
         Ok(ds.sem_otime)
     }
 
-    fn op(&self, delta: i16, flags: i16, timeout: Option<Duration>) -> std::result::Result<(), Errno> {
+    fn op(
+        &self,
+        delta: i16,
+        flags: i16,
+        timeout: Option<Duration>,
+    ) -> std::result::Result<(), Errno> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let mut sb = libc::sembuf {
@@ -270,7 +285,8 @@ impl Semaphore {
     /// Takes the lock (`SEM_UNDO`), waiting at most `timeout`.
     pub(crate) fn acquire(&self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
-        self.op(-1, 0, Some(timeout)).map_err(|e| self.lock_error(e, start))
+        self.op(-1, 0, Some(timeout))
+            .map_err(|e| self.lock_error(e, start))
     }
 
     /// Takes the lock only if it is free now.
@@ -284,7 +300,8 @@ impl Semaphore {
 
     /// Releases the lock (`SEM_UNDO`, so the undo count returns to zero).
     pub(crate) fn release(&self) -> Result<()> {
-        self.op(1, 0, None).map_err(|e| self.lock_error(e, Instant::now()))
+        self.op(1, 0, None)
+            .map_err(|e| self.lock_error(e, Instant::now()))
     }
 
     fn lock_error(&self, e: Errno, start: Instant) -> Error {

@@ -1,4 +1,5 @@
 //! Single-process behaviour of the typed and raw maps.
+#![allow(unreachable_pub)]
 
 mod common;
 
@@ -41,7 +42,9 @@ fn typed_round_trips() {
         assert_eq!(a.name.as_str(), format!("backend-{i}"));
         assert_eq!(a.weights.len() as u64, i % 7);
         // SAFETY: every value of this map is a Config written by this build.
-        let u = unsafe { map.get_archived_unchecked(&key) }.unwrap().unwrap();
+        let u = unsafe { map.get_archived_unchecked(&key) }
+            .unwrap()
+            .unwrap();
         assert_eq!(u.id, i);
     }
     assert_eq!(map.get("missing").unwrap(), None);
@@ -252,7 +255,13 @@ fn panicking_serializer_leaves_map_unchanged() {
     assert_eq!(m.version(), 0);
     assert!(!m.contains_key("x").unwrap());
     // The lock was released: a write from another handle succeeds at once.
-    let other = RawMap::open(&c.name, &c.opts.clone().lock_timeout(std::time::Duration::from_millis(200))).unwrap();
+    let other = RawMap::open(
+        &c.name,
+        &c.opts
+            .clone()
+            .lock_timeout(std::time::Duration::from_millis(200)),
+    )
+    .unwrap();
     other.insert(b"y", b"1").unwrap();
     assert_eq!(m.len(), 1);
 }
@@ -266,7 +275,9 @@ fn view_reads_consistently() {
         b.insert("y", &1)
     })
     .unwrap();
-    let (x, y) = m.view(|v| Ok((v.get("x")?.unwrap(), v.get("y")?.unwrap()))).unwrap();
+    let (x, y) = m
+        .view(|v| Ok((v.get("x")?.unwrap(), v.get("y")?.unwrap())))
+        .unwrap();
     assert_eq!((x, y), (1, 1));
     let a = m.view(|v| v.get_archived("x")).unwrap().unwrap();
     assert_eq!(*a, 1);
@@ -274,11 +285,22 @@ fn view_reads_consistently() {
 
 #[test]
 fn size_limits_and_full() {
-    let c = Cleanup::with("full", Options::new().capacity(100).arena_size(Size::parse("8kb").unwrap()));
+    let c = Cleanup::with(
+        "full",
+        Options::new()
+            .capacity(100)
+            .arena_size(Size::parse("8kb").unwrap()),
+    );
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     let big_key = vec![0u8; shmkv::MAX_KEY_LEN + 1];
-    assert!(matches!(m.insert(&big_key, b"v"), Err(Error::KeyTooLarge { .. })));
-    assert!(matches!(m.insert(b"k", &vec![0u8; 8192]), Err(Error::ValueTooLarge { .. })));
+    assert!(matches!(
+        m.insert(&big_key, b"v"),
+        Err(Error::KeyTooLarge { .. })
+    ));
+    assert!(matches!(
+        m.insert(b"k", &vec![0u8; 8192]),
+        Err(Error::ValueTooLarge { .. })
+    ));
     let mut stored = Vec::new();
     let mut i = 0u32;
     let err = loop {
@@ -292,15 +314,19 @@ fn size_limits_and_full() {
     assert!(stored.len() > 20);
     assert_eq!(m.len(), stored.len());
     for k in &stored {
-        assert_eq!(m.get(&k.to_le_bytes()).unwrap().unwrap(), vec![*k as u8; 200]);
+        assert_eq!(
+            m.get(&k.to_le_bytes()).unwrap().unwrap(),
+            vec![*k as u8; 200]
+        );
     }
     // A failing batch changes nothing either.
     let v = m.version();
-    assert!(m.write(|b| {
-        b.insert(b"new", &[1; 100])?;
-        b.insert(b"new2", &[2; 3000])
-    })
-    .is_err());
+    assert!(m
+        .write(|b| {
+            b.insert(b"new", &[1; 100])?;
+            b.insert(b"new2", &[2; 3000])
+        })
+        .is_err());
     assert_eq!(m.version(), v);
     assert!(!m.contains_key(b"new").unwrap());
     // Removal still works when the arena is full.
@@ -312,7 +338,10 @@ fn size_limits_and_full() {
     for k in 0..14u8 {
         s.insert(&[k], b"v").unwrap();
     }
-    assert!(matches!(s.insert(b"one more", b"v"), Err(Error::Full { what: "slots", .. })));
+    assert!(matches!(
+        s.insert(b"one more", b"v"),
+        Err(Error::Full { what: "slots", .. })
+    ));
     assert_eq!(s.len(), 14);
     s.insert(&[3], b"update in place is fine").unwrap();
     assert_eq!(s.get(&[3]).unwrap().unwrap(), b"update in place is fine");

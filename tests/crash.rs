@@ -2,6 +2,7 @@
 //! chosen points of the write protocol while it holds the lock. The next
 //! writer, or a reader that finds the map stuck, recovers it to the state
 //! before or after that write, and no reader hangs.
+#![allow(unreachable_pub)]
 
 mod common;
 
@@ -51,7 +52,7 @@ fn after() -> BTreeMap<Vec<u8>, Vec<u8>> {
         m.insert(k.to_le_bytes().to_vec(), format!("after-{k}").into_bytes());
     }
     for k in 15..25u32 {
-        m.remove(&k.to_le_bytes().to_vec());
+        m.remove(k.to_le_bytes().as_slice());
     }
     for k in 40..50u32 {
         m.insert(k.to_le_bytes().to_vec(), format!("after-{k}").into_bytes());
@@ -68,8 +69,16 @@ fn snapshot(m: &RawMap) -> BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 fn crash_child(test: &str, name: &str, point: &str) {
-    let (status, _) = results(spawn(test, "crasher", &[("MAP", name.into()), ("POINT", point.into())]));
-    assert_eq!(status.signal(), Some(9), "child must die by SIGKILL at {point}: {status:?}");
+    let (status, _) = results(spawn(
+        test,
+        "crasher",
+        &[("MAP", name.into()), ("POINT", point.into())],
+    ));
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "child must die by SIGKILL at {point}: {status:?}"
+    );
 }
 
 fn crasher_role() {
@@ -94,16 +103,29 @@ fn writer_killed_at_each_point_is_recovered() {
     ];
     for (p, committed) in cases {
         // Small table: the batch's slots are spread over probe chains.
-        let c = Cleanup::with("crash", Options::new().capacity(60).lock_timeout(Duration::from_secs(3)));
+        let c = Cleanup::with(
+            "crash",
+            Options::new()
+                .capacity(60)
+                .lock_timeout(Duration::from_secs(3)),
+        );
         let map = RawMap::create(&c.name, &c.opts).unwrap();
-        map.write(|b| before().iter().try_for_each(|(k, v)| b.insert(k, v))).unwrap();
+        map.write(|b| before().iter().try_for_each(|(k, v)| b.insert(k, v)))
+            .unwrap();
         let v0 = map.version();
         crash_child(test, &c.name, p);
 
         // A read-only handle cannot recover: a consistent view waits at
         // most its lock timeout, then says so.
         if p == "MidApply" {
-            let ro = RawMap::open(&c.name, &c.opts.clone().read_only(true).lock_timeout(Duration::from_millis(300))).unwrap();
+            let ro = RawMap::open(
+                &c.name,
+                &c.opts
+                    .clone()
+                    .read_only(true)
+                    .lock_timeout(Duration::from_millis(300)),
+            )
+            .unwrap();
             let t = Instant::now();
             let r = ro.view(|v| v.get(&0u32.to_le_bytes()).map(|x| x.is_some()));
             assert!(matches!(r, Err(Error::LockTimeout { .. })), "{p}: {r:?}");
@@ -113,9 +135,16 @@ fn writer_killed_at_each_point_is_recovered() {
         // A reader (not a writer) finds the map stuck and recovers it.
         let t = Instant::now();
         let snap = snapshot(&map);
-        assert!(t.elapsed() < Duration::from_secs(3), "{p}: reader took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{p}: reader took {:?}",
+            t.elapsed()
+        );
         let want = if committed { after() } else { before() };
-        assert_eq!(snap, want, "{p}: map must hold the state before or after the batch");
+        assert_eq!(
+            snap, want,
+            "{p}: map must hold the state before or after the batch"
+        );
         assert_eq!(map.len(), want.len(), "{p}");
         assert_eq!(map.version(), v0 + committed as u64, "{p}");
         for (k, v) in &want {
@@ -140,7 +169,8 @@ fn next_writer_recovers_a_committed_write() {
     let test = "next_writer_recovers_a_committed_write";
     let c = Cleanup::with("crashw", Options::new().capacity(60));
     let map = RawMap::create(&c.name, &c.opts).unwrap();
-    map.write(|b| before().iter().try_for_each(|(k, v)| b.insert(k, v))).unwrap();
+    map.write(|b| before().iter().try_for_each(|(k, v)| b.insert(k, v)))
+        .unwrap();
     crash_child(test, &c.name, "AfterCommit");
     // A write is the first operation after the crash: it recovers first,
     // then applies on top.
@@ -169,17 +199,28 @@ fn creator_killed_mid_create_leaves_nothing_after_repair() {
         return;
     }
     let c = Cleanup::new("midcreate");
-    let child = spawn("creator_killed_mid_create_leaves_nothing_after_repair", "creator", &[("MAP", c.name.clone())]);
+    let child = spawn(
+        "creator_killed_mid_create_leaves_nothing_after_repair",
+        "creator",
+        &[("MAP", c.name.clone())],
+    );
     let pid = child.id();
     let (status, _) = results(child);
     assert_eq!(status.signal(), Some(9));
     // Root and a pending data segment exist; the map is incomplete.
     assert_eq!(segments_created_by(pid), 2);
     let quick = c.opts.clone().lock_timeout(Duration::from_millis(200));
-    assert!(matches!(RawMap::open(&c.name, &quick), Err(Error::Corrupted(_))));
+    assert!(matches!(
+        RawMap::open(&c.name, &quick),
+        Err(Error::Corrupted(_))
+    ));
     // open_or_create repairs it: the orphan data segment is removed.
     let map = RawMap::open_or_create(&c.name, &c.opts).unwrap();
-    assert_eq!(segments_created_by(pid), 1, "only the root made by the dead creator remains");
+    assert_eq!(
+        segments_created_by(pid),
+        1,
+        "only the root made by the dead creator remains"
+    );
     map.insert(b"k", b"v").unwrap();
     let stats = map.stats().unwrap();
     map.destroy().unwrap();

@@ -1,5 +1,6 @@
 //! Real processes sharing one map: the test binary re-executes itself in a
 //! role (writer, reader) and reports `RESULT` lines.
+#![allow(unreachable_pub)]
 
 mod common;
 
@@ -96,7 +97,9 @@ fn writer_role() {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < end {
         let k = next(&mut rng) % KEYS;
-        let c = counters.entry(k).or_insert_with(|| map.get(&k).unwrap().unwrap().counter);
+        let c = counters
+            .entry(k)
+            .or_insert_with(|| map.get(&k).unwrap().unwrap().counter);
         *c += 1;
         map.insert(&k, &make(k, *c)).unwrap();
         writes += 1;
@@ -119,14 +122,16 @@ fn one_writer_two_readers_no_torn_or_stale_values() {
         _ => {}
     }
     let secs = std::env::var("SHMKV_MP_SECS").unwrap_or_else(|_| "3".into());
-    let c = Cleanup::with(
-        "mp",
-        Options::new().capacity(KEYS).arena_size(256u64 << 20),
-    );
+    let c = Cleanup::with("mp", Options::new().capacity(KEYS).arena_size(256u64 << 20));
     let map: Map = ShmMap::create(&c.name, &c.opts).unwrap();
-    map.write(|b| (0..KEYS).try_for_each(|k| b.insert(&k, &make(k, 0)))).unwrap();
+    map.write(|b| (0..KEYS).try_for_each(|k| b.insert(&k, &make(k, 0))))
+        .unwrap();
     let env = [("MAP", c.name.clone()), ("SECS", secs.clone())];
-    let ro_env = [("MAP", c.name.clone()), ("SECS", secs), ("READ_ONLY", "1".into())];
+    let ro_env = [
+        ("MAP", c.name.clone()),
+        ("SECS", secs),
+        ("READ_ONLY", "1".into()),
+    ];
     let test = "one_writer_two_readers_no_torn_or_stale_values";
     let mut writer = KillOnDrop(Some(spawn(test, "writer", &env)));
     let mut r1 = KillOnDrop(Some(spawn(test, "reader", &env)));
@@ -134,7 +139,10 @@ fn one_writer_two_readers_no_torn_or_stale_values() {
     let (ws, wl) = results(writer.0.take().unwrap());
     let (s1, l1) = results(r1.0.take().unwrap());
     let (s2, l2) = results(r2.0.take().unwrap());
-    assert!(ws.success() && s1.success() && s2.success(), "{ws:?} {s1:?} {s2:?}");
+    assert!(
+        ws.success() && s1.success() && s2.success(),
+        "{ws:?} {s1:?} {s2:?}"
+    );
     let w = parse(&wl[0]);
     eprintln!("writer: {:?}", w);
     assert!(w["writes"] > 100, "writer made progress");
@@ -169,9 +177,7 @@ fn a_process_writes_another_reads() {
         }
         Some("read_all") => {
             let map: Map = ShmMap::open(&arg("MAP"), &Options::new().read_only(true)).unwrap();
-            let ok = (0..500u64).all(|k| {
-                map.get(&k).unwrap() == Some(make(k, k + 1))
-            });
+            let ok = (0..500u64).all(|k| map.get(&k).unwrap() == Some(make(k, k + 1)));
             println!("RESULT ok={} len={}", ok as u64, map.len());
             return;
         }
@@ -203,7 +209,8 @@ fn views_never_see_half_a_batch() {
             let mut id = 0u64;
             while Instant::now() < end {
                 id += 1;
-                map.write(|b| (0..BATCH_KEYS).try_for_each(|k| b.insert(&k, &id))).unwrap();
+                map.write(|b| (0..BATCH_KEYS).try_for_each(|k| b.insert(&k, &id)))
+                    .unwrap();
             }
             println!("RESULT batches={id}");
             return;
@@ -215,7 +222,11 @@ fn views_never_see_half_a_batch() {
             let (mut views, mut mixed, mut last) = (0u64, 0u64, 0u64);
             while Instant::now() < end {
                 let ids = map
-                    .view(|v| (0..BATCH_KEYS).map(|k| Ok(v.get_archived(&k)?.unwrap().to_native())).collect::<shmkv::Result<Vec<u64>>>())
+                    .view(|v| {
+                        (0..BATCH_KEYS)
+                            .map(|k| Ok(v.get_archived(&k)?.unwrap().to_native()))
+                            .collect::<shmkv::Result<Vec<u64>>>()
+                    })
                     .unwrap();
                 if ids.iter().any(|&i| i != ids[0]) {
                     mixed += 1;
@@ -232,8 +243,10 @@ fn views_never_see_half_a_batch() {
         _ => {}
     }
     let c = Cleanup::new("views");
-    let map: ShmMap<u64, u64> = ShmMap::create(&c.name, &c.opts.clone().arena_size(256u64 << 20)).unwrap();
-    map.write(|b| (0..BATCH_KEYS).try_for_each(|k| b.insert(&k, &0))).unwrap();
+    let map: ShmMap<u64, u64> =
+        ShmMap::create(&c.name, &c.opts.clone().arena_size(256u64 << 20)).unwrap();
+    map.write(|b| (0..BATCH_KEYS).try_for_each(|k| b.insert(&k, &0)))
+        .unwrap();
     let env = [("MAP", c.name.clone()), ("SECS", "2".to_string())];
     let test = "views_never_see_half_a_batch";
     let mut w = KillOnDrop(Some(spawn(test, "batcher", &env)));

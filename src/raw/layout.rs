@@ -86,6 +86,11 @@ pub(crate) fn pack_current(generation: u32, shmid: i32) -> u64 {
     (u64::from(generation) << CURRENT_GEN_SHIFT) | u64::from(shmid as u32)
 }
 
+/// The data header's `owner` word for a root.
+pub(crate) fn pack_owner(key: i32, root_shmid: i32) -> u64 {
+    (u64::from(key as u32) << 32) | u64::from(root_shmid as u32)
+}
+
 /// `(generation, shmid)` of a `current` word.
 pub(crate) fn unpack_current(word: u64) -> (u32, i32) {
     (
@@ -130,7 +135,11 @@ pub(crate) struct DataHeader {
     /// Commit marker: `(redo_offset << 1) | 1` while a committed redo log is
     /// being applied, 0 otherwise.
     pub(crate) commit: AtomicU64,
-    _reserved: [AtomicU64; 18],
+    _reserved_counters: [AtomicU64; 2],
+    /// The root this generation belongs to: `key << 32 | root shmid`
+    /// (immutable; checked at open so a stray shmid is never accepted).
+    pub(crate) owner: AtomicU64,
+    _reserved: [AtomicU64; 15],
 }
 
 const _: () = assert!(size_of::<DataHeader>() == DATA_HEADER_SIZE);
@@ -149,6 +158,7 @@ const _: () = assert!(offset_of!(DataHeader, live) == 80);
 const _: () = assert!(offset_of!(DataHeader, tombstones) == 88);
 const _: () = assert!(offset_of!(DataHeader, garbage) == 96);
 const _: () = assert!(offset_of!(DataHeader, commit) == 104);
+const _: () = assert!(offset_of!(DataHeader, owner) == 128);
 
 /// One bucket: a seqlock word and three data words, all atomics.
 #[repr(C)]
@@ -191,7 +201,10 @@ pub(crate) const fn align_up(x: u64, to: u64) -> u64 {
 /// Geometry of a data segment for `capacity` slots and `arena` bytes.
 pub(crate) fn data_geometry(capacity: u64, arena: u64) -> Option<(u64, u64, u64)> {
     let slots_offset = DATA_HEADER_SIZE as u64;
-    let arena_offset = align_up(slots_offset.checked_add(capacity.checked_mul(SLOT_SIZE as u64)?)?, 64);
+    let arena_offset = align_up(
+        slots_offset.checked_add(capacity.checked_mul(SLOT_SIZE as u64)?)?,
+        64,
+    );
     let total = arena_offset.checked_add(arena)?;
     Some((slots_offset, arena_offset, total))
 }

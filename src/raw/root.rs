@@ -31,13 +31,18 @@ pub(crate) fn init_identity(r: &RootHeader, name: &str, seed: u64, max_size: u64
     r.hash_algo.store(HASH_XXH3_64, Ordering::Relaxed);
     r.hash_seed.store(seed, Ordering::Relaxed);
     r.hash_canary.store(canary(seed), Ordering::Relaxed);
-    r.format_fingerprint.store(format_fingerprint(), Ordering::Relaxed);
+    r.format_fingerprint
+        .store(format_fingerprint(), Ordering::Relaxed);
     r.max_size.store(max_size, Ordering::Relaxed);
-    r.creator_pid.store(u64::from(std::process::id()), Ordering::Relaxed);
+    r.creator_pid
+        .store(u64::from(std::process::id()), Ordering::Relaxed);
     let mut padded = [0u8; MAX_NAME_LEN];
     padded[..name.len()].copy_from_slice(name.as_bytes());
     for (w, chunk) in r.name.iter().zip(padded.chunks_exact(8)) {
-        w.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
+        w.store(
+            u64::from_le_bytes(chunk.try_into().expect("8 bytes")),
+            Ordering::Relaxed,
+        );
     }
     r.name_len.store(name.len() as u32, Ordering::Relaxed);
 }
@@ -48,12 +53,18 @@ pub(crate) fn stored_name(r: &RootHeader) -> Result<String> {
     if len == 0 || len > MAX_NAME_LEN {
         return Err(Error::corrupted("stored name length out of range"));
     }
-    let bytes: Vec<u8> = r
+    let mut bytes: Vec<u8> = r
         .name
         .iter()
         .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
-        .take(len)
         .collect();
+    // Names never contain NUL, and the padding after them is all NUL.
+    if bytes[..len].contains(&0) || bytes[len..].iter().any(|&b| b != 0) {
+        return Err(Error::corrupted(
+            "stored name length disagrees with the name",
+        ));
+    }
+    bytes.truncate(len);
     String::from_utf8(bytes).map_err(|_| Error::corrupted("stored name is not UTF-8"))
 }
 

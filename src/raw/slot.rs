@@ -91,7 +91,13 @@ mod tests {
 
     #[test]
     fn lens_round_trip() {
-        for (k, v) in [(0u32, 0u32), (1, 2), (u32::MAX, 0), (0, u32::MAX), (u32::MAX, u32::MAX)] {
+        for (k, v) in [
+            (0u32, 0u32),
+            (1, 2),
+            (u32::MAX, 0),
+            (0, u32::MAX),
+            (u32::MAX, u32::MAX),
+        ] {
             let l = Lens::new(k, v);
             assert_eq!((l.key_len(), l.value_len()), (u64::from(k), u64::from(v)));
         }

@@ -90,6 +90,7 @@ impl Table {
         capacity: u64,
         arena_size: u64,
         generation: u64,
+        owner: u64,
     ) -> Result<Table> {
         let (slots_offset, arena_offset, total) = data_geometry(capacity, arena_size)
             .ok_or_else(|| Error::corrupted("geometry overflow"))?;
@@ -100,13 +101,15 @@ impl Table {
         // aligned, and DataHeader consists of atomics only.
         let h = unsafe { base.cast::<DataHeader>().as_ref() };
         h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
-        h.header_size.store(DATA_HEADER_SIZE as u32, Ordering::Relaxed);
+        h.header_size
+            .store(DATA_HEADER_SIZE as u32, Ordering::Relaxed);
         h.generation.store(generation, Ordering::Relaxed);
         h.segment_size.store(total, Ordering::Relaxed);
         h.capacity.store(capacity, Ordering::Relaxed);
         h.slots_offset.store(slots_offset, Ordering::Relaxed);
         h.arena_offset.store(arena_offset, Ordering::Relaxed);
         h.arena_size.store(arena_size, Ordering::Relaxed);
+        h.owner.store(owner, Ordering::Relaxed);
         h.magic.store(DATA_MAGIC, Ordering::Release);
         // SAFETY: forwarded from the caller.
         unsafe { Table::attach(base, len) }
@@ -252,7 +255,8 @@ impl Table {
     /// The value bytes of a located record.
     #[inline]
     pub(crate) fn value_of(&self, f: &Found) -> &[u8] {
-        self.bytes(f.value_off, f.value_len).expect("locate checked bounds")
+        self.bytes(f.value_off, f.value_len)
+            .expect("locate checked bounds")
     }
 
     /// Lock-free lookup: linear probing from `hash`, each slot read under
@@ -309,6 +313,11 @@ impl Table {
     pub(crate) fn view_validate(&self, s: u64) -> bool {
         fence(Ordering::Acquire);
         self.header().view_seq.load(Ordering::Relaxed) == s
+    }
+
+    /// The root this generation belongs to (see `pack_owner`).
+    pub(crate) fn owner(&self) -> u64 {
+        self.header().owner.load(Ordering::Relaxed)
     }
 
     /// The map's version: committed writes so far.

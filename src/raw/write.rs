@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{fence, Ordering};
 
 use super::hooks::{reached, CrashPoint};
-use super::layout::{
-    align_up, ARENA_ALIGN, RECORD_HEADER, REDO_ENTRY, REDO_HEADER, REDO_MAGIC,
-};
+use super::layout::{align_up, ARENA_ALIGN, RECORD_HEADER, REDO_ENTRY, REDO_HEADER, REDO_MAGIC};
 use super::slot::{Lens, SlotWord, Tag};
 use super::table::{record_size, value_offset_in_record, ReadErr, Table};
 use crate::error::{Error, Result};
@@ -41,6 +39,12 @@ struct Image {
     lens: Lens,
 }
 
+/// Where a key is in the planned table, and the first slot a new key may take.
+struct Probe {
+    existing: Option<(u64, Image)>,
+    free: Option<u64>,
+}
+
 /// The writer's staging area for one write (one call or one batch).
 pub(crate) struct Stager<'t> {
     t: &'t Table,
@@ -68,7 +72,10 @@ impl<'t> Stager<'t> {
     /// Largest value a key of `key_len` bytes can have in this generation.
     pub(crate) fn max_value_len(&self, key_len: usize) -> u64 {
         let fixed = value_offset_in_record(key_len as u64) + REDO_HEADER + REDO_ENTRY + ARENA_ALIGN;
-        self.t.arena_size().saturating_sub(fixed).min(u64::from(u32::MAX))
+        self.t
+            .arena_size()
+            .saturating_sub(fixed)
+            .min(u64::from(u32::MAX))
     }
 
     fn check_key(key: &[u8]) -> Result<()> {
@@ -188,15 +195,20 @@ impl<'t> Stager<'t> {
         }
     }
 
-    /// Finds `key` in the planned table: `(slot of the key, first free slot)`.
-    fn probe(&self, plan: &BTreeMap<u64, Image>, key: &[u8], hash: u64) -> Result<(Option<(u64, Image)>, Option<u64>)> {
+    /// Finds `key` in the planned table.
+    fn probe(&self, plan: &BTreeMap<u64, Image>, key: &[u8], hash: u64) -> Result<Probe> {
         let mask = self.t.capacity() - 1;
         let mut i = hash & mask;
         let mut free = None;
         for _ in 0..self.t.capacity() {
             let img = self.image(plan, i);
             match img.rec.tag() {
-                Some(Tag::EMPTY) => return Ok((None, free.or(Some(i)))),
+                Some(Tag::EMPTY) => {
+                    return Ok(Probe {
+                        existing: None,
+                        free: free.or(Some(i)),
+                    })
+                }
                 Some(Tag::TOMBSTONE) => {
                     free.get_or_insert(i);
                 }
@@ -207,7 +219,10 @@ impl<'t> Stager<'t> {
                             .locate(i, img.rec.offset(), img.lens)
                             .map_err(ReadErr::into_error)?;
                         if self.t.key_of(&f) == key {
-                            return Ok((Some((i, img)), free));
+                            return Ok(Probe {
+                                existing: Some((i, img)),
+                                free,
+                            });
                         }
                     }
                 }
@@ -215,7 +230,10 @@ impl<'t> Stager<'t> {
             }
             i = (i + 1) & mask;
         }
-        Ok((None, free))
+        Ok(Probe {
+            existing: None,
+            free,
+        })
     }
 
     /// Plans, logs, commits and applies the batch. Returns whether anything
@@ -235,13 +253,23 @@ impl<'t> Stager<'t> {
         for (key, op) in &self.ops {
             match *op {
                 Staged::Put { record, lens, hash } => {
-                    let img = Image { hash, rec: SlotWord::full(record), lens };
+                    let img = Image {
+                        hash,
+                        rec: SlotWord::full(record),
+                        lens,
+                    };
                     match self.probe(&plan, key, hash)? {
-                        (Some((i, old)), _) => {
+                        Probe {
+                            existing: Some((i, old)),
+                            ..
+                        } => {
                             garbage += record_size(old.lens.key_len(), old.lens.value_len());
                             plan.insert(i, img);
                         }
-                        (None, Some(i)) => {
+                        Probe {
+                            existing: None,
+                            free: Some(i),
+                        } => {
                             if self.image(&plan, i).rec.tag() == Some(Tag::TOMBSTONE) {
                                 tombs -= 1;
                             } else if live + tombs + 1 > max_used(cap) {
@@ -254,7 +282,10 @@ impl<'t> Stager<'t> {
                             live += 1;
                             plan.insert(i, img);
                         }
-                        (None, None) => {
+                        Probe {
+                            existing: None,
+                            free: None,
+                        } => {
                             return Err(Error::Full {
                                 what: "slots",
                                 needed: 1,
@@ -264,13 +295,17 @@ impl<'t> Stager<'t> {
                     }
                 }
                 Staged::Remove { hash } => {
-                    if let (Some((i, old)), _) = self.probe(&plan, key, hash)? {
+                    if let Some((i, old)) = self.probe(&plan, key, hash)?.existing {
                         garbage += record_size(old.lens.key_len(), old.lens.value_len());
                         live -= 1;
                         tombs += 1;
                         plan.insert(
                             i,
-                            Image { hash: 0, rec: SlotWord::TOMBSTONE, lens: Lens(0) },
+                            Image {
+                                hash: 0,
+                                rec: SlotWord::TOMBSTONE,
+                                lens: Lens(0),
+                            },
                         );
                         removed.push(i);
                     }
@@ -289,7 +324,14 @@ impl<'t> Stager<'t> {
             }
             let mut j = i;
             while self.image(&plan, j).rec.tag() == Some(Tag::TOMBSTONE) {
-                plan.insert(j, Image { hash: 0, rec: SlotWord::EMPTY, lens: Lens(0) });
+                plan.insert(
+                    j,
+                    Image {
+                        hash: 0,
+                        rec: SlotWord::EMPTY,
+                        lens: Lens(0),
+                    },
+                );
                 tombs -= 1;
                 j = (j + cap - 1) & mask;
             }
@@ -309,7 +351,16 @@ impl<'t> Stager<'t> {
 
         let target = (h.view_seq.load(Ordering::Relaxed) | 1) + 1;
         let mut words: Vec<u64> = Vec::with_capacity((log_len / 8) as usize);
-        words.extend_from_slice(&[REDO_MAGIC, plan.len() as u64, target, arena_used, live, tombs, garbage, 0]);
+        words.extend_from_slice(&[
+            REDO_MAGIC,
+            plan.len() as u64,
+            target,
+            arena_used,
+            live,
+            tombs,
+            garbage,
+            0,
+        ]);
         for (i, img) in &plan {
             words.extend_from_slice(&[*i, img.hash, img.rec.0, img.lens.0]);
         }
@@ -353,7 +404,9 @@ impl Redo {
         let head = t
             .bytes(log, REDO_HEADER)
             .ok_or("redo log offset out of bounds")?;
-        let word = |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let word = |b: &[u8], i: usize| {
+            u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+        };
         if word(head, 0) != REDO_MAGIC {
             return Err("redo log has a bad magic".into());
         }
@@ -375,10 +428,22 @@ impl Redo {
             garbage: words[6],
             entries: words[8..]
                 .chunks_exact(4)
-                .map(|e| (e[0], Image { hash: e[1], rec: SlotWord(e[2]), lens: Lens(e[3]) }))
+                .map(|e| {
+                    (
+                        e[0],
+                        Image {
+                            hash: e[1],
+                            rec: SlotWord(e[2]),
+                            lens: Lens(e[3]),
+                        },
+                    )
+                })
                 .collect(),
         };
-        if redo.target & 1 != 0 || redo.arena_used > t.arena_size() || redo.live + redo.tombs > t.capacity() {
+        if redo.target & 1 != 0
+            || redo.arena_used > t.arena_size()
+            || redo.live + redo.tombs > t.capacity()
+        {
             return Err("redo log header out of range".into());
         }
         for (i, img) in &redo.entries {

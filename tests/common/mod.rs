@@ -52,16 +52,24 @@ impl Drop for Cleanup {
 /// Asserts that the objects a map had are gone from the kernel.
 pub fn assert_removed(stats: &Stats) {
     for id in [stats.root_shmid, stats.data_shmid] {
-        // SAFETY: shmid_ds is plain data; IPC_STAT fills it.
+        // SAFETY: shmid_ds is plain data; all-zero is a valid value.
         let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: ds is a valid, writable shmid_ds.
         let rc = unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) };
         assert_eq!(rc, -1, "segment {id} of {} still exists", stats.name);
     }
+    // SAFETY: GETVAL takes no further argument.
     let rc = unsafe { libc::semctl(stats.semid, 0, libc::GETVAL) };
-    assert_eq!(rc, -1, "semaphore {} of {} still exists", stats.semid, stats.name);
+    assert_eq!(
+        rc, -1,
+        "semaphore {} of {} still exists",
+        stats.semid, stats.name
+    );
     let key = stats.key;
-    assert_eq!(unsafe { libc::shmget(key, 0, 0) }, -1, "a segment still has key {key:#x}");
-    assert_eq!(unsafe { libc::semget(key, 1, 0) }, -1, "a semaphore still has key {key:#x}");
+    // SAFETY: plain integer arguments.
+    let (shm, sem) = unsafe { (libc::shmget(key, 0, 0), libc::semget(key, 1, 0)) };
+    assert_eq!(shm, -1, "a segment still has key {key:#x}");
+    assert_eq!(sem, -1, "a semaphore still has key {key:#x}");
 }
 
 /// The role this process was started in, if it is a child.
