@@ -151,7 +151,7 @@ fn parse_args() -> Result<Args, String> {
 /// A reader process: random zero-copy reads until the time is up.
 fn worker(name: &str, id: usize, seconds: f64, entries: u64) -> shmkv::Result<()> {
     let map: ShmMap<u64, Config> = ShmMap::open(name, &Options::new().read_only(true))?;
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (id as u64 + 1) * 0x1234_5678_9abc_def1;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((id as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
     let (mut reads, mut invalid, mut missing) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
