@@ -63,6 +63,7 @@ fn decode<V: Loadable>(bytes: &[u8]) -> Result<V> {
 /// # fn main() -> shmkv::Result<()> {
 /// use shmkv::{Options, ShmMap};
 /// let name = format!("doc-typed-{}", std::process::id());
+/// # let _cleanup = shmkv::__private::DestroyOnDrop(name.clone());
 /// let map: ShmMap<str, (u32, String)> = ShmMap::create(&name, &Options::new())?;
 /// map.insert("a", &(1, "one".to_string()))?;
 /// let v = map.get_archived("a")?.expect("present");
@@ -230,6 +231,7 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
     /// # fn main() -> shmkv::Result<()> {
     /// # use shmkv::{Options, ShmMap};
     /// # let name = format!("doc-batch-{}", std::process::id());
+    /// # let _cleanup = shmkv::__private::DestroyOnDrop(name.clone());
     /// let counters: ShmMap<str, u64> = ShmMap::create(&name, &Options::new())?;
     /// counters.write(|b| {
     ///     let hits = b.get("hits")?.unwrap_or(0);

@@ -329,8 +329,16 @@ fn size_limits_and_full() {
         .is_err());
     assert_eq!(m.version(), v);
     assert!(!m.contains_key(b"new").unwrap());
-    // Removal still works when the arena is full.
+    // Removal still works when the arena is full (a reserve keeps room for
+    // the redo log), singly and in a batch.
     assert!(m.remove(&0u32.to_le_bytes()).unwrap());
+    m.write(|b| {
+        stored[1..11]
+            .iter()
+            .try_for_each(|k| b.remove(&k.to_le_bytes()).map(drop))
+    })
+    .unwrap();
+    assert_eq!(m.len(), stored.len() - 11);
 
     // Slots full: 16 slots hold at most 14 keys.
     let c2 = Cleanup::with("slots", Options::new().capacity(14));

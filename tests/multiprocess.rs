@@ -265,3 +265,30 @@ fn views_never_see_half_a_batch() {
         assert_eq!(r["mixed"], 0);
     }
 }
+
+#[test]
+fn concurrent_open_or_create_is_race_free() {
+    if role().as_deref() == Some("racer") {
+        let map: ShmMap<str, u64> = ShmMap::open_or_create(&arg("MAP"), &Options::new()).unwrap();
+        let me = std::process::id() as u64;
+        map.insert(&me.to_string(), &me).unwrap();
+        println!("RESULT ok=1");
+        return;
+    }
+    let c = Cleanup::new("race");
+    let test = "concurrent_open_or_create_is_race_free";
+    let env = [("MAP", c.name.clone())];
+    let children: Vec<_> = (0..6)
+        .map(|_| KillOnDrop(Some(spawn(test, "racer", &env))))
+        .collect();
+    for mut ch in children {
+        let (s, l) = results(ch.0.take().unwrap());
+        assert!(s.success());
+        assert_eq!(l, vec!["ok=1".to_string()]);
+    }
+    let map: ShmMap<str, u64> = ShmMap::open(&c.name, &c.opts).unwrap();
+    assert_eq!(map.len(), 6, "every racer wrote into the same map");
+    let stats = map.stats().unwrap();
+    map.destroy().unwrap();
+    assert_removed(&stats);
+}

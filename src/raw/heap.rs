@@ -58,3 +58,142 @@ impl Drop for HeapRegion {
 unsafe impl Send for HeapRegion {}
 // SAFETY: shared access goes through atomics or immutable bytes (see Table).
 unsafe impl Sync for HeapRegion {}
+
+use crate::error::{Error, Result};
+use crate::hash::hash_key;
+use crate::raw::layout::data_geometry;
+use crate::raw::table::{ReadErr, Table};
+use crate::raw::write::Stager;
+
+/// The table algorithm over heap memory, without the SysV lock: for fuzzing
+/// and model tests. Single-threaded writers only (no lock is taken).
+#[derive(Debug)]
+pub struct HeapMap {
+    // `table` points into `region`; it drops first.
+    table: Table,
+    region: HeapRegion,
+    seed: u64,
+    /// Not `Sync`: `image` reads the bytes plainly while only this thread writes.
+    _single_thread: std::marker::PhantomData<std::cell::Cell<()>>,
+}
+
+/// The operations of one write on a [`HeapMap`].
+pub struct HeapBatch<'a> {
+    stager: Stager<'a>,
+    seed: u64,
+}
+
+impl HeapBatch<'_> {
+    /// Stages `key → value`.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.stager.put(key, hash_key(self.seed, key), value)
+    }
+    /// Stages removal; returns whether the key was present.
+    pub fn remove(&mut self, key: &[u8]) -> Result<bool> {
+        self.stager.remove(key, hash_key(self.seed, key))
+    }
+    /// The value as this batch sees it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .stager
+            .get(key, hash_key(self.seed, key))?
+            .map(<[u8]>::to_vec))
+    }
+}
+
+fn read_err(e: ReadErr) -> Error {
+    e.into_error()
+}
+
+impl HeapMap {
+    /// A fresh table of `slots` (a power of two) and `arena` bytes.
+    pub fn new(slots: u64, arena: u64, seed: u64) -> Result<HeapMap> {
+        let (_, _, total) = data_geometry(slots, arena).ok_or_else(|| Error::corrupted("size"))?;
+        let region = HeapRegion::new(total as usize);
+        // SAFETY: the region is zero-filled, ours alone, and moves into the
+        // returned map together with the table (which drops first).
+        let table = unsafe { Table::init(region.base(), region.len(), slots, arena, 1, 0)? };
+        Ok(HeapMap {
+            table,
+            region,
+            seed,
+            _single_thread: std::marker::PhantomData,
+        })
+    }
+
+    /// Attaches to an arbitrary segment image (a copy of `bytes`): an error
+    /// for anything that does not validate.
+    pub fn from_image(bytes: &[u8], seed: u64) -> Result<HeapMap> {
+        let region = HeapRegion::from_bytes(bytes);
+        // SAFETY: the region holds `len` readable bytes and moves into the
+        // returned map with the table; its content may be anything.
+        let table = unsafe { Table::attach(region.base(), bytes.len()) }?;
+        Ok(HeapMap {
+            table,
+            region,
+            seed,
+            _single_thread: std::marker::PhantomData,
+        })
+    }
+
+    /// A copy of the segment bytes.
+    pub fn image(&self) -> Vec<u8> {
+        // SAFETY: the region is `len` initialised bytes; no writer runs
+        // concurrently: HeapMap is not Sync, so writers run on this thread.
+        unsafe { std::slice::from_raw_parts(self.region.base().as_ptr(), self.region.len()) }
+            .to_vec()
+    }
+
+    /// Runs recovery, then `f`, then commits what it staged.
+    pub fn write<R>(&self, f: impl FnOnce(&mut HeapBatch<'_>) -> Result<R>) -> Result<R> {
+        self.table.recover()?;
+        let mut b = HeapBatch {
+            stager: Stager::new(&self.table),
+            seed: self.seed,
+        };
+        let r = f(&mut b)?;
+        b.stager.commit()?;
+        Ok(r)
+    }
+
+    /// Recovery as the next lock holder would run it.
+    pub fn recover(&self) -> Result<bool> {
+        self.table.recover()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let f = self
+            .table
+            .find(key, hash_key(self.seed, key))
+            .map_err(read_err)?;
+        Ok(f.map(|f| self.table.value_of(&f).to_vec()))
+    }
+
+    /// Number of entries according to the header.
+    pub fn len(&self) -> usize {
+        self.table
+            .header()
+            .live
+            .load(std::sync::atomic::Ordering::Relaxed) as usize
+    }
+
+    /// Whether the header counts no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every entry, read slot by slot.
+    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        (0..self.table.capacity())
+            .filter_map(|i| match self.table.entry_at(i) {
+                Ok(Some(f)) => Some(Ok((
+                    self.table.key_of(&f).to_vec(),
+                    self.table.value_of(&f).to_vec(),
+                ))),
+                Ok(None) => None,
+                Err(e) => Some(Err(read_err(e))),
+            })
+            .collect()
+    }
+}

@@ -16,6 +16,11 @@ use crate::error::{Error, Result};
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 
+/// Arena bytes records never use: room for the redo log of a write that
+/// changes up to 32 slots, so that removals (which need no record) still
+/// work when the arena is otherwise full.
+pub(crate) const REDO_RESERVE: u64 = REDO_HEADER + 32 * REDO_ENTRY;
+
 /// Table load bound: live keys plus tombstones stay at or below 7/8 of the
 /// slots, so every probe sequence meets an EMPTY slot.
 pub(crate) fn max_used(capacity: u64) -> u64 {
@@ -71,7 +76,7 @@ impl<'t> Stager<'t> {
 
     /// Largest value a key of `key_len` bytes can have in this generation.
     pub(crate) fn max_value_len(&self, key_len: usize) -> u64 {
-        let fixed = value_offset_in_record(key_len as u64) + REDO_HEADER + REDO_ENTRY + ARENA_ALIGN;
+        let fixed = value_offset_in_record(key_len as u64) + REDO_RESERVE + ARENA_ALIGN;
         self.t
             .arena_size()
             .saturating_sub(fixed)
@@ -101,11 +106,12 @@ impl<'t> Stager<'t> {
         let record = align_up(self.cursor, ARENA_ALIGN);
         let size = record_size(key.len() as u64, value.len() as u64);
         let end = record + size;
-        if end > self.t.arena_size() {
+        let limit = self.t.arena_size().saturating_sub(REDO_RESERVE);
+        if end > limit {
             return Err(Error::Full {
                 what: "arena",
                 needed: size,
-                available: self.t.arena_size().saturating_sub(record),
+                available: limit.saturating_sub(record),
             });
         }
         let lens = Lens::new(key.len() as u32, value.len() as u32);
@@ -160,7 +166,9 @@ impl<'t> Stager<'t> {
         match self.index.get(key) {
             Some(&i) => {
                 if let Staged::Put { lens, .. } = self.ops[i].1 {
-                    self.staged_garbage += record_size(lens.key_len(), lens.value_len());
+                    self.staged_garbage = self
+                        .staged_garbage
+                        .wrapping_add(record_size(lens.key_len(), lens.value_len()));
                 }
                 self.ops[i].1 = op;
             }
@@ -246,7 +254,12 @@ impl<'t> Stager<'t> {
         let cap = self.t.capacity();
         let mut live = h.live.load(Ordering::Relaxed);
         let mut tombs = h.tombstones.load(Ordering::Relaxed);
-        let mut garbage = h.garbage.load(Ordering::Relaxed) + self.staged_garbage;
+        // Counters come from shared memory: wrapping arithmetic here, and one
+        // sanity check of the results before anything is committed.
+        let mut garbage = h
+            .garbage
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.staged_garbage);
         let mut plan: BTreeMap<u64, Image> = BTreeMap::new();
         let mut removed = Vec::new();
 
@@ -263,7 +276,10 @@ impl<'t> Stager<'t> {
                             existing: Some((i, old)),
                             ..
                         } => {
-                            garbage += record_size(old.lens.key_len(), old.lens.value_len());
+                            garbage = garbage.wrapping_add(record_size(
+                                old.lens.key_len(),
+                                old.lens.value_len(),
+                            ));
                             plan.insert(i, img);
                         }
                         Probe {
@@ -271,15 +287,15 @@ impl<'t> Stager<'t> {
                             free: Some(i),
                         } => {
                             if self.image(&plan, i).rec.tag() == Some(Tag::TOMBSTONE) {
-                                tombs -= 1;
-                            } else if live + tombs + 1 > max_used(cap) {
+                                tombs = tombs.wrapping_sub(1);
+                            } else if live.saturating_add(tombs) >= max_used(cap) {
                                 return Err(Error::Full {
                                     what: "slots",
-                                    needed: live + tombs + 1,
+                                    needed: live.saturating_add(tombs).saturating_add(1),
                                     available: max_used(cap),
                                 });
                             }
-                            live += 1;
+                            live = live.wrapping_add(1);
                             plan.insert(i, img);
                         }
                         Probe {
@@ -296,9 +312,10 @@ impl<'t> Stager<'t> {
                 }
                 Staged::Remove { hash } => {
                     if let Some((i, old)) = self.probe(&plan, key, hash)?.existing {
-                        garbage += record_size(old.lens.key_len(), old.lens.value_len());
-                        live -= 1;
-                        tombs += 1;
+                        garbage = garbage
+                            .wrapping_add(record_size(old.lens.key_len(), old.lens.value_len()));
+                        live = live.wrapping_sub(1);
+                        tombs = tombs.wrapping_add(1);
                         plan.insert(
                             i,
                             Image {
@@ -332,11 +349,14 @@ impl<'t> Stager<'t> {
                         lens: Lens(0),
                     },
                 );
-                tombs -= 1;
+                tombs = tombs.wrapping_sub(1);
                 j = (j + cap - 1) & mask;
             }
         }
 
+        if live.checked_add(tombs).is_none_or(|used| used > cap) || garbage > self.cursor {
+            return Err(Error::corrupted("header counters disagree with the slots"));
+        }
         let arena_used = self.cursor;
         let log = align_up(self.cursor, ARENA_ALIGN);
         let log_len = REDO_HEADER + REDO_ENTRY * plan.len() as u64;
@@ -441,8 +461,12 @@ impl Redo {
                 .collect(),
         };
         if redo.target & 1 != 0
+            || redo.target == 0
             || redo.arena_used > t.arena_size()
-            || redo.live + redo.tombs > t.capacity()
+            || redo
+                .live
+                .checked_add(redo.tombs)
+                .is_none_or(|n| n > t.capacity())
         {
             return Err("redo log header out of range".into());
         }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs each cargo-fuzz target for a short time (default 45 s each).
+# Installs cargo-fuzz when absent; needs the nightly toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-45}"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+for t in size_parse ops open_corrupted; do
+  echo "-- fuzz $t for ${secs}s"
+  cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1 | tail -n 3
+  test "${PIPESTATUS[0]}" -eq 0
+done
