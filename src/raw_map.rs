@@ -4,58 +4,87 @@
 //! [`ShmMap`]: crate::ShmMap
 
 use std::ops::Deref;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::hash::{hash_key, random_seed};
 use crate::options::Options;
+use crate::raw::gens::{Generation, Gens, Pin};
 use crate::raw::hooks::{reached, CrashPoint};
 use crate::raw::layout::{
-    pack_current, pack_owner, unpack_current, RootHeader, ROOT_MAGIC, ROOT_SIZE,
+    data_geometry, pack_current, pack_owner, unpack_current, RootHeader, REDO_ENTRY, ROOT_MAGIC,
+    ROOT_SIZE,
 };
 use crate::raw::root::{self, RootState};
-use crate::raw::table::{ReadErr, Table};
-use crate::raw::write::Stager;
+use crate::raw::table::{record_size, Found, ReadErr, Table};
+use crate::raw::write::{grow_geometry, Stager};
 use crate::sysv::{self, Attached, SemOpen, Semaphore};
 
 /// A zero-copy reference into the map's shared memory. It stays valid and
-/// unchanged for as long as it is held: published arena bytes are never
-/// written again.
-#[derive(Debug)]
+/// unchanged for as long as it is held, also across generation switches:
+/// published arena bytes are never written again, and the mapping they live
+/// in is detached only after every `Ref` into it is dropped.
+///
+/// A `Ref` pins its thread (see DESIGN.md "Reclamation") and so is not
+/// `Send`.
 pub struct Ref<'m, T: ?Sized> {
-    value: &'m T,
+    value: NonNull<T>,
+    _pin: Pin<'m>,
 }
 
 impl<'m, T: ?Sized> Ref<'m, T> {
-    pub(crate) fn new(value: &'m T) -> Ref<'m, T> {
-        Ref { value }
+    fn new(value: &T, pin: Pin<'m>) -> Ref<'m, T> {
+        Ref {
+            value: NonNull::from(value),
+            _pin: pin,
+        }
     }
 
     /// Turns a reference to the bytes into a reference to something inside.
-    pub fn map<U: ?Sized>(r: Ref<'m, T>, f: impl FnOnce(&'m T) -> &'m U) -> Ref<'m, U> {
-        Ref { value: f(r.value) }
+    pub fn map<U: ?Sized>(r: Ref<'m, T>, f: impl for<'x> FnOnce(&'x T) -> &'x U) -> Ref<'m, U> {
+        let value = NonNull::from(f(&*r));
+        Ref {
+            value,
+            _pin: r._pin,
+        }
     }
 
     /// Like [`Ref::map`] for a fallible projection.
     pub fn try_map<U: ?Sized, E>(
         r: Ref<'m, T>,
-        f: impl FnOnce(&'m T) -> Result<&'m U, E>,
+        f: impl for<'x> FnOnce(&'x T) -> Result<&'x U, E>,
     ) -> Result<Ref<'m, U>, E> {
-        Ok(Ref { value: f(r.value)? })
+        let value = NonNull::from(f(&*r)?);
+        Ok(Ref {
+            value,
+            _pin: r._pin,
+        })
     }
 }
 
 impl<T: ?Sized> Deref for Ref<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        self.value
+        // SAFETY: `value` points into published arena bytes (immutable) of a
+        // generation that `_pin` keeps mapped while this Ref lives.
+        unsafe { self.value.as_ref() }
     }
 }
 
 impl<T: ?Sized> Clone for Ref<'_, T> {
     fn clone(&self) -> Self {
-        Ref { value: self.value }
+        Ref {
+            value: self.value,
+            _pin: self._pin.clone(),
+        }
+    }
+}
+
+impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for Ref<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 
@@ -99,6 +128,9 @@ pub struct Stats {
     pub data_shmid: i32,
     /// semid of the lock.
     pub semid: i32,
+    /// Data segments this handle has mapped now (the current one plus
+    /// retired ones still referenced in this process).
+    pub mapped_generations: usize,
 }
 
 /// How `connect` treats a map that is or is not there.
@@ -121,10 +153,12 @@ pub struct RawMap {
     read_only: bool,
     lock_timeout: Duration,
     seed: u64,
+    /// Permission bits of the root, used for new generations.
+    mode: u32,
+    /// `max_size` from the root header (0 = none).
+    max_size: u64,
     sem: Semaphore,
-    // `table` points into `data`; fields drop in order, so it goes first.
-    table: Table,
-    data: Attached,
+    gens: Gens,
     root: Attached,
     /// Process-local: the thread (address of a thread-local) holding the
     /// write lock through this handle, 0 if none. Detects nested writes.
@@ -147,9 +181,11 @@ struct WriteGuard<'m> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        if self.map.table.needs_recovery() {
+        let pin = self.map.gens.pin();
+        let t = &pin.current().table;
+        if t.needs_recovery() {
             // A panic between commit and clear: finish the committed write.
-            let _ = self.map.table.recover();
+            let _ = t.recover();
         }
         self.map.writer_thread.store(0, Ordering::Relaxed);
         let _ = self.map.sem.release();
@@ -165,6 +201,39 @@ impl<F: FnMut()> Drop for Undo<F> {
             f();
         }
     }
+}
+
+/// Attaches and validates the data segment a `current` word names.
+fn attach_generation(
+    word: u64,
+    key: i32,
+    root_id: i32,
+    read_only: bool,
+    name: &str,
+) -> Result<Box<Generation>> {
+    let (number, data_id) = unpack_current(word);
+    if number == 0 {
+        return Err(Error::corrupted("root names no data segment"));
+    }
+    let bad = |e: Error| Error::corrupted(format!("data segment {data_id} named by the root: {e}"));
+    let seg = Attached::attach(data_id, read_only, name).map_err(|e| match e {
+        e @ Error::PermissionDenied { .. } => e,
+        e => bad(e),
+    })?;
+    // SAFETY: `seg` moves into the returned generation together with the
+    // table, and the table field drops first.
+    let table = unsafe { Table::attach(seg.base(), seg.len()) }.map_err(bad)?;
+    if table.owner() != pack_owner(key, root_id) || table.generation() != u64::from(number) {
+        return Err(Error::corrupted(format!(
+            "data segment {data_id} belongs to another map or generation"
+        )));
+    }
+    Ok(Box::new(Generation {
+        word,
+        number: u64::from(number),
+        table,
+        seg,
+    }))
 }
 
 impl RawMap {
@@ -323,6 +392,7 @@ impl RawMap {
             }
         }
         let seed = root::validate(r, Some(name))?;
+        let mode = sysv::shm_stat(root_id, name)?.mode;
         let sem = match Semaphore::open(key, false, opts.mode, opts.lock_timeout, name) {
             Ok(SemOpen::Existing(s) | SemOpen::CreatedAndHeld(s)) => s,
             Err(Error::NotFound { .. }) => {
@@ -332,33 +402,30 @@ impl RawMap {
             }
             Err(e) => return Err(e),
         };
-        let (generation, data_id) = unpack_current(r.current.load(Ordering::Acquire));
-        if generation == 0 {
-            return Err(Error::corrupted("root names no data segment"));
-        }
-        let data = Attached::attach(data_id, opts.read_only, name).map_err(|e| match e {
-            e @ Error::PermissionDenied { .. } => e,
-            e => Error::corrupted(format!("data segment {data_id} named by the root: {e}")),
-        })?;
-        // SAFETY: `data` is moved into the returned map together with the
-        // table, and the table field drops first.
-        let table = unsafe { Table::attach(data.base(), data.len()) }.map_err(|e| {
-            Error::corrupted(format!("data segment {data_id} named by the root: {e}"))
-        })?;
-        if table.owner() != pack_owner(key, root_id) {
-            return Err(Error::corrupted(format!(
-                "data segment {data_id} belongs to another map"
-            )));
-        }
+        // The current generation may be switched (and its segment removed)
+        // while we attach: retry with the new word.
+        let mut tries = 0;
+        let first = loop {
+            let word = r.current.load(Ordering::Acquire);
+            match attach_generation(word, key, root_id, opts.read_only, name) {
+                Ok(g) => break g,
+                Err(e) if tries < 100 && r.current.load(Ordering::Acquire) != word => {
+                    tries += 1;
+                    let _ = e;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(RawMap {
             name: name.to_string(),
             key,
             read_only: opts.read_only,
             lock_timeout: opts.lock_timeout,
             seed,
+            mode,
+            max_size: r.max_size.load(Ordering::Relaxed),
             sem,
-            table,
-            data,
+            gens: Gens::new(first),
             root: root_seg,
             writer_thread: AtomicUsize::new(0),
         })
@@ -392,10 +459,10 @@ impl RawMap {
     /// processes that have it open keep their mappings until they drop them;
     /// their writes fail from now on.
     pub fn destroy(self) -> Result<()> {
-        let root = self.root();
-        let (_, data_id) = unpack_current(root.current.load(Ordering::Acquire));
-        discard_data_segments(root, false);
-        sysv::shm_remove(data_id)?;
+        discard_data_segments(self.root(), false);
+        let pin = self.gens.pin();
+        sysv::shm_remove(pin.current().seg.shmid)?;
+        drop(pin);
         sysv::shm_remove(self.root.shmid)?;
         self.sem.remove();
         Ok(())
@@ -411,23 +478,74 @@ impl RawMap {
         &self.name
     }
 
-    /// Runs a lock-free read, handling stalls (a writer slow or dead in the
-    /// middle of applying a write) without ever waiting forever.
+    /// The generation in force, switching this process to it if another
+    /// process published a new one (one Acquire load of the root's
+    /// read-mostly `current` word when nothing changed).
     #[inline]
-    fn read<T>(&self, mut op: impl FnMut(&Table) -> Result<T, ReadErr>) -> Result<T> {
-        match op(&self.table) {
+    fn current<'p>(&self, pin: &'p Pin<'_>) -> Result<&'p Generation> {
+        let g = pin.current();
+        if self.root().current.load(Ordering::Acquire) == g.word {
+            return Ok(g);
+        }
+        self.refresh()?;
+        Ok(pin.current())
+    }
+
+    /// Like `current`, but keeps the generation this process has if the
+    /// switch fails (for infallible counters).
+    fn current_or_local<'p>(&self, pin: &'p Pin<'_>) -> &'p Generation {
+        let _ = self.current(pin);
+        pin.current()
+    }
+
+    #[cold]
+    fn refresh(&self) -> Result<()> {
+        let _switch = self.gens.switch.lock().unwrap_or_else(|e| e.into_inner());
+        let pin = self.gens.pin();
+        for _ in 0..100 {
+            let word = self.root().current.load(Ordering::Acquire);
+            if word == pin.current().word {
+                return Ok(());
+            }
+            match attach_generation(word, self.key, self.root.shmid, self.read_only, &self.name) {
+                Ok(g) => {
+                    self.gens.install(g);
+                    return Ok(());
+                }
+                // Switched again meanwhile (and the segment already gone).
+                Err(_) if self.root().current.load(Ordering::Acquire) != word => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::corrupted("the current generation keeps changing"))
+    }
+
+    /// Runs a lock-free read on generation `g`, handling stalls (a writer
+    /// slow or dead in the middle of applying a write) without ever waiting
+    /// forever.
+    #[inline]
+    fn read_in<T>(
+        &self,
+        g: &Generation,
+        mut op: impl FnMut(&Table) -> Result<T, ReadErr>,
+    ) -> Result<T> {
+        match op(&g.table) {
             Ok(v) => Ok(v),
             Err(ReadErr::Corrupted(what)) => Err(Error::corrupted(what)),
-            Err(ReadErr::Stalled) => self.read_slow(op),
+            Err(ReadErr::Stalled) => self.read_slow(g, op),
         }
     }
 
     #[cold]
-    fn read_slow<T>(&self, mut op: impl FnMut(&Table) -> Result<T, ReadErr>) -> Result<T> {
+    fn read_slow<T>(
+        &self,
+        g: &Generation,
+        mut op: impl FnMut(&Table) -> Result<T, ReadErr>,
+    ) -> Result<T> {
         let start = Instant::now();
         loop {
             self.unstick(start)?;
-            match op(&self.table) {
+            match op(&g.table) {
                 Ok(v) => return Ok(v),
                 Err(ReadErr::Corrupted(what)) => return Err(Error::corrupted(what)),
                 Err(ReadErr::Stalled) => {}
@@ -447,8 +565,10 @@ impl RawMap {
             });
         }
         if !self.read_only && self.sem.value() == Some(1) && self.sem.try_acquire()? {
+            self.writer_thread.store(thread_mark(), Ordering::Relaxed);
             let _guard = WriteGuard { map: self };
-            self.table.recover()?;
+            let pin = self.gens.pin();
+            self.recover_locked(&pin)?;
             return Ok(());
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -459,8 +579,12 @@ impl RawMap {
     #[inline]
     pub fn get_ref(&self, key: &[u8]) -> Result<Option<Ref<'_, [u8]>>> {
         let h = hash_key(self.seed, key);
-        let found = self.read(|t| t.find(key, h))?;
-        Ok(found.map(|f| Ref::new(self.table.value_of(&f))))
+        let pin = self.gens.pin();
+        let g = self.current(&pin)?;
+        let value = self
+            .read_in(g, |t| t.find(key, h))?
+            .map(|f| NonNull::from(g.table.value_of(&f)));
+        Ok(value.map(|value| Ref { value, _pin: pin }))
     }
 
     /// A copy of the value stored under `key`.
@@ -471,12 +595,16 @@ impl RawMap {
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
         let h = hash_key(self.seed, key);
-        Ok(self.read(|t| t.find(key, h))?.is_some())
+        let pin = self.gens.pin();
+        let g = self.current(&pin)?;
+        Ok(self.read_in(g, |t| t.find(key, h))?.is_some())
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.table.header().live.load(Ordering::Relaxed) as usize
+        let pin = self.gens.pin();
+        let g = self.current_or_local(&pin);
+        g.table.header().live.load(Ordering::Relaxed) as usize
     }
 
     /// Whether the map has no entries.
@@ -487,7 +615,8 @@ impl RawMap {
     /// The map's version: the number of writes committed so far. Any write
     /// advances it; a reader can compare versions to detect changes.
     pub fn version(&self) -> u64 {
-        self.table.version()
+        let pin = self.gens.pin();
+        self.current_or_local(&pin).table.version()
     }
 
     /// Stores `value` under `key` (replacing any previous value), atomically.
@@ -514,25 +643,117 @@ impl RawMap {
         }
         self.sem.acquire(self.lock_timeout)?;
         self.writer_thread.store(thread_mark(), Ordering::Relaxed);
-        let guard = WriteGuard { map: self };
-        self.table.recover()?;
-        Ok(guard)
+        Ok(WriteGuard { map: self })
+    }
+
+    /// With the lock held: removes segments a dead resize left behind,
+    /// switches to the generation in force and finishes any committed
+    /// write. Returns the generation to write to.
+    fn recover_locked<'p>(&self, pin: &'p Pin<'_>) -> Result<&'p Generation> {
+        let r = self.root();
+        let (_, current_id) = unpack_current(r.current.load(Ordering::Acquire));
+        for word in [&r.pending, &r.retiring] {
+            let id = word.load(Ordering::Acquire);
+            if id != 0 {
+                if (id - 1) as i32 != current_id {
+                    sysv::shm_remove((id - 1) as i32)?;
+                }
+                word.store(0, Ordering::Release);
+            }
+        }
+        let g = self.current(pin)?;
+        g.table.recover()?;
+        Ok(g)
     }
 
     /// Runs `f` with the write lock held and applies everything it staged
     /// as one atomic write: other processes see all of it or none of it (in
     /// a [`view`](RawMap::view)), and a crash at any point leaves the map
     /// before or after the whole batch. If `f` returns `Err` or panics,
-    /// nothing is applied.
+    /// nothing is applied. If the table or the arena is too small, the
+    /// write moves to a new, larger generation (see DESIGN.md "Growth").
     pub fn write<R>(&self, f: impl FnOnce(&mut RawBatch<'_>) -> Result<R>) -> Result<R> {
+        self.write_inner(false, f)
+    }
+
+    /// Rewrites the live entries into a new generation without garbage or
+    /// tombstones (same capacity unless the map needs more room), and
+    /// publishes it. Readers keep working throughout.
+    pub fn compact(&self) -> Result<()> {
+        self.write_inner(true, |_| Ok(()))
+    }
+
+    fn write_inner<R>(
+        &self,
+        compact: bool,
+        f: impl FnOnce(&mut RawBatch<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let pin = self.gens.pin();
         let _guard = self.lock()?;
+        let base = self.recover_locked(&pin)?;
         let mut batch = RawBatch {
             map: self,
-            stager: Stager::new(&self.table),
+            base,
+            fresh: None,
+            stager: Stager::new(&base.table),
         };
+        if compact || base.table.wants_compaction() {
+            batch.migrate(None)?;
+        }
         let r = f(&mut batch)?;
-        batch.stager.commit()?;
+        batch.commit()?;
         Ok(r)
+    }
+
+    /// Makes a new, unpublished data segment for generation `number`,
+    /// recorded in the root's `pending` word (or `retiring`, see `migrate`).
+    fn new_generation(&self, number: u64, slots: u64, arena: u64) -> Result<Box<Generation>> {
+        let (_, _, size) = data_geometry(slots, arena).ok_or_else(|| Error::corrupted("size"))?;
+        let flags = libc::IPC_CREAT | libc::IPC_EXCL | self.mode as i32;
+        let id = match sysv::shm_get(sysv::IPC_PRIVATE, size as usize, flags, &self.name)? {
+            Ok(id) => id,
+            Err(errno) => {
+                return Err(Error::Os {
+                    op: "shmget",
+                    errno,
+                })
+            }
+        };
+        self.root().pending.store(id as u64 + 1, Ordering::Release);
+        let mut undo = Undo(Some(|| {
+            let _ = sysv::shm_remove(id);
+            self.root().pending.store(0, Ordering::Release);
+        }));
+        let seg = Attached::attach(id, false, &self.name)?;
+        let owner = pack_owner(self.key, self.root.shmid);
+        // SAFETY: a new segment is zero-filled and unpublished; `seg` moves
+        // into the returned generation with the table, which drops first.
+        let table = unsafe { Table::init(seg.base(), seg.len(), slots, arena, number, owner) }?;
+        undo.0 = None;
+        Ok(Box::new(Generation {
+            word: pack_current(number as u32, id),
+            number,
+            table,
+            seg,
+        }))
+    }
+
+    /// Publishes a complete new generation with one store of the root's
+    /// `current` word, marks the old segment for removal, and switches this
+    /// process to the new one.
+    fn publish(&self, old: &Generation, fresh: Box<Generation>) -> Result<()> {
+        let r = self.root();
+        r.retiring
+            .store(old.seg.shmid as u64 + 1, Ordering::Release);
+        reached(CrashPoint::MidResize);
+        r.current.store(fresh.word, Ordering::Release);
+        reached(CrashPoint::AfterPublish);
+        sysv::shm_remove(old.seg.shmid)?;
+        r.retiring.store(0, Ordering::Release);
+        r.pending.store(0, Ordering::Release);
+        let _switch = self.gens.switch.lock().unwrap_or_else(|e| e.into_inner());
+        self.gens.install(fresh);
+        Ok(())
     }
 
     /// Runs `f` over a consistent snapshot: no write is applied between the
@@ -542,10 +763,11 @@ impl RawMap {
     pub fn view<'m, R>(&'m self, mut f: impl FnMut(&RawView<'m>) -> Result<R>) -> Result<R> {
         const OPTIMISTIC_TRIES: u32 = 64;
         let start = Instant::now();
-        let view = RawView { map: self };
+        let pin = self.gens.pin();
         let mut tries = 0;
         loop {
-            let s = match self.table.view_begin() {
+            let g = self.current(&pin)?;
+            let s = match g.table.view_begin() {
                 Ok(s) => s,
                 Err(ReadErr::Stalled) => {
                     self.unstick(start)?;
@@ -553,14 +775,24 @@ impl RawMap {
                 }
                 Err(ReadErr::Corrupted(w)) => return Err(Error::corrupted(w)),
             };
+            let view = RawView {
+                map: self,
+                gen: NonNull::from(g),
+                pin: pin.clone(),
+            };
             let r = f(&view);
-            if self.table.view_validate(s) {
+            if g.table.view_validate(s) {
                 return r;
             }
             tries += 1;
             if tries >= OPTIMISTIC_TRIES && !self.read_only {
                 let _guard = self.lock()?;
-                return f(&view);
+                let g = self.recover_locked(&pin)?;
+                return f(&RawView {
+                    map: self,
+                    gen: NonNull::from(g),
+                    pin: pin.clone(),
+                });
             }
             if tries >= OPTIMISTIC_TRIES {
                 self.unstick(start)?;
@@ -570,73 +802,96 @@ impl RawMap {
 
     /// Counters and identity (costs a few system calls).
     pub fn stats(&self) -> Result<Stats> {
-        let h = self.table.header();
-        let info = sysv::shm_stat(self.data.shmid, &self.name)?;
+        let pin = self.gens.pin();
+        let g = self.current(&pin)?;
+        let h = g.table.header();
+        let info = sysv::shm_stat(g.seg.shmid, &self.name)?;
         let value = self.sem.value();
         Ok(Stats {
             name: self.name.clone(),
             key: self.key,
-            generation: self.table.generation(),
-            capacity: self.table.capacity(),
+            generation: g.number,
+            capacity: g.table.capacity(),
             live: h.live.load(Ordering::Relaxed),
             tombstones: h.tombstones.load(Ordering::Relaxed),
-            arena_size: self.table.arena_size(),
+            arena_size: g.table.arena_size(),
             arena_used: h.arena_used.load(Ordering::Relaxed),
             garbage_bytes: h.garbage.load(Ordering::Relaxed),
-            segment_size: self.table.segment_size(),
-            version: self.table.version(),
+            segment_size: g.table.segment_size(),
+            version: g.table.version(),
             attached: info.nattch,
             lock_held: value == Some(0),
             lock_pid: self.sem.last_pid(),
             root_shmid: self.root.shmid,
-            data_shmid: self.data.shmid,
+            data_shmid: g.seg.shmid,
             semid: self.sem.semid,
+            mapped_generations: self.gens.mapped(),
         })
     }
 }
 
-/// Removes the data segments a root names (current and pending); with
-/// `clear`, also forgets them in the root (needs a writable mapping).
+/// Removes the data segments a root names (current, pending, retiring);
+/// with `clear`, also forgets them in the root (needs a writable mapping).
 fn discard_data_segments(r: &RootHeader, clear: bool) {
     let (generation, id) = unpack_current(r.current.load(Ordering::Acquire));
     if generation != 0 {
         let _ = sysv::shm_remove(id);
     }
-    let pending = r.pending.load(Ordering::Acquire);
-    if pending != 0 {
-        let _ = sysv::shm_remove((pending - 1) as i32);
+    for word in [&r.pending, &r.retiring] {
+        let v = word.load(Ordering::Acquire);
+        if v != 0 {
+            let _ = sysv::shm_remove((v - 1) as i32);
+        }
     }
     if clear {
         r.current.store(0, Ordering::Release);
         r.pending.store(0, Ordering::Release);
+        r.retiring.store(0, Ordering::Release);
     }
 }
 
 /// The operations of one atomic write (see [`RawMap::write`]).
-pub struct RawBatch<'m> {
-    map: &'m RawMap,
-    stager: Stager<'m>,
+pub struct RawBatch<'b> {
+    map: &'b RawMap,
+    /// The published generation the batch started on.
+    base: &'b Generation,
+    /// A new generation the batch moved to (unpublished until commit).
+    fresh: Option<Box<Generation>>,
+    stager: Stager,
 }
 
 impl RawBatch<'_> {
+    fn table(&self) -> &Table {
+        &self.fresh.as_deref().unwrap_or(self.base).table
+    }
+
     /// Stages `key → value`.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let h = hash_key(self.map.seed, key);
-        self.stager.put(key, h, value)
+        let t = &self.fresh.as_deref().unwrap_or(self.base).table;
+        match self.stager.put(t, key, h, value) {
+            Err(Error::Full { .. }) => {
+                self.migrate(Some((key.len(), value.len())))?;
+                let t = &self.fresh.as_deref().unwrap_or(self.base).table;
+                self.stager.put(t, key, h, value)
+            }
+            r => r,
+        }
     }
 
     /// Stages removal of `key`; returns whether it was present (as this
     /// batch sees the map).
     pub fn remove(&mut self, key: &[u8]) -> Result<bool> {
         let h = hash_key(self.map.seed, key);
-        self.stager.remove(key, h)
+        let t = &self.fresh.as_deref().unwrap_or(self.base).table;
+        self.stager.remove(t, key, h)
     }
 
     /// The value of `key` as this batch sees the map (its own writes
     /// included).
     pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
         let h = hash_key(self.map.seed, key);
-        self.stager.get(key, h)
+        self.stager.get(self.table(), key, h)
     }
 
     /// Whether `key` is present as this batch sees the map.
@@ -644,35 +899,142 @@ impl RawBatch<'_> {
         Ok(self.get(key)?.is_some())
     }
 
-    /// Largest value (in bytes) that a key of `key_len` bytes can have.
-    pub fn max_value_len(&self, key_len: usize) -> usize {
-        self.stager.max_value_len(key_len) as usize
+    /// Moves the batch to a new generation sized for the live entries, the
+    /// batch and `extra` (a record that did not fit), copying the live
+    /// entries and re-staging the batch there. Nothing is published yet.
+    fn migrate(&mut self, extra: Option<(usize, usize)>) -> Result<()> {
+        let base = &self.base.table;
+        let h = base.header();
+        let live = h.live.load(Ordering::Relaxed);
+        let live_bytes = h
+            .arena_used
+            .load(Ordering::Relaxed)
+            .saturating_sub(h.garbage.load(Ordering::Relaxed));
+        let (dkeys, dbytes) = self.stager.footprint(base)?;
+        let (xn, xb) = extra.map_or((0, 0), |(k, v)| (1, record_size(k as u64, v as u64)));
+        let keys = (live as i64 + dkeys).max(0) as u64 + xn;
+        let bytes =
+            (live_bytes as i64 + dbytes).max(0) as u64 + xb + REDO_ENTRY * self.stager.op_count();
+        let max_total = (self.map.max_size != 0).then_some(self.map.max_size);
+        let (slots, arena) =
+            match grow_geometry(base.capacity(), base.arena_size(), keys, bytes, max_total) {
+                Ok(g) => g,
+                Err(e) => {
+                    // A record that does not fit even into an otherwise empty map.
+                    if let (Some((_, v)), Some(max)) = (extra, max_total) {
+                        if grow_geometry(16, 4096, 1, xb, max_total).is_err() {
+                            return Err(Error::ValueTooLarge {
+                                len: v,
+                                max: max as usize,
+                            });
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+        let r = self.map.root();
+        // A second move within one batch: the previous fresh generation is
+        // still recorded (as `retiring`) until it is removed below.
+        if let Some(prev) = &self.fresh {
+            r.retiring
+                .store(prev.seg.shmid as u64 + 1, Ordering::Release);
+        }
+        let fresh = self
+            .map
+            .new_generation(self.base.number + 1, slots, arena)?;
+        let mut discard = Undo(Some(|| {
+            let _ = sysv::shm_remove(fresh.seg.shmid);
+            r.pending.store(0, Ordering::Release);
+        }));
+        // Keys the batch writes or removes are not copied: the replay below
+        // stages their final state.
+        fresh.table.load_from(base, |k| self.stager.touches(k))?;
+        let mut stager = Stager::new(&fresh.table);
+        let from = &self.fresh.as_deref().unwrap_or(self.base).table;
+        self.stager.replay(from, &mut stager, &fresh.table)?;
+        discard.0 = None;
+        drop(discard);
+        if let Some(prev) = self.fresh.replace(fresh) {
+            sysv::shm_remove(prev.seg.shmid)?;
+            r.retiring.store(0, Ordering::Release);
+        }
+        self.stager = stager;
+        Ok(())
+    }
+
+    /// Commits the batch: in place, or by moving to a new generation when
+    /// the table or arena is full, then publishing it.
+    fn commit(mut self) -> Result<()> {
+        let mut moves = 0;
+        loop {
+            let t = &self.fresh.as_deref().unwrap_or(self.base).table;
+            match self.stager.commit(t) {
+                Ok(_) => break,
+                Err(Error::Full { .. }) if moves < 2 => {
+                    moves += 1;
+                    self.migrate(None)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(fresh) = self.fresh.take() {
+            self.map.publish(self.base, fresh)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RawBatch<'_> {
+    fn drop(&mut self) {
+        // An unpublished generation (the batch failed or panicked): remove it.
+        if let Some(fresh) = self.fresh.take() {
+            let _ = sysv::shm_remove(fresh.seg.shmid);
+            self.map.root().pending.store(0, Ordering::Release);
+        }
     }
 }
 
 /// Consistent multi-key reads (see [`RawMap::view`]).
 pub struct RawView<'m> {
     map: &'m RawMap,
+    /// The generation the view reads (kept mapped by `pin`).
+    gen: NonNull<Generation>,
+    pin: Pin<'m>,
 }
 
 impl<'m> RawView<'m> {
+    fn gen(&self) -> &Generation {
+        // SAFETY: `pin` keeps this generation mapped while the view lives.
+        unsafe { self.gen.as_ref() }
+    }
+
+    fn found_ref(&self, f: &Found, value: bool) -> Ref<'m, [u8]> {
+        let t = &self.gen().table;
+        Ref::new(
+            if value { t.value_of(f) } else { t.key_of(f) },
+            self.pin.clone(),
+        )
+    }
+
     /// The value of `key`, zero-copy.
     pub fn get(&self, key: &[u8]) -> Result<Option<Ref<'m, [u8]>>> {
-        self.map.get_ref(key)
+        let h = hash_key(self.map.seed, key);
+        let found = self.map.read_in(self.gen(), |t| t.find(key, h))?;
+        Ok(found.map(|f| self.found_ref(&f, true)))
     }
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
-        self.map.contains_key(key)
+        let h = hash_key(self.map.seed, key);
+        Ok(self.map.read_in(self.gen(), |t| t.find(key, h))?.is_some())
     }
 
     /// Every entry.
     pub fn entries(&self) -> Result<Vec<Entry<'m>>> {
-        let t = &self.map.table;
         let mut out = Vec::new();
-        for i in 0..t.capacity() {
-            if let Some(f) = self.map.read(|t| t.entry_at(i))? {
-                out.push((Ref::new(t.key_of(&f)), Ref::new(t.value_of(&f))));
+        for i in 0..self.gen().table.capacity() {
+            if let Some(f) = self.map.read_in(self.gen(), |t| t.entry_at(i))? {
+                out.push((self.found_ref(&f, false), self.found_ref(&f, true)));
             }
         }
         Ok(out)

@@ -55,6 +55,7 @@ pub(crate) fn ftok(path: &Path, id: u8, name: &str) -> Result<libc::key_t> {
 pub(crate) struct ShmInfo {
     pub(crate) size: u64,
     pub(crate) nattch: u64,
+    pub(crate) mode: u32,
 }
 
 /// `shmget`: `Ok(None)` when `create` is false and nothing is at the key,
@@ -97,6 +98,7 @@ pub(crate) fn shm_stat(shmid: libc::c_int, name: &str) -> Result<ShmInfo> {
     Ok(ShmInfo {
         size: ds.shm_segsz as u64,
         nattch: ds.shm_nattch,
+        mode: u32::from(ds.shm_perm.mode) & 0o777,
     })
 }
 

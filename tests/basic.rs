@@ -285,11 +285,13 @@ fn view_reads_consistently() {
 
 #[test]
 fn size_limits_and_full() {
+    // 128 slots and an 8 KiB arena; growth is capped at 16 KiB in all.
     let c = Cleanup::with(
         "full",
         Options::new()
             .capacity(100)
-            .arena_size(Size::parse("8kb").unwrap()),
+            .arena_size(Size::parse("8kb").unwrap())
+            .max_size(Size::parse("16kb").unwrap()),
     );
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     let big_key = vec![0u8; shmkv::MAX_KEY_LEN + 1];
@@ -298,7 +300,7 @@ fn size_limits_and_full() {
         Err(Error::KeyTooLarge { .. })
     ));
     assert!(matches!(
-        m.insert(b"k", &vec![0u8; 8192]),
+        m.insert(b"k", &vec![0u8; 16 << 10]),
         Err(Error::ValueTooLarge { .. })
     ));
     let mut stored = Vec::new();
@@ -310,7 +312,7 @@ fn size_limits_and_full() {
         }
         i += 1;
     };
-    assert!(matches!(err, Error::Full { what: "arena", .. }), "{err:?}");
+    assert!(matches!(err, Error::Full { .. }), "{err:?}");
     assert!(stored.len() > 20);
     assert_eq!(m.len(), stored.len());
     for k in &stored {
@@ -329,7 +331,7 @@ fn size_limits_and_full() {
         .is_err());
     assert_eq!(m.version(), v);
     assert!(!m.contains_key(b"new").unwrap());
-    // Removal still works when the arena is full (a reserve keeps room for
+    // Removal still works when the map is full (a reserve keeps room for
     // the redo log), singly and in a batch.
     assert!(m.remove(&0u32.to_le_bytes()).unwrap());
     m.write(|b| {
@@ -339,18 +341,18 @@ fn size_limits_and_full() {
     })
     .unwrap();
     assert_eq!(m.len(), stored.len() - 11);
-
-    // Slots full: 16 slots hold at most 14 keys.
-    let c2 = Cleanup::with("slots", Options::new().capacity(14));
-    let s = RawMap::create(&c2.name, &c2.opts).unwrap();
-    for k in 0..14u8 {
-        s.insert(&[k], b"v").unwrap();
+    // Compaction makes the removed entries' room usable again.
+    m.compact().unwrap();
+    for k in 0..5u32 {
+        m.insert(&(1000 + k).to_le_bytes(), &[7; 200]).unwrap();
     }
-    assert!(matches!(
-        s.insert(b"one more", b"v"),
-        Err(Error::Full { what: "slots", .. })
-    ));
-    assert_eq!(s.len(), 14);
-    s.insert(&[3], b"update in place is fine").unwrap();
-    assert_eq!(s.get(&[3]).unwrap().unwrap(), b"update in place is fine");
+    assert_eq!(m.len(), stored.len() - 11 + 5);
+    for k in &stored[11..] {
+        assert_eq!(
+            m.get(&k.to_le_bytes()).unwrap().unwrap(),
+            vec![*k as u8; 200]
+        );
+    }
+    let s = m.stats().unwrap();
+    assert!(s.segment_size + 512 <= 16 << 10, "{s:?}");
 }

@@ -79,24 +79,26 @@ pub struct HeapMap {
 
 /// The operations of one write on a [`HeapMap`].
 pub struct HeapBatch<'a> {
-    stager: Stager<'a>,
+    t: &'a Table,
+    stager: Stager,
     seed: u64,
 }
 
 impl HeapBatch<'_> {
     /// Stages `key → value`.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.stager.put(key, hash_key(self.seed, key), value)
+        self.stager
+            .put(self.t, key, hash_key(self.seed, key), value)
     }
     /// Stages removal; returns whether the key was present.
     pub fn remove(&mut self, key: &[u8]) -> Result<bool> {
-        self.stager.remove(key, hash_key(self.seed, key))
+        self.stager.remove(self.t, key, hash_key(self.seed, key))
     }
     /// The value as this batch sees it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .stager
-            .get(key, hash_key(self.seed, key))?
+            .get(self.t, key, hash_key(self.seed, key))?
             .map(<[u8]>::to_vec))
     }
 }
@@ -148,11 +150,12 @@ impl HeapMap {
     pub fn write<R>(&self, f: impl FnOnce(&mut HeapBatch<'_>) -> Result<R>) -> Result<R> {
         self.table.recover()?;
         let mut b = HeapBatch {
+            t: &self.table,
             stager: Stager::new(&self.table),
             seed: self.seed,
         };
         let r = f(&mut b)?;
-        b.stager.commit()?;
+        b.stager.commit(&self.table)?;
         Ok(r)
     }
 

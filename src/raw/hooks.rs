@@ -19,6 +19,12 @@ pub enum CrashPoint {
     MidApply = 4,
     /// All slots applied, commit marker not yet cleared.
     AfterApply = 5,
+    /// During a resize: the new generation is built and recorded as
+    /// pending, not yet published.
+    MidResize = 7,
+    /// During a resize: the new generation is published, the old one not
+    /// yet marked for removal.
+    AfterPublish = 8,
     /// During `create`: root and data segment made, data segment recorded
     /// as pending, root magic not yet written.
     MidCreate = 6,

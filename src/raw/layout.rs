@@ -58,7 +58,10 @@ pub(crate) struct RootHeader {
     /// `shmid + 1` of a data segment being built and not yet published, so
     /// that recovery can remove it; 0 = none.
     pub(crate) pending: AtomicU64,
-    _reserved: [AtomicU64; 31],
+    /// `shmid + 1` of the data segment being retired by a switch, until it
+    /// is marked for removal; 0 = none.
+    pub(crate) retiring: AtomicU64,
+    _reserved: [AtomicU64; 30],
 }
 
 const _: () = assert!(size_of::<RootHeader>() == ROOT_SIZE);
@@ -75,6 +78,7 @@ const _: () = assert!(offset_of!(RootHeader, creator_pid) == 56);
 const _: () = assert!(offset_of!(RootHeader, name) == 64);
 const _: () = assert!(offset_of!(RootHeader, current) == 192);
 const _: () = assert!(offset_of!(RootHeader, pending) == 256);
+const _: () = assert!(offset_of!(RootHeader, retiring) == 264);
 
 /// Packs the root's `current` word.
 pub(crate) const CURRENT_GEN_SHIFT: u32 = 32;

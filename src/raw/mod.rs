@@ -1,6 +1,7 @@
 //! Everything that touches raw shared memory: the layout, slot words, the
 //! seqlock, the table (read path), the write protocol and recovery.
 
+pub(crate) mod gens;
 pub(crate) mod heap;
 pub(crate) mod hooks;
 pub(crate) mod layout;

@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{fence, Ordering};
 
 use super::hooks::{reached, CrashPoint};
-use super::layout::{align_up, ARENA_ALIGN, RECORD_HEADER, REDO_ENTRY, REDO_HEADER, REDO_MAGIC};
+use super::layout::{
+    align_up, data_geometry, ARENA_ALIGN, RECORD_HEADER, REDO_ENTRY, REDO_HEADER, REDO_MAGIC,
+    ROOT_SIZE,
+};
 use super::slot::{Lens, SlotWord, Tag};
 use super::table::{record_size, value_offset_in_record, ReadErr, Table};
 use crate::error::{Error, Result};
@@ -20,6 +23,49 @@ pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// changes up to 32 slots, so that removals (which need no record) still
 /// work when the arena is otherwise full.
 pub(crate) const REDO_RESERVE: u64 = REDO_HEADER + 32 * REDO_ENTRY;
+
+/// Geometry `(slots, arena bytes)` of the generation that replaces one of
+/// `old_slots` and `old_arena` and must hold `keys` entries of `bytes`
+/// record bytes. Roomy first (never smaller than before; twice the need, so
+/// that growth is amortised and an update-heavy map compacts in place);
+/// then, if `max_total` forbids that, the least that fits.
+pub(crate) fn grow_geometry(
+    old_slots: u64,
+    old_arena: u64,
+    keys: u64,
+    bytes: u64,
+    max_total: Option<u64>,
+) -> Result<(u64, u64)> {
+    let slots_for = |n: u64| {
+        let mut s = 16u64;
+        while max_used(s) < n {
+            s *= 2;
+        }
+        s
+    };
+    let need_arena = bytes
+        .saturating_add(REDO_RESERVE + REDO_HEADER + ARENA_ALIGN)
+        .saturating_add(keys.saturating_mul(REDO_ENTRY));
+    let roomy = (
+        old_slots.max(slots_for(keys.saturating_mul(2))),
+        align_up(old_arena.max(need_arena.saturating_mul(2)), ARENA_ALIGN),
+    );
+    let tight = (slots_for(keys), align_up(need_arena, ARENA_ALIGN));
+    let mut smallest = u64::MAX;
+    for (s, a) in [roomy, tight] {
+        let total =
+            data_geometry(s, a).map_or(u64::MAX, |(_, _, t)| t.saturating_add(ROOT_SIZE as u64));
+        smallest = smallest.min(total);
+        if max_total.is_none_or(|m| total <= m) {
+            return Ok((s, a));
+        }
+    }
+    Err(Error::Full {
+        what: "max_size",
+        needed: smallest,
+        available: max_total.unwrap_or(0),
+    })
+}
 
 /// Table load bound: live keys plus tombstones stay at or below 7/8 of the
 /// slots, so every probe sequence meets an EMPTY slot.
@@ -51,8 +97,7 @@ struct Probe {
 }
 
 /// The writer's staging area for one write (one call or one batch).
-pub(crate) struct Stager<'t> {
-    t: &'t Table,
+pub(crate) struct Stager {
     /// Next free arena byte; everything from `arena_used` up is unpublished.
     cursor: u64,
     /// Keys in the order they were first touched, and their final operation.
@@ -62,25 +107,15 @@ pub(crate) struct Stager<'t> {
     staged_garbage: u64,
 }
 
-impl<'t> Stager<'t> {
+impl Stager {
     /// Starts a write. The caller holds the writer lock and has run recovery.
-    pub(crate) fn new(t: &'t Table) -> Stager<'t> {
+    pub(crate) fn new(t: &Table) -> Stager {
         Stager {
-            t,
             cursor: t.header().arena_used.load(Ordering::Relaxed),
             ops: Vec::new(),
             index: HashMap::new(),
             staged_garbage: 0,
         }
-    }
-
-    /// Largest value a key of `key_len` bytes can have in this generation.
-    pub(crate) fn max_value_len(&self, key_len: usize) -> u64 {
-        let fixed = value_offset_in_record(key_len as u64) + REDO_RESERVE + ARENA_ALIGN;
-        self.t
-            .arena_size()
-            .saturating_sub(fixed)
-            .min(u64::from(u32::MAX))
     }
 
     fn check_key(key: &[u8]) -> Result<()> {
@@ -94,19 +129,18 @@ impl<'t> Stager<'t> {
     }
 
     /// Stages `key → value`: writes the record into unpublished arena bytes.
-    pub(crate) fn put(&mut self, key: &[u8], hash: u64, value: &[u8]) -> Result<()> {
+    pub(crate) fn put(&mut self, t: &Table, key: &[u8], hash: u64, value: &[u8]) -> Result<()> {
         Self::check_key(key)?;
-        let max = self.max_value_len(key.len());
-        if value.len() as u64 > max {
+        if value.len() > u32::MAX as usize {
             return Err(Error::ValueTooLarge {
                 len: value.len(),
-                max: max as usize,
+                max: u32::MAX as usize,
             });
         }
         let record = align_up(self.cursor, ARENA_ALIGN);
         let size = record_size(key.len() as u64, value.len() as u64);
         let end = record + size;
-        let limit = self.t.arena_size().saturating_sub(REDO_RESERVE);
+        let limit = t.arena_size().saturating_sub(REDO_RESERVE);
         if end > limit {
             return Err(Error::Full {
                 what: "arena",
@@ -122,9 +156,9 @@ impl<'t> Stager<'t> {
         // or above arena_used: unpublished bytes no reader follows an offset
         // into, and we hold the writer lock so nobody else writes them.
         unsafe {
-            self.write_arena(record, &head);
-            self.write_arena(record + RECORD_HEADER, key);
-            self.write_arena(record + value_offset_in_record(key.len() as u64), value);
+            Self::write_arena(t, record, &head);
+            Self::write_arena(t, record + RECORD_HEADER, key);
+            Self::write_arena(t, record + value_offset_in_record(key.len() as u64), value);
         }
         self.cursor = end;
         self.set(key, Staged::Put { record, lens, hash });
@@ -132,9 +166,9 @@ impl<'t> Stager<'t> {
     }
 
     /// Stages removal of `key`; returns whether it was present.
-    pub(crate) fn remove(&mut self, key: &[u8], hash: u64) -> Result<bool> {
+    pub(crate) fn remove(&mut self, t: &Table, key: &[u8], hash: u64) -> Result<bool> {
         Self::check_key(key)?;
-        let present = self.get(key, hash)?.is_some();
+        let present = self.get(t, key, hash)?.is_some();
         if present {
             self.set(key, Staged::Remove { hash });
         }
@@ -142,24 +176,24 @@ impl<'t> Stager<'t> {
     }
 
     /// Reads `key` as this batch sees it (its own staged writes first).
-    pub(crate) fn get(&self, key: &[u8], hash: u64) -> Result<Option<&[u8]>> {
+    pub(crate) fn get<'a>(
+        &'a self,
+        t: &'a Table,
+        key: &[u8],
+        hash: u64,
+    ) -> Result<Option<&'a [u8]>> {
         if let Some(&i) = self.index.get(key) {
             return Ok(match self.ops[i].1 {
                 Staged::Put { record, lens, .. } => {
-                    let f = self
-                        .t
-                        .locate(0, record, lens)
-                        .map_err(ReadErr::into_error)?;
-                    Some(self.t.value_of(&f))
+                    let f = t.locate(0, record, lens).map_err(ReadErr::into_error)?;
+                    Some(t.value_of(&f))
                 }
                 Staged::Remove { .. } => None,
             });
         }
-        Ok(self
-            .t
-            .find(key, hash)
+        Ok(t.find(key, hash)
             .map_err(ReadErr::into_error)?
-            .map(|f| self.t.value_of(&f)))
+            .map(|f| t.value_of(&f)))
     }
 
     fn set(&mut self, key: &[u8], op: Staged) {
@@ -184,18 +218,18 @@ impl<'t> Stager<'t> {
     /// # Safety
     /// `[off, off + data.len())` is inside the arena and unpublished, and
     /// the caller holds the writer lock.
-    unsafe fn write_arena(&self, off: u64, data: &[u8]) {
+    unsafe fn write_arena(t: &Table, off: u64, data: &[u8]) {
         // SAFETY: forwarded from the caller; `data` is process-local memory,
         // so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.t.arena_ptr(off), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), t.arena_ptr(off), data.len()) };
     }
 
     /// The slot image a planned or current slot has.
-    fn image(&self, plan: &BTreeMap<u64, Image>, i: u64) -> Image {
+    fn image(t: &Table, plan: &BTreeMap<u64, Image>, i: u64) -> Image {
         if let Some(img) = plan.get(&i) {
             return *img;
         }
-        let s = self.t.slot(i);
+        let s = t.slot(i);
         Image {
             hash: s.hash.load(Ordering::Relaxed),
             rec: SlotWord(s.rec.load(Ordering::Relaxed)),
@@ -203,13 +237,66 @@ impl<'t> Stager<'t> {
         }
     }
 
+    /// How this batch changes the number of keys and the live record bytes
+    /// of `base` (the published table it started on).
+    pub(crate) fn footprint(&self, base: &Table) -> Result<(i64, i64)> {
+        let (mut keys, mut bytes) = (0i64, 0i64);
+        for (key, op) in &self.ops {
+            let hash = match *op {
+                Staged::Put { hash, .. } | Staged::Remove { hash } => hash,
+            };
+            let old = base.find(key, hash).map_err(ReadErr::into_error)?;
+            let old_size = old.map_or(0, |f| record_size(f.key_len, f.value_len)) as i64;
+            match *op {
+                Staged::Put { lens, .. } => {
+                    keys += i64::from(old.is_none());
+                    bytes += record_size(lens.key_len(), lens.value_len()) as i64 - old_size;
+                }
+                Staged::Remove { .. } if old.is_some() => {
+                    keys -= 1;
+                    bytes -= old_size;
+                }
+                Staged::Remove { .. } => {}
+            }
+        }
+        Ok((keys, bytes))
+    }
+
+    /// Whether the batch writes or removes `key`.
+    pub(crate) fn touches(&self, key: &[u8]) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// Number of keys the batch touches (each needs a redo entry).
+    pub(crate) fn op_count(&self) -> u64 {
+        self.ops.len() as u64
+    }
+
+    /// Stages this batch's operations again into `into` (over table `to`),
+    /// reading staged records from `from`. Used when a batch moves to a new
+    /// generation.
+    pub(crate) fn replay(&self, from: &Table, into: &mut Stager, to: &Table) -> Result<()> {
+        for (key, op) in &self.ops {
+            match *op {
+                Staged::Put { record, lens, hash } => {
+                    let f = from.locate(0, record, lens).map_err(ReadErr::into_error)?;
+                    into.put(to, key, hash, from.value_of(&f))?;
+                }
+                Staged::Remove { hash } => {
+                    into.remove(to, key, hash)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Finds `key` in the planned table.
-    fn probe(&self, plan: &BTreeMap<u64, Image>, key: &[u8], hash: u64) -> Result<Probe> {
-        let mask = self.t.capacity() - 1;
+    fn probe(t: &Table, plan: &BTreeMap<u64, Image>, key: &[u8], hash: u64) -> Result<Probe> {
+        let mask = t.capacity() - 1;
         let mut i = hash & mask;
         let mut free = None;
-        for _ in 0..self.t.capacity() {
-            let img = self.image(plan, i);
+        for _ in 0..t.capacity() {
+            let img = Self::image(t, plan, i);
             match img.rec.tag() {
                 Some(Tag::EMPTY) => {
                     return Ok(Probe {
@@ -222,11 +309,10 @@ impl<'t> Stager<'t> {
                 }
                 Some(Tag::FULL) => {
                     if img.hash == hash && img.lens.key_len() == key.len() as u64 {
-                        let f = self
-                            .t
+                        let f = t
                             .locate(i, img.rec.offset(), img.lens)
                             .map_err(ReadErr::into_error)?;
-                        if self.t.key_of(&f) == key {
+                        if t.key_of(&f) == key {
                             return Ok(Probe {
                                 existing: Some((i, img)),
                                 free,
@@ -246,12 +332,12 @@ impl<'t> Stager<'t> {
 
     /// Plans, logs, commits and applies the batch. Returns whether anything
     /// was written.
-    pub(crate) fn commit(self) -> Result<bool> {
+    pub(crate) fn commit(&self, t: &Table) -> Result<bool> {
         if self.ops.is_empty() {
             return Ok(false);
         }
-        let h = self.t.header();
-        let cap = self.t.capacity();
+        let h = t.header();
+        let cap = t.capacity();
         let mut live = h.live.load(Ordering::Relaxed);
         let mut tombs = h.tombstones.load(Ordering::Relaxed);
         // Counters come from shared memory: wrapping arithmetic here, and one
@@ -271,7 +357,7 @@ impl<'t> Stager<'t> {
                         rec: SlotWord::full(record),
                         lens,
                     };
-                    match self.probe(&plan, key, hash)? {
+                    match Self::probe(t, &plan, key, hash)? {
                         Probe {
                             existing: Some((i, old)),
                             ..
@@ -286,7 +372,7 @@ impl<'t> Stager<'t> {
                             existing: None,
                             free: Some(i),
                         } => {
-                            if self.image(&plan, i).rec.tag() == Some(Tag::TOMBSTONE) {
+                            if Self::image(t, &plan, i).rec.tag() == Some(Tag::TOMBSTONE) {
                                 tombs = tombs.wrapping_sub(1);
                             } else if live.saturating_add(tombs) >= max_used(cap) {
                                 return Err(Error::Full {
@@ -311,7 +397,7 @@ impl<'t> Stager<'t> {
                     }
                 }
                 Staged::Remove { hash } => {
-                    if let Some((i, old)) = self.probe(&plan, key, hash)?.existing {
+                    if let Some((i, old)) = Self::probe(t, &plan, key, hash)?.existing {
                         garbage = garbage
                             .wrapping_add(record_size(old.lens.key_len(), old.lens.value_len()));
                         live = live.wrapping_sub(1);
@@ -334,13 +420,13 @@ impl<'t> Stager<'t> {
         // it (and the tombstones right before it) back into EMPTY.
         let mask = cap - 1;
         for i in removed {
-            if self.image(&plan, i).rec.tag() != Some(Tag::TOMBSTONE)
-                || self.image(&plan, (i + 1) & mask).rec.tag() != Some(Tag::EMPTY)
+            if Self::image(t, &plan, i).rec.tag() != Some(Tag::TOMBSTONE)
+                || Self::image(t, &plan, (i + 1) & mask).rec.tag() != Some(Tag::EMPTY)
             {
                 continue;
             }
             let mut j = i;
-            while self.image(&plan, j).rec.tag() == Some(Tag::TOMBSTONE) {
+            while Self::image(t, &plan, j).rec.tag() == Some(Tag::TOMBSTONE) {
                 plan.insert(
                     j,
                     Image {
@@ -360,11 +446,11 @@ impl<'t> Stager<'t> {
         let arena_used = self.cursor;
         let log = align_up(self.cursor, ARENA_ALIGN);
         let log_len = REDO_HEADER + REDO_ENTRY * plan.len() as u64;
-        if log + log_len > self.t.arena_size() {
+        if log + log_len > t.arena_size() {
             return Err(Error::Full {
                 what: "arena",
                 needed: log_len,
-                available: self.t.arena_size().saturating_sub(log),
+                available: t.arena_size().saturating_sub(log),
             });
         }
         reached(CrashPoint::AfterStage);
@@ -388,13 +474,13 @@ impl<'t> Stager<'t> {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         // SAFETY: [log, log + log_len) is inside the arena (checked above)
         // and above every staged record: unpublished.
-        unsafe { self.write_arena(log, &bytes) };
+        unsafe { Self::write_arena(t, log, &bytes) };
         reached(CrashPoint::AfterRedoLog);
 
         h.commit.store((log << 1) | 1, Ordering::Release);
         reached(CrashPoint::AfterCommit);
-        let redo = Redo::parse(self.t, (log << 1) | 1).map_err(Error::corrupted)?;
-        redo.apply(self.t, true);
+        let redo = Redo::parse(t, (log << 1) | 1).map_err(Error::corrupted)?;
+        redo.apply(t, true);
         Ok(true)
     }
 }
@@ -513,6 +599,76 @@ impl Redo {
 }
 
 impl Table {
+    /// Copies every live entry of `src` whose key `skip` rejects not into
+    /// this table, which must be new and unpublished (no reader can see it, so slots are written without
+    /// a redo log: a crash leaves a segment that recovery removes). Also
+    /// carries the version over.
+    pub(crate) fn load_from(&self, src: &Table, skip: impl Fn(&[u8]) -> bool) -> Result<()> {
+        let (mut cursor, mut live) = (0u64, 0u64);
+        let mask = self.capacity() - 1;
+        for i in 0..src.capacity() {
+            let s = src
+                .slot(i)
+                .read()
+                .ok_or_else(|| Error::corrupted("slot left odd"))?;
+            if s.rec.tag() != Some(Tag::FULL) {
+                continue;
+            }
+            let f = src
+                .locate(i, s.rec.offset(), s.lens)
+                .map_err(ReadErr::into_error)?;
+            if skip(src.key_of(&f)) {
+                continue;
+            }
+            let size = record_size(f.key_len, f.value_len);
+            if cursor + size > self.arena_size() || live >= max_used(self.capacity()) {
+                return Err(Error::Full {
+                    what: "arena",
+                    needed: size,
+                    available: self.arena_size() - cursor,
+                });
+            }
+            let mut head = [0u8; RECORD_HEADER as usize];
+            head[..4].copy_from_slice(&(f.key_len as u32).to_le_bytes());
+            head[4..].copy_from_slice(&(f.value_len as u32).to_le_bytes());
+            // SAFETY: [cursor, cursor + size) is inside this table's arena
+            // (checked above), and the table is unpublished and ours alone.
+            unsafe {
+                Stager::write_arena(self, cursor, &head);
+                Stager::write_arena(self, cursor + RECORD_HEADER, src.key_of(&f));
+                Stager::write_arena(
+                    self,
+                    cursor + value_offset_in_record(f.key_len),
+                    src.value_of(&f),
+                );
+            }
+            let mut j = s.hash & mask;
+            while self.slot(j).rec.load(Ordering::Relaxed) != SlotWord::EMPTY.0 {
+                j = (j + 1) & mask;
+            }
+            self.slot(j)
+                .write(s.hash, SlotWord::full(cursor), s.lens, || {});
+            cursor += size;
+            live += 1;
+        }
+        let h = self.header();
+        h.arena_used.store(cursor, Ordering::Relaxed);
+        h.live.store(live, Ordering::Relaxed);
+        h.view_seq.store(
+            src.header().view_seq.load(Ordering::Relaxed) & !1,
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Whether garbage or tombstones passed the compaction threshold: half
+    /// the arena is garbage, or a quarter of the slots are tombstones.
+    pub(crate) fn wants_compaction(&self) -> bool {
+        let h = self.header();
+        h.garbage.load(Ordering::Relaxed) > self.arena_size() / 2
+            || h.tombstones.load(Ordering::Relaxed) > self.capacity() / 4
+    }
+
     /// Brings the table to a consistent state after a writer died: a
     /// committed redo log is applied again (idempotent), an uncommitted one
     /// is ignored (its bytes are above `arena_used`). Returns whether

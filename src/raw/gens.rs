@@ -1,0 +1,213 @@
+//! Process-local management of table generations: which data segment this
+//! process reads, pinning (a mapping is detached only once nothing in this
+//! process can still refer to it), switching to a newer generation, and
+//! reclamation of retired ones.
+//!
+//! The scheme is epoch-based reclamation with generation numbers as epochs.
+//! Each thread that uses a map has a `ThreadSlot` with the number of the
+//! generation that was current when it pinned (0 = not pinned); pins nest
+//! (a `Ref` keeps its pin). A retired generation is detached when every
+//! pinned slot holds a larger number. The read path writes only its own
+//! thread's slot (a plain store, no read-modify-write) and reads the
+//! process-local `current` pointer.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::table::Table;
+use crate::sysv::Attached;
+
+/// One attached data segment.
+#[derive(Debug)]
+pub(crate) struct Generation {
+    /// The root's `current` word that named it.
+    pub(crate) word: u64,
+    /// Its generation number (≥ 1).
+    pub(crate) number: u64,
+    /// The table over it. Declared before `seg`, so it drops first.
+    pub(crate) table: Table,
+    /// The mapping; detached on drop.
+    pub(crate) seg: Attached,
+}
+
+/// Per-thread pin record, read by reclaimers.
+#[derive(Debug, Default)]
+struct ThreadSlot {
+    pinned: AtomicU64,
+}
+
+/// This thread's pin state for one map.
+struct LocalPin {
+    map_id: usize,
+    slot: Arc<ThreadSlot>,
+    depth: Cell<u32>,
+}
+
+thread_local! {
+    static PINS: RefCell<Vec<Rc<LocalPin>>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_MAP_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// The generations this process has mapped for one map handle.
+#[derive(Debug)]
+pub(crate) struct Gens {
+    id: usize,
+    current: AtomicPtr<Generation>,
+    // Boxed on purpose: pinned threads hold `&Generation` into these boxes,
+    // so a retired generation must not move until it is reclaimed.
+    #[allow(clippy::vec_box)]
+    retired: Mutex<Vec<Box<Generation>>>,
+    retired_count: AtomicUsize,
+    registry: Mutex<Vec<Arc<ThreadSlot>>>,
+    /// Serialises switches within this process.
+    pub(crate) switch: Mutex<()>,
+}
+
+/// Keeps every generation at or after the pinned one mapped.
+pub(crate) struct Pin<'g> {
+    gens: &'g Gens,
+    local: Rc<LocalPin>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Gens {
+    pub(crate) fn new(first: Box<Generation>) -> Gens {
+        Gens {
+            id: NEXT_MAP_ID.fetch_add(1, Ordering::Relaxed),
+            current: AtomicPtr::new(Box::into_raw(first)),
+            retired: Mutex::new(Vec::new()),
+            retired_count: AtomicUsize::new(0),
+            registry: Mutex::new(Vec::new()),
+            switch: Mutex::new(()),
+        }
+    }
+
+    fn local(&self) -> Rc<LocalPin> {
+        PINS.with(|pins| {
+            let mut pins = pins.borrow_mut();
+            if let Some(p) = pins.iter().find(|p| p.map_id == self.id) {
+                return p.clone();
+            }
+            // Forget entries of maps that were dropped (only our Arc left).
+            pins.retain(|p| Arc::strong_count(&p.slot) > 1 || p.depth.get() > 0);
+            let slot = Arc::new(ThreadSlot::default());
+            let mut reg = lock(&self.registry);
+            reg.retain(|s| Arc::strong_count(s) > 1);
+            reg.push(slot.clone());
+            let p = Rc::new(LocalPin {
+                map_id: self.id,
+                slot,
+                depth: Cell::new(0),
+            });
+            pins.push(p.clone());
+            p
+        })
+    }
+
+    /// Pins this thread: until the pin drops, the current generation and
+    /// every later one stay mapped.
+    #[inline]
+    pub(crate) fn pin(&self) -> Pin<'_> {
+        let local = self.local();
+        if local.depth.get() == 0 {
+            loop {
+                let g = self.current.load(Ordering::Acquire);
+                // SAFETY: `current` always points to a live generation; a
+                // generation is freed only after it stopped being current and
+                // no pin older than it exists, and we re-check below that it
+                // is still current after publishing our pin.
+                let number = unsafe { (*g).number };
+                local.slot.pinned.store(number, Ordering::Relaxed);
+                // Store-load barrier against `install`/`reclaim` (SeqCst fence
+                // there): either they see our pin, or we see their new current.
+                fence(Ordering::SeqCst);
+                if self.current.load(Ordering::Relaxed) == g {
+                    break;
+                }
+            }
+        }
+        local.depth.set(local.depth.get() + 1);
+        Pin { gens: self, local }
+    }
+
+    /// Makes `new` current and retires the previous generation. The caller
+    /// holds `switch`.
+    pub(crate) fn install(&self, new: Box<Generation>) {
+        let old = self.current.swap(Box::into_raw(new), Ordering::SeqCst);
+        // SAFETY: `old` came from Box::into_raw in `new`/`install` and is no
+        // longer reachable through `current`; it is freed only by `reclaim`.
+        let old = unsafe { Box::from_raw(old) };
+        let mut retired = lock(&self.retired);
+        retired.push(old);
+        self.retired_count.store(retired.len(), Ordering::Relaxed);
+        drop(retired);
+        self.reclaim();
+    }
+
+    /// Detaches retired generations that no pinned thread can still use.
+    pub(crate) fn reclaim(&self) {
+        let Ok(mut retired) = self.retired.try_lock() else {
+            return;
+        };
+        fence(Ordering::SeqCst);
+        let oldest_pin = lock(&self.registry)
+            .iter()
+            .map(|s| s.pinned.load(Ordering::Relaxed))
+            .filter(|&p| p != 0)
+            .min();
+        retired.retain(|g| oldest_pin.is_some_and(|p| g.number >= p));
+        self.retired_count.store(retired.len(), Ordering::Relaxed);
+    }
+
+    /// Number of data segments this process has mapped for the handle.
+    pub(crate) fn mapped(&self) -> usize {
+        1 + lock(&self.retired).len()
+    }
+}
+
+impl Drop for Gens {
+    fn drop(&mut self) {
+        // SAFETY: dropping the handle: no pin (which borrows it) is alive;
+        // the pointer came from Box::into_raw.
+        drop(unsafe { Box::from_raw(*self.current.get_mut()) });
+    }
+}
+
+impl<'g> Pin<'g> {
+    /// The current generation of this process (at least the pinned one).
+    #[inline]
+    pub(crate) fn current(&self) -> &Generation {
+        // SAFETY: generations at or after our pinned number are not freed
+        // while we are pinned, and `current` only moves forward.
+        unsafe { &*self.gens.current.load(Ordering::Acquire) }
+    }
+}
+
+impl Clone for Pin<'_> {
+    fn clone(&self) -> Self {
+        self.local.depth.set(self.local.depth.get() + 1);
+        Pin {
+            gens: self.gens,
+            local: self.local.clone(),
+        }
+    }
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let d = self.local.depth.get() - 1;
+        self.local.depth.set(d);
+        if d == 0 {
+            self.local.slot.pinned.store(0, Ordering::Release);
+            if self.gens.retired_count.load(Ordering::Relaxed) > 0 {
+                self.gens.reclaim();
+            }
+        }
+    }
+}
