@@ -14,8 +14,8 @@ use crate::options::Options;
 use crate::raw::gens::{Generation, Gens, Pin};
 use crate::raw::hooks::{reached, CrashPoint};
 use crate::raw::layout::{
-    data_geometry, pack_current, pack_owner, unpack_current, RootHeader, REDO_ENTRY, ROOT_MAGIC,
-    ROOT_SIZE,
+    data_geometry, pack_current, pack_owner, unpack_current, DataHeader, RootHeader,
+    PENDING_CREATING, REDO_ENTRY, ROOT_MAGIC, ROOT_SIZE,
 };
 use crate::raw::root::{self, RootState};
 use crate::raw::table::{record_size, Found, ReadErr, Table};
@@ -319,7 +319,7 @@ impl RawMap {
                 }
                 // A creator died before finishing; we hold the lock, so no
                 // creator is running: remove what it left and start over.
-                RootState::Incomplete => discard_data_segments(r, true),
+                RootState::Incomplete => discard_data_segments(r, pack_owner(key, root_id), true),
             }
         }
         root::init_identity(
@@ -328,16 +328,7 @@ impl RawMap {
             random_seed(),
             opts.max_size.map_or(0, |s| s.bytes()),
         );
-        let data_id = match sysv::shm_get(sysv::IPC_PRIVATE, data_size as usize, flags, name)? {
-            Ok(id) => id,
-            Err(e) => {
-                return Err(Error::Os {
-                    op: "shmget",
-                    errno: e,
-                })
-            }
-        };
-        r.pending.store(data_id as u64 + 1, Ordering::Release);
+        let data_id = make_pending_segment(r, data_size, opts.mode, name)?;
         let mut undo_data = Undo(Some(move || {
             let _ = sysv::shm_remove(data_id);
         }));
@@ -442,7 +433,7 @@ impl RawMap {
             // SAFETY: `seg` outlives `r`.
             let r = unsafe { root::root_at(seg.base(), seg.len()) }?;
             root::state(r)?;
-            discard_data_segments(r, false);
+            discard_data_segments(r, pack_owner(key, root_id), false);
             sysv::shm_remove(root_id)?;
             removed = true;
         }
@@ -459,7 +450,7 @@ impl RawMap {
     /// processes that have it open keep their mappings until they drop them;
     /// their writes fail from now on.
     pub fn destroy(self) -> Result<()> {
-        discard_data_segments(self.root(), false);
+        discard_data_segments(self.root(), pack_owner(self.key, self.root.shmid), false);
         let pin = self.gens.pin();
         sysv::shm_remove(pin.current().seg.shmid)?;
         drop(pin);
@@ -652,15 +643,12 @@ impl RawMap {
     fn recover_locked<'p>(&self, pin: &'p Pin<'_>) -> Result<&'p Generation> {
         let r = self.root();
         let (_, current_id) = unpack_current(r.current.load(Ordering::Acquire));
-        for word in [&r.pending, &r.retiring] {
-            let id = word.load(Ordering::Acquire);
-            if id != 0 {
-                if (id - 1) as i32 != current_id {
-                    sysv::shm_remove((id - 1) as i32)?;
-                }
-                word.store(0, Ordering::Release);
-            }
-        }
+        discard_recorded(
+            r,
+            pack_owner(self.key, self.root.shmid),
+            Some(current_id),
+            true,
+        );
         let g = self.current(pin)?;
         g.table.recover()?;
         Ok(g)
@@ -709,17 +697,7 @@ impl RawMap {
     /// recorded in the root's `pending` word (or `retiring`, see `migrate`).
     fn new_generation(&self, number: u64, slots: u64, arena: u64) -> Result<Box<Generation>> {
         let (_, _, size) = data_geometry(slots, arena).ok_or_else(|| Error::corrupted("size"))?;
-        let flags = libc::IPC_CREAT | libc::IPC_EXCL | self.mode as i32;
-        let id = match sysv::shm_get(sysv::IPC_PRIVATE, size as usize, flags, &self.name)? {
-            Ok(id) => id,
-            Err(errno) => {
-                return Err(Error::Os {
-                    op: "shmget",
-                    errno,
-                })
-            }
-        };
-        self.root().pending.store(id as u64 + 1, Ordering::Release);
+        let id = make_pending_segment(self.root(), size, self.mode, &self.name)?;
         let mut undo = Undo(Some(|| {
             let _ = sysv::shm_remove(id);
             self.root().pending.store(0, Ordering::Release);
@@ -830,23 +808,87 @@ impl RawMap {
     }
 }
 
-/// Removes the data segments a root names (current, pending, retiring);
+/// Makes a private data segment of `size` bytes, recorded in the root's
+/// `pending` word from before the `shmget` on (RECORDED-BEFORE-BUILT), so
+/// that a writer killed inside or right after the system call leaves a
+/// segment recovery can find.
+fn make_pending_segment(r: &RootHeader, size: u64, mode: u32, name: &str) -> Result<i32> {
+    r.pending_size.store(size, Ordering::Relaxed);
+    r.pending.store(
+        PENDING_CREATING | u64::from(std::process::id()),
+        Ordering::Release,
+    );
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | mode as i32;
+    let made = sysv::shm_get(sysv::IPC_PRIVATE, size as usize, flags, name);
+    if let Ok(Ok(id)) = made {
+        r.pending.store(id as u64 + 1, Ordering::Release);
+        return Ok(id);
+    }
+    r.pending.store(0, Ordering::Release);
+    match made {
+        Ok(Err(errno)) => Err(Error::Os {
+            op: "shmget",
+            errno,
+        }),
+        Err(e) => Err(e),
+        Ok(Ok(_)) => unreachable!("handled above"),
+    }
+}
+
+/// Removes the segments the root's `pending` and `retiring` words record,
+/// except `keep`; with `clear`, also resets the words (needs a writable
+/// mapping). A `pending` caught inside `shmget` names the dead writer's pid:
+/// its unattached private segments of the recorded size that are still
+/// blank (or belong to `owner`) are removed.
+fn discard_recorded(r: &RootHeader, owner: u64, keep: Option<i32>, clear: bool) {
+    let pending = r.pending.load(Ordering::Acquire);
+    if pending & PENDING_CREATING != 0 {
+        let size = r.pending_size.load(Ordering::Relaxed);
+        for (id, sz) in sysv::unattached_private_segments_of(pending as u32) {
+            if sz == size && Some(id) != keep && blank_or_owned(id, owner) {
+                let _ = sysv::shm_remove(id);
+            }
+        }
+    } else if pending != 0 && Some((pending - 1) as i32) != keep {
+        let _ = sysv::shm_remove((pending - 1) as i32);
+    }
+    let retiring = r.retiring.load(Ordering::Acquire);
+    if retiring != 0 && Some((retiring - 1) as i32) != keep {
+        let _ = sysv::shm_remove((retiring - 1) as i32);
+    }
+    if clear {
+        r.pending.store(0, Ordering::Release);
+        r.retiring.store(0, Ordering::Release);
+    }
+}
+
+/// Whether segment `id` was never initialised (all-zero header), or is a
+/// data segment of `owner`: only such a segment may be removed on the
+/// strength of a pid and a size.
+fn blank_or_owned(id: i32, owner: u64) -> bool {
+    let Ok(seg) = Attached::attach(id, true, "") else {
+        return false;
+    };
+    if seg.len() < std::mem::size_of::<DataHeader>() {
+        return false;
+    }
+    // SAFETY: the mapping holds a full header, is page-aligned and lives
+    // until `seg` drops at the end of this function; atomics only.
+    let h = unsafe { seg.base().cast::<DataHeader>().as_ref() };
+    let magic = h.magic.load(Ordering::Acquire);
+    magic == 0 || h.owner.load(Ordering::Relaxed) == owner
+}
+
+/// Removes every data segment a root names (current, pending, retiring);
 /// with `clear`, also forgets them in the root (needs a writable mapping).
-fn discard_data_segments(r: &RootHeader, clear: bool) {
+fn discard_data_segments(r: &RootHeader, owner: u64, clear: bool) {
     let (generation, id) = unpack_current(r.current.load(Ordering::Acquire));
     if generation != 0 {
         let _ = sysv::shm_remove(id);
     }
-    for word in [&r.pending, &r.retiring] {
-        let v = word.load(Ordering::Acquire);
-        if v != 0 {
-            let _ = sysv::shm_remove((v - 1) as i32);
-        }
-    }
+    discard_recorded(r, owner, None, clear);
     if clear {
         r.current.store(0, Ordering::Release);
-        r.pending.store(0, Ordering::Release);
-        r.retiring.store(0, Ordering::Release);
     }
 }
 

@@ -340,3 +340,23 @@ impl Semaphore {
         unsafe { libc::semctl(self.semid, 0, libc::IPC_RMID) };
     }
 }
+
+/// Private (`IPC_PRIVATE`) segments made by `pid` that no process has
+/// attached: `(shmid, size)`, from `/proc/sysvipc/shm` (empty if unreadable).
+pub(crate) fn unattached_private_segments_of(pid: u32) -> Vec<(libc::c_int, u64)> {
+    let Ok(table) = std::fs::read_to_string("/proc/sysvipc/shm") else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            // key shmid perms size cpid lpid nattch ...
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+            (num(0)? == 0 && num(4)? == i64::from(pid) && num(6)? == 0)
+                .then(|| Some((num(1)? as libc::c_int, num(3)? as u64)))
+                .flatten()
+        })
+        .collect()
+}

@@ -118,7 +118,10 @@ fn apply(model: &mut Model, ops: &[Op]) {
 /// system call per line, so the log survives SIGKILL exactly.
 fn writer_role() {
     let m = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
-    let mut log = std::fs::OpenOptions::new().append(true).open(arg("LOG")).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(arg("LOG"))
+        .unwrap();
     let mut rng: u64 = arg("SEED").parse().unwrap();
     let mut seq: u64 = arg("SEQ").parse().unwrap();
     if let Ok(p) = std::env::var("POINT") {
@@ -150,12 +153,17 @@ fn writer_role() {
             for _ in 0..1 + next(&mut rng) % 50 {
                 seq += 1;
                 let k = key(next(&mut rng) % KEYS);
-                ops.push(if next(&mut rng) % 4 == 0 { Op::Remove(k) } else { Op::Put(k, seq) });
+                ops.push(if next(&mut rng) % 4 == 0 {
+                    Op::Remove(k)
+                } else {
+                    Op::Put(k, seq)
+                });
             }
         } else {
             ops.push(Op::Compact);
         }
-        log.write_all(format!("B {}\n", encode(&ops)).as_bytes()).unwrap();
+        log.write_all(format!("B {}\n", encode(&ops)).as_bytes())
+            .unwrap();
         match &ops[..] {
             [Op::Compact] => m.compact().unwrap(),
             [Op::Put(k, s)] => m.insert(k, &value(k, *s)).unwrap(),
@@ -233,7 +241,11 @@ fn field(line: &str, name: &str) -> u64 {
 }
 
 fn snapshot(m: &RawMap) -> Model {
-    m.entries().unwrap().into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    m.entries()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
 }
 
 #[test]
@@ -243,7 +255,10 @@ fn writers_killed_at_random_lose_nothing() {
         Some("reader") => return reader_role(),
         _ => {}
     }
-    let kills: u64 = std::env::var("SHMKV_TORTURE_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let kills: u64 = std::env::var("SHMKV_TORTURE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let test = "writers_killed_at_random_lose_nothing";
     // Small table and arena: writers grow and compact the map all the time.
     let c = Cleanup::with("torture", Options::new().capacity(14).arena_size(4096u64));
@@ -251,17 +266,37 @@ fn writers_killed_at_random_lose_nothing() {
     let dir = std::env::temp_dir().join(&c.name);
     std::fs::create_dir_all(&dir).unwrap();
     let stop = dir.join("stop");
-    let base_env = [("MAP", c.name.clone()), ("STOP", stop.display().to_string())];
+    let base_env = [
+        ("MAP", c.name.clone()),
+        ("STOP", stop.display().to_string()),
+    ];
     let mut readers: Vec<KillOnDrop> = vec![
         KillOnDrop(Some(spawn(test, "reader", &base_env))),
-        KillOnDrop(Some(spawn(test, "reader", &[base_env[0].clone(), base_env[1].clone(), ("READ_ONLY", "1".into())]))),
+        KillOnDrop(Some(spawn(
+            test,
+            "reader",
+            &[
+                base_env[0].clone(),
+                base_env[1].clone(),
+                ("READ_ONLY", "1".into()),
+            ],
+        ))),
     ];
 
-    let points = ["AfterStage", "AfterRedoLog", "AfterCommit", "MidApply", "AfterApply", "MidResize", "AfterPublish"];
+    let points = [
+        "AfterStage",
+        "AfterRedoLog",
+        "AfterCommit",
+        "MidApply",
+        "AfterApply",
+        "MidResize",
+        "AfterPublish",
+    ];
     let mut model = Model::new();
     let mut rng = 0x5eed_u64 ^ std::process::id() as u64;
     let mut writer_pids = Vec::new();
-    let (mut acked, mut inflight_applied, mut inflight_lost, mut self_killed) = (0u64, 0u64, 0u64, 0u64);
+    let (mut acked, mut inflight_applied, mut inflight_lost, mut self_killed) =
+        (0u64, 0u64, 0u64, 0u64);
     let start = Instant::now();
     for round in 0..kills {
         let log_path = dir.join(format!("writer-{round}.log"));
@@ -274,7 +309,10 @@ fn writers_killed_at_random_lose_nothing() {
         ];
         let armed = next(&mut rng) % 2 == 0;
         if armed {
-            env.push(("POINT", points[(next(&mut rng) % points.len() as u64) as usize].to_string()));
+            env.push((
+                "POINT",
+                points[(next(&mut rng) % points.len() as u64) as usize].to_string(),
+            ));
         }
         let mut child: Child = spawn(test, "writer", &env);
         writer_pids.push(child.id());
@@ -290,7 +328,11 @@ fn writers_killed_at_random_lose_nothing() {
         // Replay the log: acknowledged writes, and at most one in flight.
         let log = std::fs::read_to_string(&log_path).unwrap();
         let mut inflight: Option<Vec<Op>> = None;
-        for line in log.lines() {
+        // A line cut short by the kill was never followed by its write.
+        for line in log
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
+        {
             if let Some(ops) = line.strip_prefix("B ") {
                 inflight = Some(decode(ops));
             } else if line == "A" {
@@ -301,7 +343,11 @@ fn writers_killed_at_random_lose_nothing() {
         // This view also recovers whatever the dead writer left.
         let got = snapshot(&m);
         for (k, v) in &got {
-            assert!(check(k, v).is_some(), "round {round}: torn value for {}", String::from_utf8_lossy(k));
+            assert!(
+                check(k, v).is_some(),
+                "round {round}: torn value for {}",
+                String::from_utf8_lossy(k)
+            );
         }
         if got != model {
             let ops = inflight.clone().unwrap_or_default();

@@ -61,8 +61,16 @@ pub(crate) struct RootHeader {
     /// `shmid + 1` of the data segment being retired by a switch, until it
     /// is marked for removal; 0 = none.
     pub(crate) retiring: AtomicU64,
-    _reserved: [AtomicU64; 30],
+    /// Size of the segment `pending` is about to record (see
+    /// [`PENDING_CREATING`]).
+    pub(crate) pending_size: AtomicU64,
+    _reserved: [AtomicU64; 29],
 }
+
+/// `pending` while a writer is inside `shmget`: this bit, with the writer's
+/// pid in the low 32 bits. Recovery then looks for a private segment of
+/// `pending_size` bytes made by that (dead) process and not attached.
+pub(crate) const PENDING_CREATING: u64 = 1 << 63;
 
 const _: () = assert!(size_of::<RootHeader>() == ROOT_SIZE);
 const _: () = assert!(offset_of!(RootHeader, magic) == 0);
@@ -79,6 +87,7 @@ const _: () = assert!(offset_of!(RootHeader, name) == 64);
 const _: () = assert!(offset_of!(RootHeader, current) == 192);
 const _: () = assert!(offset_of!(RootHeader, pending) == 256);
 const _: () = assert!(offset_of!(RootHeader, retiring) == 264);
+const _: () = assert!(offset_of!(RootHeader, pending_size) == 272);
 
 /// Packs the root's `current` word.
 pub(crate) const CURRENT_GEN_SHIFT: u32 = 32;
