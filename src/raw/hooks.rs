@@ -15,7 +15,8 @@ pub enum CrashPoint {
     AfterRedoLog = 2,
     /// Commit marker stored, no slot touched.
     AfterCommit = 3,
-    /// The global view sequence and one slot's sequence are odd.
+    /// The global view sequence and one slot's sequence are odd (reached
+    /// once per slot of a write: with a skip count, mid-way through a batch).
     MidApply = 4,
     /// All slots applied, commit marker not yet cleared.
     AfterApply = 5,

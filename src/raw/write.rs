@@ -578,9 +578,9 @@ impl Redo {
         if h.view_seq.load(Ordering::Relaxed) != self.target {
             h.view_seq.store(self.target - 1, Ordering::Relaxed);
             fence(Ordering::Release);
-            for (n, (i, img)) in self.entries.iter().enumerate() {
+            for (i, img) in &self.entries {
                 t.slot(*i).write(img.hash, img.rec, img.lens, || {
-                    if crash_hooks && n == 0 {
+                    if crash_hooks {
                         reached(CrashPoint::MidApply);
                     }
                 });
