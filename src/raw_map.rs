@@ -559,7 +559,10 @@ impl RawMap {
             self.writer_thread.store(thread_mark(), Ordering::Relaxed);
             let _guard = WriteGuard { map: self };
             let pin = self.gens.pin();
-            self.recover_locked(&pin)?;
+            let g = self.recover_locked(&pin)?;
+            if !g.table.needs_recovery() {
+                g.table.close_odd_slots();
+            }
             return Ok(());
         }
         std::thread::sleep(Duration::from_micros(200));

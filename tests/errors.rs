@@ -363,3 +363,102 @@ fn permissions_are_enforced() {
     );
     drop((m, m2));
 }
+
+/// Scribbles on the live data segment of a map, one byte at a time at
+/// seeded random places (header, slots, arena), and reads everything through
+/// a fresh handle each time: errors or data, never a crash or a panic. Runs
+/// in a child process so that a crash would show as a signal.
+#[test]
+fn scribbled_segments_give_errors_not_crashes() {
+    if role().as_deref() == Some("scribbler") {
+        let name = arg("MAP");
+        let opts = Options::new().lock_timeout(Duration::from_millis(20));
+        let typed: ShmMap<u64, (u64, String, Vec<u32>)> = ShmMap::open(&name, &opts).unwrap();
+        let s = typed.stats().unwrap();
+        // SAFETY: a null address lets the kernel choose.
+        let p = unsafe { libc::shmat(s.data_shmid, std::ptr::null(), 0) }.cast::<u8>();
+        assert_ne!(p as isize, -1);
+        let len = s.segment_size as usize;
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let (mut errors, mut oks) = (0u64, 0u64);
+        for _ in 0..3000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Half the hits in the header and slots, half anywhere.
+            let off = if rng & 1 == 0 {
+                (rng >> 8) as usize % 2048
+            } else {
+                (rng >> 8) as usize % len
+            };
+            // SAFETY: off < len, inside the mapping; this process is the only
+            // writer while it scribbles (no writer runs).
+            let old = unsafe { *p.add(off) };
+            // SAFETY: as above.
+            unsafe { *p.add(off) = old ^ (1 << ((rng >> 40) % 8)) };
+            let outcome = (|| -> shmkv::Result<()> {
+                let m: ShmMap<u64, (u64, String, Vec<u32>)> = ShmMap::open(&name, &opts)?;
+                for k in 0..50u64 {
+                    let _ = m.get(&k)?;
+                    let _ = m.get_archived(&k)?.map(|v| v.0);
+                }
+                let _ = m.raw().entries()?;
+                Ok(())
+            })();
+            match outcome {
+                Ok(()) => oks += 1,
+                Err(
+                    Error::Corrupted(_)
+                    | Error::Incompatible(_)
+                    | Error::Value(_)
+                    | Error::LockTimeout { .. },
+                ) => errors += 1,
+                Err(e) => panic!("unexpected error kind: {e:?}"),
+            }
+            // SAFETY: as above.
+            unsafe { *p.add(off) = old };
+        }
+        // SAFETY: p came from shmat.
+        unsafe { libc::shmdt(p.cast()) };
+        println!("RESULT oks={oks} errors={errors}");
+        return;
+    }
+    let c = Cleanup::with("scribble", Options::new().capacity(60));
+    let m: ShmMap<u64, (u64, String, Vec<u32>)> = ShmMap::create(&c.name, &c.opts).unwrap();
+    for k in 0..50u64 {
+        m.insert(&k, &(k, format!("value {k}"), (0..k as u32 % 9).collect()))
+            .unwrap();
+    }
+    for k in (0..50u64).step_by(7) {
+        m.remove(&k).unwrap();
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "scribbled_segments_give_errors_not_crashes",
+            "--exact",
+            "--nocapture",
+            "-q",
+        ])
+        .env("SHMKV_TEST_ROLE", "scribbler")
+        .env("MAP", &c.name)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scribbler crashed or panicked: {:?}\n{stdout}",
+        out.status
+    );
+    eprintln!(
+        "{}",
+        stdout
+            .lines()
+            .find(|l| l.starts_with("RESULT"))
+            .unwrap_or("")
+    );
+    assert!(stdout.contains("RESULT oks="));
+    // The map is intact after the bytes were restored.
+    for k in 0..50u64 {
+        assert_eq!(m.get(&k).unwrap().is_some(), k % 7 != 0);
+    }
+}

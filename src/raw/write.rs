@@ -689,6 +689,23 @@ impl Table {
         Ok(true)
     }
 
+    /// Closes slot stamps left odd with no committed write (which no writer
+    /// does: the segment was scribbled on). Called under the lock when a
+    /// reader stalled and recovery found nothing to redo, so that readers
+    /// see (bounds-checked) data instead of stalling forever.
+    pub(crate) fn close_odd_slots(&self) -> u64 {
+        let mut closed = 0;
+        for i in 0..self.capacity() {
+            let seq = &self.slot(i).seq;
+            let s = seq.load(Ordering::Relaxed);
+            if s & 1 == 1 {
+                seq.store(s.wrapping_add(1), Ordering::Release);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Whether a committed write is waiting to be applied (cheap check).
     pub(crate) fn needs_recovery(&self) -> bool {
         self.header().commit.load(Ordering::Acquire) != 0
