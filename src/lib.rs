@@ -105,6 +105,12 @@ pub mod __private {
     pub use crate::raw::heap::{HeapBatch, HeapMap, HeapRegion};
     pub use crate::raw::hooks::{arm, CrashPoint};
 
+    /// `FUTEX_WAKE` calls this process made (writers wake only when someone
+    /// waits).
+    pub fn futex_wakes() -> u64 {
+        crate::sysv::FUTEX_WAKES.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Byte offsets of root header fields.
     pub mod root_offsets {
         pub const MAGIC: usize = 0;

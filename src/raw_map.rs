@@ -693,7 +693,59 @@ impl RawMap {
         }
         let r = f(&mut batch)?;
         batch.commit()?;
+        self.notify(&pin);
         Ok(r)
+    }
+
+    /// After a commit (lock held): publishes the version in the futex word
+    /// and wakes sleepers, with a system call only if someone sleeps.
+    fn notify(&self, pin: &Pin<'_>) {
+        let r = self.root();
+        let v = pin.current().table.version() as u32;
+        if r.change_seq.load(Ordering::Relaxed) != v {
+            r.change_seq.store(v, Ordering::SeqCst);
+            if r.waiters.load(Ordering::SeqCst) > 0 {
+                sysv::futex_wake_all(&r.change_seq);
+            }
+        }
+    }
+
+    /// Sleeps until the map's version differs from `since` or `timeout`
+    /// passes; returns the new version, or `None` on timeout. Writers wake
+    /// sleepers through a futex in the root segment (a system call only
+    /// when someone sleeps). A read-only handle cannot register as a
+    /// sleeper and polls every millisecond instead.
+    pub fn wait_for_change(&self, since: u64, timeout: Duration) -> Result<Option<u64>> {
+        let deadline = Instant::now() + timeout;
+        let r = self.root();
+        if !self.read_only {
+            r.waiters.fetch_add(1, Ordering::SeqCst);
+        }
+        struct Leave<'a>(Option<&'a std::sync::atomic::AtomicU32>);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                if let Some(w) = self.0 {
+                    w.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let _leave = Leave((!self.read_only).then_some(&r.waiters));
+        loop {
+            let seen = r.change_seq.load(Ordering::SeqCst);
+            let v = self.version();
+            if v != since {
+                return Ok(Some(v));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            if self.read_only {
+                std::thread::sleep(left.min(Duration::from_millis(1)));
+            } else {
+                sysv::futex_wait(&r.change_seq, seen, left.min(Duration::from_millis(500)));
+            }
+        }
     }
 
     /// Makes a new, unpublished data segment for generation `number`,

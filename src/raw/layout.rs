@@ -64,7 +64,13 @@ pub(crate) struct RootHeader {
     /// Size of the segment `pending` is about to record (see
     /// [`PENDING_CREATING`]).
     pub(crate) pending_size: AtomicU64,
-    _reserved: [AtomicU64; 29],
+    /// Futex word: the low 32 bits of the map's version, stored by every
+    /// writer after a commit.
+    pub(crate) change_seq: AtomicU32,
+    /// Processes (or threads) sleeping in `wait_for_change` on `change_seq`;
+    /// writers call `FUTEX_WAKE` only when it is non-zero.
+    pub(crate) waiters: AtomicU32,
+    _reserved: [AtomicU64; 28],
 }
 
 /// `pending` while a writer is inside `shmget`: this bit, with the writer's
@@ -88,6 +94,8 @@ const _: () = assert!(offset_of!(RootHeader, current) == 192);
 const _: () = assert!(offset_of!(RootHeader, pending) == 256);
 const _: () = assert!(offset_of!(RootHeader, retiring) == 264);
 const _: () = assert!(offset_of!(RootHeader, pending_size) == 272);
+const _: () = assert!(offset_of!(RootHeader, change_seq) == 280);
+const _: () = assert!(offset_of!(RootHeader, waiters) == 284);
 
 /// Packs the root's `current` word.
 pub(crate) const CURRENT_GEN_SHIFT: u32 = 32;

@@ -1,0 +1,103 @@
+//! Change notification: `version()` and `wait_for_change` across processes.
+#![allow(unreachable_pub)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{arg, results, role, spawn, Cleanup, KillOnDrop};
+use shmkv::__private::futex_wakes;
+use shmkv::{Options, RawMap};
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn a_waiter_in_another_process_wakes_within_milliseconds() {
+    if role().as_deref() == Some("waiter") {
+        let ro = std::env::var("READ_ONLY").is_ok();
+        let m = RawMap::open(&arg("MAP"), &Options::new().read_only(ro)).unwrap();
+        let since = m.version();
+        println!("RESULT ready");
+        let v = m.wait_for_change(since, Duration::from_secs(10)).unwrap();
+        let woke = monotonic_ns();
+        println!("RESULT woke={woke} version={}", v.unwrap());
+        return;
+    }
+    let c = Cleanup::new("notify");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    m.insert(b"a", b"1").unwrap();
+    let test = "a_waiter_in_another_process_wakes_within_milliseconds";
+    for ro in [false, true] {
+        let mut env = vec![("MAP", c.name.clone())];
+        if ro {
+            env.push(("READ_ONLY", "1".into()));
+        }
+        let mut w = KillOnDrop(Some(spawn(test, "waiter", &env)));
+        // Give the waiter time to go to sleep, then write.
+        std::thread::sleep(Duration::from_millis(300));
+        let wrote = monotonic_ns();
+        m.insert(b"a", b"2").unwrap();
+        let (status, lines) = results(w.0.take().unwrap());
+        assert!(status.success());
+        let line = lines.iter().find(|l| l.starts_with("woke=")).unwrap();
+        let woke: u64 = line.split(['=', ' ']).nth(1).unwrap().parse().unwrap();
+        let latency = Duration::from_nanos(woke.saturating_sub(wrote));
+        eprintln!("read_only={ro}: woke {latency:?} after the write ({line})");
+        assert!(line.ends_with(&format!("version={}", m.version())));
+        assert!(latency < Duration::from_millis(50), "{latency:?}");
+    }
+}
+
+#[test]
+fn waiting_times_out_and_writes_without_waiters_make_no_wake_calls() {
+    let c = Cleanup::new("notify-timeout");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let v = m.version();
+    let t = Instant::now();
+    assert_eq!(
+        m.wait_for_change(v, Duration::from_millis(120)).unwrap(),
+        None
+    );
+    assert!(t.elapsed() >= Duration::from_millis(120) && t.elapsed() < Duration::from_secs(2));
+    // A version already past `since` returns at once.
+    m.insert(b"k", b"v").unwrap();
+    assert_eq!(
+        m.wait_for_change(v, Duration::from_secs(5)).unwrap(),
+        Some(v + 1)
+    );
+
+    // Nobody waits: no FUTEX_WAKE at all.
+    let before = futex_wakes();
+    for i in 0..1000u32 {
+        m.insert(&i.to_le_bytes(), b"x").unwrap();
+    }
+    assert_eq!(
+        futex_wakes(),
+        before,
+        "writes without waiters must not wake"
+    );
+
+    // Somebody waits (in a thread of this process): the next write wakes it.
+    let other = RawMap::open(&c.name, &c.opts).unwrap();
+    let other = &other;
+    std::thread::scope(|s| {
+        let since = other.version();
+        let h = s.spawn(move || {
+            other
+                .wait_for_change(since, Duration::from_secs(10))
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        m.insert(b"wake", b"up").unwrap();
+        assert_eq!(h.join().unwrap(), Some(since + 1));
+    });
+    assert!(futex_wakes() > before);
+}
