@@ -83,6 +83,7 @@ pub use hash::format_fingerprint;
 pub use key::{Key, KeyBytes};
 pub use map::{Batch, Checkable, Loadable, ShmMap, Storable, View};
 pub use options::{key_from_name, Options};
+pub use raw::verify::VerifyReport;
 pub use raw::write::MAX_KEY_LEN;
 pub use raw_map::{Entry, RawBatch, RawMap, RawView, Ref, Stats};
 pub use size::{Size, SizeError};

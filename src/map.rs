@@ -194,6 +194,11 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
         self.raw.stats()
     }
 
+    /// A full consistency check (see [`RawMap::verify`]).
+    pub fn verify(&self) -> Result<crate::VerifyReport> {
+        self.raw.verify()
+    }
+
     /// Every key, from one consistent snapshot.
     pub fn keys(&self) -> Result<Vec<K::Owned>> {
         self.raw

@@ -19,6 +19,7 @@ use crate::raw::layout::{
 };
 use crate::raw::root::{self, RootState};
 use crate::raw::table::{record_size, Found, ReadErr, Table};
+use crate::raw::verify::VerifyReport;
 use crate::raw::write::{grow_geometry, Stager};
 use crate::sysv::{self, Attached, SemOpen, Semaphore};
 
@@ -831,6 +832,14 @@ impl RawMap {
                 self.unstick(start)?;
             }
         }
+    }
+
+    /// A full consistency check of the generation in force: header, every
+    /// slot, every record, counters. Reads one consistent snapshot (like
+    /// [`view`](RawMap::view)); costs O(capacity).
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let seed = self.seed;
+        self.view(|v| Ok(v.gen().table.verify(seed)))
     }
 
     /// Counters and identity (costs a few system calls).

@@ -118,6 +118,12 @@ fn overwrite_remove_tombstone_reuse() {
         }
         let s = m.stats().unwrap();
         assert!(s.live + s.tombstones <= cap - cap / 8, "{s:?}");
+        let report = m.verify().unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(
+            report.live,
+            14 - (0..14).filter(|k| k % 3 == round % 3).count() as u64
+        );
     }
     let s = m.stats().unwrap();
     assert!(s.garbage_bytes > 0);

@@ -462,3 +462,33 @@ fn scribbled_segments_give_errors_not_crashes() {
         assert_eq!(m.get(&k).unwrap().is_some(), k % 7 != 0);
     }
 }
+
+#[test]
+fn verify_reports_a_damaged_record() {
+    let c = Cleanup::new("verify");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    for k in 0..20u8 {
+        m.insert(&[k; 4], &[k; 40]).unwrap();
+    }
+    assert!(m.verify().unwrap().is_ok());
+    let s = m.stats().unwrap();
+    // SAFETY: a null address lets the kernel choose.
+    let p = unsafe { libc::shmat(s.data_shmid, std::ptr::null(), 0) }.cast::<u8>();
+    assert_ne!(p as isize, -1);
+    let arena = (256 + s.capacity as usize * 32).next_multiple_of(64);
+    // The first record's header: key length 4 -> 5.
+    // SAFETY: inside the mapping; no writer runs.
+    unsafe { *p.add(arena) = 5 };
+    let report = m.verify().unwrap();
+    // SAFETY: as above.
+    unsafe { *p.add(arena) = 4 };
+    // SAFETY: p came from shmat.
+    unsafe { libc::shmdt(p.cast()) };
+    assert!(!report.is_ok());
+    assert!(
+        report.problems.iter().any(|p| p.contains("record header")),
+        "{:?}",
+        report.problems
+    );
+    assert!(m.verify().unwrap().is_ok());
+}

@@ -342,6 +342,8 @@ fn writers_killed_at_random_lose_nothing() {
         }
         // This view also recovers whatever the dead writer left.
         let got = snapshot(&m);
+        let report = m.verify().unwrap();
+        assert!(report.is_ok(), "round {round}: {:?}", report.problems);
         for (k, v) in &got {
             assert!(
                 check(k, v).is_some(),

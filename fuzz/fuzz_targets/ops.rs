@@ -77,6 +77,8 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
             }
         }
         assert_eq!(map.len(), model.len());
+        let report = map.verify();
+        assert!(report.is_ok(), "{:?}", report.problems);
         let mut got = map.entries().unwrap();
         got.sort();
         let mut want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

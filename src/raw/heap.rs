@@ -159,6 +159,11 @@ impl HeapMap {
         Ok(r)
     }
 
+    /// The consistency check `RawMap::verify` runs.
+    pub fn verify(&self) -> crate::raw::verify::VerifyReport {
+        self.table.verify(self.seed)
+    }
+
     /// Recovery as the next lock holder would run it.
     pub fn recover(&self) -> Result<bool> {
         self.table.recover()

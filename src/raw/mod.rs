@@ -9,4 +9,5 @@ pub(crate) mod root;
 pub(crate) mod seqlock;
 pub(crate) mod slot;
 pub(crate) mod table;
+pub(crate) mod verify;
 pub(crate) mod write;
