@@ -103,7 +103,7 @@ pub enum Error {
         available: u64,
     },
     /// The write lock was not obtained in time.
-    #[error("write lock not obtained within {waited:?} (held by pid {holder_pid:?})")]
+    #[error("write lock not obtained within {waited:?} ({})", holder_text(.holder_pid))]
     LockTimeout {
         /// How long the call waited.
         waited: Duration,
@@ -141,6 +141,13 @@ pub enum Error {
         /// The error number.
         errno: nix::errno::Errno,
     },
+}
+
+fn holder_text(pid: &Option<i32>) -> String {
+    match pid {
+        Some(p) => format!("held by pid {p}"),
+        None => "holder unknown".to_string(),
+    }
 }
 
 impl Error {

@@ -85,7 +85,7 @@ pub use map::{Batch, Checkable, Loadable, ShmMap, Storable, View};
 pub use options::{key_from_name, Options};
 pub use raw::verify::VerifyReport;
 pub use raw::write::MAX_KEY_LEN;
-pub use raw_map::{Entry, RawBatch, RawMap, RawView, Ref, Stats};
+pub use raw_map::{list_maps, Entry, MapListing, RawBatch, RawMap, RawView, Ref, Stats};
 pub use size::{Size, SizeError};
 
 /// Test support: crash points of the write protocol, the heap-backed table

@@ -1146,3 +1146,76 @@ impl<'m> RawView<'m> {
         Ok(out)
     }
 }
+
+/// One map found by [`list_maps`].
+#[derive(Debug, Clone)]
+pub struct MapListing {
+    /// The SysV key of its root segment.
+    pub key: i32,
+    /// Its name, from the root header.
+    pub name: String,
+    /// Its counters, if it could be opened (read-only).
+    pub stats: Option<Stats>,
+    /// Why it could not be opened, otherwise.
+    pub error: Option<String>,
+}
+
+/// Every shmkv map on this machine that this process can see: scans
+/// `/proc/sysvipc/shm` for root segments (attached read-only, checked by
+/// their magic). Maps this process may not read are listed with an error.
+pub fn list_maps() -> Result<Vec<MapListing>> {
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").map_err(|e| Error::Os {
+        op: "read /proc/sysvipc/shm",
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+    })?;
+    let mut out = Vec::new();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+        let (Some(key), Some(shmid), Some(size)) = (num(0), num(1), num(3)) else {
+            continue;
+        };
+        if key == 0 || size != ROOT_SIZE as i64 {
+            continue;
+        }
+        let (key, shmid) = (key as i32, shmid as i32);
+        let seg = match Attached::attach(shmid, true, "") {
+            Ok(seg) => seg,
+            Err(e @ Error::PermissionDenied { .. }) => {
+                out.push(MapListing {
+                    key,
+                    name: String::new(),
+                    stats: None,
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+            Err(_) => continue,
+        };
+        // SAFETY: `seg` outlives `r`.
+        let Ok(r) = (unsafe { root::root_at(seg.base(), seg.len()) }) else {
+            continue;
+        };
+        if !matches!(root::state(r), Ok(RootState::Complete)) {
+            continue;
+        }
+        let Ok(name) = root::stored_name(r) else {
+            continue;
+        };
+        let opts = Options::new()
+            .sysv_key(key)
+            .read_only(true)
+            .lock_timeout(Duration::from_millis(200));
+        let (stats, error) = match RawMap::open(&name, &opts).and_then(|m| m.stats()) {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(MapListing {
+            key,
+            name,
+            stats,
+            error,
+        });
+    }
+    Ok(out)
+}

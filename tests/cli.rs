@@ -1,0 +1,257 @@
+//! The `shmkv` binary against real maps: made with the library, inspected
+//! with the CLI, and the reverse through `load`; every error path.
+#![allow(unreachable_pub)]
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Cleanup, KillOnDrop};
+use shmkv::{Options, RawMap, ShmMap};
+
+fn shmkv(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shmkv"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = shmkv(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Exit code and the single stderr line of a failing command.
+fn fails(args: &[&str]) -> (i32, String) {
+    let o = shmkv(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one line of error: {err:?}");
+    (o.status.code().unwrap(), err.trim().to_string())
+}
+
+#[test]
+fn inspect_a_map_made_by_the_library() {
+    let c = Cleanup::new("cli");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    m.insert(b"alpha", b"1").unwrap();
+    m.insert(b"beta", b"two").unwrap();
+    m.insert(b"bin", &[0xff, 0x00]).unwrap();
+    let n = c.name.as_str();
+
+    let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", n])).unwrap();
+    assert_eq!(stat["entries"], 3);
+    assert_eq!(stat["version"], 3);
+    assert_eq!(stat["name"], n);
+    assert!(ok(&["stat", n]).contains("entries     3"));
+
+    let ls: serde_json::Value = serde_json::from_str(&ok(&["--json", "ls"])).unwrap();
+    assert!(ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == n && m["entries"] == 3));
+    assert!(ok(&["ls"]).contains(n));
+
+    assert_eq!(ok(&["get", n, "beta"]), "two");
+    assert_eq!(ok(&["keys", n]), "alpha\nbeta\nbin\n");
+    assert_eq!(
+        ok(&["dump", n]),
+        "{\"key\":\"alpha\",\"value\":\"1\"}\n{\"key\":\"beta\",\"value\":\"two\"}\n{\"key\":\"bin\",\"value_b64\":\"/wA=\"}\n"
+    );
+    assert!(ok(&["verify", n]).starts_with("ok:"));
+    let v: serde_json::Value = serde_json::from_str(&ok(&["--json", "verify", n])).unwrap();
+    assert_eq!(v["ok"], true);
+
+    ok(&["put", n, "gamma", "3"]);
+    let file = std::env::temp_dir().join(format!("{n}.value"));
+    std::fs::write(&file, b"from a file").unwrap();
+    ok(&["put", n, "delta", "--file", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(m.get(b"gamma").unwrap().unwrap(), b"3");
+    assert_eq!(m.get(b"delta").unwrap().unwrap(), b"from a file");
+    ok(&["rm", n, "gamma"]);
+    assert_eq!(m.get(b"gamma").unwrap(), None);
+    assert_eq!(fails(&["rm", n, "gamma"]).0, 4);
+    let (code, err) = fails(&["get", n, "nope"]);
+    assert_eq!(code, 4);
+    assert!(err.contains("not found") && err.contains(n), "{err}");
+}
+
+#[test]
+fn dump_and_load_round_trip_as_one_batch() {
+    let a = Cleanup::new("cli-src");
+    let b = Cleanup::new("cli-dst");
+    let typed: ShmMap<str, String> = ShmMap::create(&a.name, &a.opts).unwrap();
+    for i in 0..100 {
+        typed
+            .insert(&format!("k{i}"), &format!("value {i}"))
+            .unwrap();
+    }
+    typed.raw().insert(&[0xfe, 0xff], &[1, 2, 3]).unwrap();
+    let dump = ok(&["dump", &a.name]);
+    let file = std::env::temp_dir().join(format!("{}.jsonl", b.name));
+    std::fs::write(&file, &dump).unwrap();
+    let (code, err) = fails(&["load", &b.name, file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+    ok(&["load", &b.name, file.to_str().unwrap(), "--create"]);
+    let dst = RawMap::open(&b.name, &Options::new()).unwrap();
+    assert_eq!(dst.len(), 101);
+    assert_eq!(dst.version(), 1, "loaded as one batch");
+    let copy: ShmMap<str, String> = ShmMap::open(&b.name, &Options::new()).unwrap();
+    assert_eq!(copy.get("k42").unwrap().as_deref(), Some("value 42"));
+    assert_eq!(dst.get(&[0xfe, 0xff]).unwrap().unwrap(), vec![1, 2, 3]);
+    assert_eq!(ok(&["dump", &b.name]), dump);
+    // A bad line: nothing is applied.
+    std::fs::write(&file, "{\"key\":\"x\",\"value\":\"1\"}\nnot json\n").unwrap();
+    let (code, err) = fails(&["load", &b.name, file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains(":2:"), "{err}");
+    assert_eq!(dst.get(b"x").unwrap(), None);
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn error_paths_name_the_map_and_the_cause() {
+    let missing = common::unique_name("cli-missing");
+    let (code, err) = fails(&["stat", &missing]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("shmkv: ") && err.contains(&missing) && err.contains("not found"),
+        "{err}"
+    );
+    assert_eq!(shmkv(&["frobnicate"]).status.code(), Some(2));
+
+    // Lock held by a pid: hold it in a thread of this process.
+    let c = Cleanup::new("cli-locked");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            m.write(|_| {
+                tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(800));
+                Ok(())
+            })
+            .unwrap()
+        });
+        rx.recv().unwrap();
+        let stat: serde_json::Value =
+            serde_json::from_str(&ok(&["--json", "stat", &c.name])).unwrap();
+        assert_eq!(stat["lock_held"], true);
+        assert_eq!(stat["lock_pid"], std::process::id());
+        let (code, err) = fails(&["--lock-timeout-ms", "100", "put", &c.name, "k", "v"]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!("held by pid {}", std::process::id())),
+            "{err}"
+        );
+    });
+
+    // An incompatible layout version.
+    let stats = m.stats().unwrap();
+    // SAFETY: a null address lets the kernel choose.
+    let p = unsafe { libc::shmat(stats.root_shmid, std::ptr::null(), 0) }.cast::<u8>();
+    // SAFETY: offset 8 (layout version) is inside the 512-byte root.
+    unsafe { *p.add(8) ^= 0x10 };
+    let (code, err) = fails(&["stat", &c.name]);
+    // SAFETY: as above.
+    unsafe { *p.add(8) ^= 0x10 };
+    // SAFETY: p came from shmat.
+    unsafe { libc::shmdt(p.cast()) };
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("incompatible") && err.contains("layout version"),
+        "{err}"
+    );
+
+    // verify finds problems: exit 3. Damage the first record's header.
+    m.insert(b"k", b"v").unwrap();
+    // SAFETY: a null address lets the kernel choose.
+    let p = unsafe { libc::shmat(stats.data_shmid, std::ptr::null(), 0) }.cast::<u8>();
+    let arena = (256 + stats.capacity as usize * 32).next_multiple_of(64);
+    // SAFETY: inside the data segment; no writer runs.
+    unsafe { *p.add(arena) ^= 0x7 };
+    let (code, err) = fails(&["verify", &c.name]);
+    // SAFETY: as above.
+    unsafe { *p.add(arena) ^= 0x7 };
+    // SAFETY: p came from shmat.
+    unsafe { libc::shmdt(p.cast()) };
+    assert_eq!(code, 3, "{err}");
+    assert!(ok(&["verify", &c.name]).starts_with("ok"));
+
+    // destroy asks; without an answer nothing happens.
+    let (code, _) = fails(&["destroy", &c.name]);
+    assert_eq!(code, 1);
+    assert!(RawMap::open(&c.name, &c.opts).is_ok());
+    drop(m);
+    ok(&["destroy", &c.name, "--yes"]);
+    assert!(RawMap::open(&c.name, &c.opts).is_err());
+    common::assert_removed(&stats);
+}
+
+#[test]
+fn permission_denied_for_another_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run the CLI as another user; skipped");
+        return;
+    }
+    let c = Cleanup::new("cli-perm");
+    let _m = RawMap::create(&c.name, &c.opts).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shmkv"))
+        .args(["stat", &c.name])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("permission denied") && err.contains(&c.name),
+        "{err}"
+    );
+}
+
+#[test]
+fn watch_prints_versions_and_changed_keys() {
+    let c = Cleanup::new("cli-watch");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    m.insert(b"a", b"1").unwrap();
+    m.insert(b"b", b"1").unwrap();
+    let mut w = KillOnDrop(Some(
+        Command::new(env!("CARGO_BIN_EXE_shmkv"))
+            .args(["watch", &c.name, "--count", "2", "--idle-timeout", "20"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    std::thread::sleep(Duration::from_millis(400));
+    m.write(|b| {
+        b.insert(b"a", b"2")?;
+        b.insert(b"c", b"1")?;
+        b.remove(b"b").map(drop)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    m.insert(b"c", b"2").unwrap();
+    let out = w.0.take().unwrap().wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        text,
+        format!(
+            "watching {:?} from version 2\nversion 3: ~a -b +c\nversion 4: ~c\n",
+            c.name
+        )
+    );
+}
