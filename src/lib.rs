@@ -43,6 +43,17 @@
 //!   in the segment; the rkyv format is fingerprinted. A process whose build
 //!   disagrees gets [`Error::Incompatible`] instead of wrong answers.
 //!
+//! - The map grows and compacts online: when the table or arena is full, or
+//!   garbage passes a threshold, a writer builds a new generation and
+//!   publishes it with one store; readers follow on their next operation.
+//!   References obtained before a switch stay valid; retired mappings are
+//!   detached once nothing in the process refers to them.
+//!   [`Options::max_size`] bounds the total; past it writes fail with
+//!   [`Error::Full`] and nothing stored is lost.
+//! - [`RawMap::version`] counts committed writes;
+//!   [`RawMap::wait_for_change`] sleeps in the kernel (a futex in the
+//!   segment) until it moves.
+//!
 //! # Multi-process use
 //!
 //! A map is found by name (hashed to a SysV key), by a raw key
@@ -58,7 +69,9 @@
 //! and values, lock timeouts (with the holder's pid), incompatible or
 //! corrupted segments. A reader that finds a bucket locked by a writer that
 //! died takes the lock and recovers; a read-only handle cannot, and waits at
-//! most the lock timeout.
+//! most the lock timeout, then returns [`Error::LockTimeout`] naming the
+//! holder's pid. [`RawMap::verify`] checks a map completely, and the `shmkv`
+//! command-line tool lists, inspects, dumps, loads and watches maps.
 //!
 //! # Performance
 //!

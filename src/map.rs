@@ -189,6 +189,18 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
         self.raw.version()
     }
 
+    /// Sleeps until the version differs from `since` (see
+    /// [`RawMap::wait_for_change`]).
+    pub fn wait_for_change(&self, since: u64, timeout: std::time::Duration) -> Result<Option<u64>> {
+        self.raw.wait_for_change(since, timeout)
+    }
+
+    /// Rewrites the live entries into a fresh generation (see
+    /// [`RawMap::compact`]).
+    pub fn compact(&self) -> Result<()> {
+        self.raw.compact()
+    }
+
     /// Counters and identity of the map.
     pub fn stats(&self) -> Result<Stats> {
         self.raw.stats()
