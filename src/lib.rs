@@ -89,6 +89,7 @@ pub mod options;
 mod raw;
 mod raw_map;
 pub mod size;
+mod sync;
 mod sysv;
 
 pub use error::{Error, Incompatible, Result};

@@ -13,11 +13,27 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::table::Table;
+use crate::sync::{
+    fence, weakened, Arc, AtomicPtr, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, Weaken,
+};
 use crate::sysv::Attached;
+
+/// What `Gens` manages: anything with a generation number. (The loom model
+/// uses a small stand-in; the library uses [`Generation`].)
+pub(crate) trait Numbered {
+    /// The generation number (≥ 1, increasing).
+    fn number(&self) -> u64;
+    /// Called when the item is reclaimed (loom models record it).
+    fn reclaimed(&self) {}
+}
+
+impl Numbered for Generation {
+    fn number(&self) -> u64 {
+        self.number
+    }
+}
 
 /// One attached data segment.
 #[derive(Debug)]
@@ -45,21 +61,33 @@ struct LocalPin {
     depth: Cell<u32>,
 }
 
+#[cfg(not(loom))]
 thread_local! {
     static PINS: RefCell<Vec<Rc<LocalPin>>> = const { RefCell::new(Vec::new()) };
 }
+#[cfg(loom)]
+loom::thread_local! {
+    static PINS: RefCell<Vec<Rc<LocalPin>>> = RefCell::new(Vec::new());
+}
 
-static NEXT_MAP_ID: AtomicUsize = AtomicUsize::new(1);
+/// Process-wide, not part of the models: a plain std atomic.
+static NEXT_MAP_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
 /// The generations this process has mapped for one map handle.
 #[derive(Debug)]
-pub(crate) struct Gens {
+pub(crate) struct Gens<G: Numbered = Generation> {
     id: usize,
-    current: AtomicPtr<Generation>,
+    current: AtomicPtr<G>,
     // Boxed on purpose: pinned threads hold `&Generation` into these boxes,
     // so a retired generation must not move until it is reclaimed.
     #[allow(clippy::vec_box)]
-    retired: Mutex<Vec<Box<Generation>>>,
+    retired: Mutex<Vec<Box<G>>>,
+    /// Under loom, reclaimed items are kept (and marked) instead of freed,
+    /// so that a model that uses one after reclaim fails an assertion
+    /// rather than touching freed memory.
+    #[cfg(loom)]
+    #[allow(clippy::vec_box)]
+    graveyard: Mutex<Vec<Box<G>>>,
     retired_count: AtomicUsize,
     registry: Mutex<Vec<Arc<ThreadSlot>>>,
     /// Serialises switches within this process.
@@ -67,8 +95,8 @@ pub(crate) struct Gens {
 }
 
 /// Keeps every generation at or after the pinned one mapped.
-pub(crate) struct Pin<'g> {
-    gens: &'g Gens,
+pub(crate) struct Pin<'g, G: Numbered = Generation> {
+    gens: &'g Gens<G>,
     local: Rc<LocalPin>,
 }
 
@@ -76,12 +104,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Gens {
-    pub(crate) fn new(first: Box<Generation>) -> Gens {
+impl<G: Numbered> Gens<G> {
+    pub(crate) fn new(first: Box<G>) -> Gens<G> {
         Gens {
-            id: NEXT_MAP_ID.fetch_add(1, Ordering::Relaxed),
+            id: NEXT_MAP_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             current: AtomicPtr::new(Box::into_raw(first)),
             retired: Mutex::new(Vec::new()),
+            #[cfg(loom)]
+            graveyard: Mutex::new(Vec::new()),
             retired_count: AtomicUsize::new(0),
             registry: Mutex::new(Vec::new()),
             switch: Mutex::new(()),
@@ -113,7 +143,7 @@ impl Gens {
     /// Pins this thread: until the pin drops, the current generation and
     /// every later one stay mapped.
     #[inline]
-    pub(crate) fn pin(&self) -> Pin<'_> {
+    pub(crate) fn pin(&self) -> Pin<'_, G> {
         let local = self.local();
         if local.depth.get() == 0 {
             loop {
@@ -122,11 +152,13 @@ impl Gens {
                 // generation is freed only after it stopped being current and
                 // no pin older than it exists, and we re-check below that it
                 // is still current after publishing our pin.
-                let number = unsafe { (*g).number };
+                let number = unsafe { (*g).number() };
                 local.slot.pinned.store(number, Ordering::Relaxed);
                 // Store-load barrier against `install`/`reclaim` (SeqCst fence
                 // there): either they see our pin, or we see their new current.
-                fence(Ordering::SeqCst);
+                if !weakened(Weaken::PinFence) {
+                    fence(Ordering::SeqCst);
+                }
                 if self.current.load(Ordering::Relaxed) == g {
                     break;
                 }
@@ -138,7 +170,7 @@ impl Gens {
 
     /// Makes `new` current and retires the previous generation. The caller
     /// holds `switch`.
-    pub(crate) fn install(&self, new: Box<Generation>) {
+    pub(crate) fn install(&self, new: Box<G>) {
         let old = self.current.swap(Box::into_raw(new), Ordering::SeqCst);
         // SAFETY: `old` came from Box::into_raw in `new`/`install` and is no
         // longer reachable through `current`; it is freed only by `reclaim`.
@@ -161,8 +193,17 @@ impl Gens {
             .map(|s| s.pinned.load(Ordering::Relaxed))
             .filter(|&p| p != 0)
             .min();
-        retired.retain(|g| oldest_pin.is_some_and(|p| g.number >= p));
+        let (keep, free): (Vec<_>, Vec<_>) = retired
+            .drain(..)
+            .partition(|g| oldest_pin.is_some_and(|p| g.number() >= p));
+        *retired = keep;
         self.retired_count.store(retired.len(), Ordering::Relaxed);
+        drop(retired);
+        for g in free {
+            g.reclaimed();
+            #[cfg(loom)]
+            lock(&self.graveyard).push(g);
+        }
     }
 
     /// Number of data segments this process has mapped for the handle.
@@ -171,25 +212,25 @@ impl Gens {
     }
 }
 
-impl Drop for Gens {
+impl<G: Numbered> Drop for Gens<G> {
     fn drop(&mut self) {
         // SAFETY: dropping the handle: no pin (which borrows it) is alive;
         // the pointer came from Box::into_raw.
-        drop(unsafe { Box::from_raw(*self.current.get_mut()) });
+        drop(unsafe { Box::from_raw(self.current.load(Ordering::Relaxed)) });
     }
 }
 
-impl<'g> Pin<'g> {
+impl<G: Numbered> Pin<'_, G> {
     /// The current generation of this process (at least the pinned one).
     #[inline]
-    pub(crate) fn current(&self) -> &Generation {
+    pub(crate) fn current(&self) -> &G {
         // SAFETY: generations at or after our pinned number are not freed
         // while we are pinned, and `current` only moves forward.
         unsafe { &*self.gens.current.load(Ordering::Acquire) }
     }
 }
 
-impl Clone for Pin<'_> {
+impl<G: Numbered> Clone for Pin<'_, G> {
     fn clone(&self) -> Self {
         self.local.depth.set(self.local.depth.get() + 1);
         Pin {
@@ -199,7 +240,7 @@ impl Clone for Pin<'_> {
     }
 }
 
-impl Drop for Pin<'_> {
+impl<G: Numbered> Drop for Pin<'_, G> {
     fn drop(&mut self) {
         let d = self.local.depth.get() - 1;
         self.local.depth.set(d);

@@ -3,8 +3,11 @@
 //! segment. Offsets are asserted at compile time; DESIGN.md shows the same
 //! table as a byte diagram.
 
+use crate::sync::{AtomicU32, AtomicU64};
 use std::mem::{offset_of, size_of};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+// The root is not part of the loom models: always std atomics (its
+// `change_seq` is also a futex word).
+use std::sync::atomic::{AtomicU32 as StdAtomicU32, AtomicU64 as StdAtomicU64};
 
 /// `"SHMKVRT\x01"`: a root segment (the one at the map's key).
 pub(crate) const ROOT_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVRT\x01");
@@ -31,46 +34,46 @@ pub(crate) const ARENA_ALIGN: u64 = 16;
 #[repr(C)]
 pub(crate) struct RootHeader {
     /// [`ROOT_MAGIC`]; stored last, with Release, when the map is complete.
-    pub(crate) magic: AtomicU64,
+    pub(crate) magic: StdAtomicU64,
     /// [`LAYOUT_VERSION`].
-    pub(crate) layout_version: AtomicU32,
+    pub(crate) layout_version: StdAtomicU32,
     /// [`ROOT_SIZE`].
-    pub(crate) root_size: AtomicU32,
+    pub(crate) root_size: StdAtomicU32,
     /// [`HASH_XXH3_64`].
-    pub(crate) hash_algo: AtomicU32,
+    pub(crate) hash_algo: StdAtomicU32,
     /// Length of the name in `name`.
-    pub(crate) name_len: AtomicU32,
+    pub(crate) name_len: StdAtomicU32,
     /// Seed of the key hash, random per map.
-    pub(crate) hash_seed: AtomicU64,
+    pub(crate) hash_seed: StdAtomicU64,
     /// Hash of the fixed canary vector under `hash_seed`.
-    pub(crate) hash_canary: AtomicU64,
+    pub(crate) hash_canary: StdAtomicU64,
     /// Fingerprint of the rkyv archive format of the creating build.
-    pub(crate) format_fingerprint: AtomicU64,
+    pub(crate) format_fingerprint: StdAtomicU64,
     /// Upper bound on the total bytes of the map's segments (0 = none).
-    pub(crate) max_size: AtomicU64,
+    pub(crate) max_size: StdAtomicU64,
     /// Pid of the creating process (diagnostics).
-    pub(crate) creator_pid: AtomicU64,
+    pub(crate) creator_pid: StdAtomicU64,
     /// The map's name, UTF-8, zero padded.
-    pub(crate) name: [AtomicU64; MAX_NAME_LEN / 8],
+    pub(crate) name: [StdAtomicU64; MAX_NAME_LEN / 8],
     /// The generation in force: `generation << 32 | shmid` of its data segment.
-    pub(crate) current: AtomicU64,
-    _reserved_read_mostly: [AtomicU64; 7],
+    pub(crate) current: StdAtomicU64,
+    _reserved_read_mostly: [StdAtomicU64; 7],
     /// `shmid + 1` of a data segment being built and not yet published, so
     /// that recovery can remove it; 0 = none.
-    pub(crate) pending: AtomicU64,
+    pub(crate) pending: StdAtomicU64,
     /// `shmid + 1` of the data segment being retired by a switch, until it
     /// is marked for removal; 0 = none.
-    pub(crate) retiring: AtomicU64,
+    pub(crate) retiring: StdAtomicU64,
     /// Size of the segment `pending` is about to record (see
     /// [`PENDING_CREATING`]).
-    pub(crate) pending_size: AtomicU64,
+    pub(crate) pending_size: StdAtomicU64,
     /// Futex word: the low 32 bits of the map's version, stored by every
     /// writer after a commit.
-    pub(crate) change_seq: AtomicU32,
+    pub(crate) change_seq: StdAtomicU32,
     /// Processes (or threads) sleeping in `wait_for_change` on `change_seq`;
     /// writers call `FUTEX_WAKE` only when it is non-zero.
-    pub(crate) waiters: AtomicU32,
-    _reserved: [AtomicU64; 28],
+    pub(crate) waiters: StdAtomicU32,
+    _reserved: [StdAtomicU64; 28],
 }
 
 /// `pending` while a writer is inside `shmget`: this bit, with the writer's
@@ -163,22 +166,39 @@ pub(crate) struct DataHeader {
     _reserved: [AtomicU64; 15],
 }
 
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<DataHeader>() == DATA_HEADER_SIZE);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, magic) == 0);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, layout_version) == 8);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, header_size) == 12);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, generation) == 16);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, segment_size) == 24);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, capacity) == 32);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, slots_offset) == 40);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, arena_offset) == 48);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, arena_size) == 56);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, view_seq) == 64);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, arena_used) == 72);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, live) == 80);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, tombstones) == 88);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, garbage) == 96);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, commit) == 104);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, owner) == 128);
 
 /// One bucket: a seqlock word and three data words, all atomics.
@@ -196,10 +216,15 @@ pub(crate) struct Slot {
 
 /// Bytes per slot: two slots per 64-byte cache line.
 pub(crate) const SLOT_SIZE: usize = 32;
+#[cfg(not(loom))]
 const _: () = assert!(size_of::<Slot>() == SLOT_SIZE);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(Slot, seq) == 0);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(Slot, hash) == 8);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(Slot, rec) == 16);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(Slot, lens) == 24);
 
 /// Bytes of a record header in the arena: `key_len: u32, value_len: u32`
@@ -228,4 +253,51 @@ pub(crate) fn data_geometry(capacity: u64, arena: u64) -> Option<(u64, u64, u64)
     );
     let total = arena_offset.checked_add(arena)?;
     Some((slots_offset, arena_offset, total))
+}
+
+/// All-zero headers and slots built as objects, for the loom models (loom
+/// atomics cannot be laid over raw bytes).
+#[cfg(all(loom, test))]
+mod loom_zeroed {
+    use super::*;
+
+    fn z() -> AtomicU64 {
+        AtomicU64::new(0)
+    }
+
+    impl DataHeader {
+        pub(crate) fn zeroed() -> DataHeader {
+            DataHeader {
+                magic: z(),
+                layout_version: AtomicU32::new(0),
+                header_size: AtomicU32::new(0),
+                generation: z(),
+                segment_size: z(),
+                capacity: z(),
+                slots_offset: z(),
+                arena_offset: z(),
+                arena_size: z(),
+                view_seq: z(),
+                arena_used: z(),
+                live: z(),
+                tombstones: z(),
+                garbage: z(),
+                commit: z(),
+                _reserved_counters: std::array::from_fn(|_| z()),
+                owner: z(),
+                _reserved: std::array::from_fn(|_| z()),
+            }
+        }
+    }
+
+    impl Slot {
+        pub(crate) fn zeroed() -> Slot {
+            Slot {
+                seq: z(),
+                hash: z(),
+                rec: z(),
+                lens: z(),
+            }
+        }
+    }
 }

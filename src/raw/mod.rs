@@ -5,6 +5,8 @@ pub(crate) mod gens;
 pub(crate) mod heap;
 pub(crate) mod hooks;
 pub(crate) mod layout;
+#[cfg(all(test, loom))]
+mod loom_models;
 pub(crate) mod root;
 pub(crate) mod seqlock;
 pub(crate) mod slot;

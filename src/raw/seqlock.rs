@@ -3,7 +3,7 @@
 //! Relaxed loads of the data words, an Acquire fence, and a Relaxed re-load.
 //! Readers never write to the slot.
 
-use std::sync::atomic::{fence, Ordering};
+use crate::sync::{fence, weakened, Ordering, Weaken};
 
 use super::layout::Slot;
 use super::slot::{Lens, SlotWord};
@@ -11,7 +11,11 @@ use super::slot::{Lens, SlotWord};
 /// How many times a reader retries a bucket that is odd (being written)
 /// before it reports a stall, so the caller can check whether the writer
 /// is still alive.
+#[cfg(not(loom))]
 pub(crate) const SPIN_LIMIT: u32 = 1 << 12;
+/// Under loom every retry is a branch of the model: keep it tiny.
+#[cfg(loom)]
+pub(crate) const SPIN_LIMIT: u32 = 2;
 
 /// A consistent snapshot of a slot's data words.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +36,9 @@ impl Slot {
                 let hash = self.hash.load(Ordering::Relaxed);
                 let rec = self.rec.load(Ordering::Relaxed);
                 let lens = self.lens.load(Ordering::Relaxed);
-                fence(Ordering::Acquire);
+                if !weakened(Weaken::SeqlockReadFence) {
+                    fence(Ordering::Acquire);
+                }
                 if self.seq.load(Ordering::Relaxed) == s1 {
                     return Some(SlotRead {
                         hash,
@@ -41,7 +47,7 @@ impl Slot {
                     });
                 }
             }
-            std::hint::spin_loop();
+            crate::sync::spin_loop();
         }
         None
     }
@@ -53,7 +59,9 @@ impl Slot {
         let s = self.seq.load(Ordering::Relaxed);
         let odd = s | 1;
         self.seq.store(odd, Ordering::Relaxed);
-        fence(Ordering::Release);
+        if !weakened(Weaken::SeqlockWriteFence) {
+            fence(Ordering::Release);
+        }
         crash_mid();
         self.hash.store(hash, Ordering::Relaxed);
         self.rec.store(rec.0, Ordering::Relaxed);

@@ -2,8 +2,8 @@
 //! the lock-free read path. Works over any memory region (a SysV segment or
 //! a heap buffer); the writer side is in [`super::write`].
 
+use crate::sync::{fence, Ordering};
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, Ordering};
 
 use super::layout::{
     align_up, data_geometry, DataHeader, Slot, ARENA_ALIGN, DATA_HEADER_SIZE, DATA_MAGIC,
@@ -61,10 +61,11 @@ pub(crate) const fn record_size(key_len: u64, value_len: u64) -> u64 {
 /// lives.
 #[derive(Debug)]
 pub(crate) struct Table {
-    base: NonNull<u8>,
+    header: NonNull<DataHeader>,
+    slots: NonNull<Slot>,
+    arena: NonNull<u8>,
     capacity: u64,
     mask: u64,
-    arena_offset: u64,
     arena_size: u64,
     generation: u64,
     segment_size: u64,
@@ -152,12 +153,21 @@ impl Table {
         if !ok {
             return Err(Error::corrupted("data header geometry is inconsistent"));
         }
-        let (_, arena_offset, _) = geometry.expect("checked above");
+        let (slots_offset, arena_offset, _) = geometry.expect("checked above");
+        // SAFETY: both offsets lie inside the mapping (geometry checked
+        // against `len` above), so the pointers stay in bounds.
+        let (slots, arena) = unsafe {
+            (
+                NonNull::new_unchecked(base.as_ptr().add(slots_offset as usize).cast::<Slot>()),
+                NonNull::new_unchecked(base.as_ptr().add(arena_offset as usize)),
+            )
+        };
         Ok(Table {
-            base,
+            header: base.cast::<DataHeader>(),
+            slots,
+            arena,
             capacity,
             mask: capacity - 1,
-            arena_offset,
             arena_size,
             generation: h.generation.load(Ordering::Relaxed),
             segment_size,
@@ -167,22 +177,16 @@ impl Table {
     pub(crate) fn header(&self) -> &DataHeader {
         // SAFETY: validated at attach: the mapping holds a full header, is
         // aligned, and outlives `self`. Atomics only.
-        unsafe { self.base.cast::<DataHeader>().as_ref() }
+        unsafe { self.header.as_ref() }
     }
 
     #[inline]
     pub(crate) fn slot(&self, i: u64) -> &Slot {
         debug_assert!(i < self.capacity);
-        // SAFETY: i < capacity, and attach checked that capacity slots of
-        // 32 bytes fit after the 256-byte header inside the mapping. Slots
-        // are 8-byte aligned atomics; only shared references are formed.
-        unsafe {
-            &*self
-                .base
-                .as_ptr()
-                .add(DATA_HEADER_SIZE + (i as usize) * std::mem::size_of::<Slot>())
-                .cast::<Slot>()
-        }
+        // SAFETY: i < capacity, and attach checked that capacity slots fit
+        // inside the mapping. Slots are 8-byte aligned atomics; only shared
+        // references are formed.
+        unsafe { &*self.slots.as_ptr().add(i as usize) }
     }
 
     pub(crate) fn capacity(&self) -> u64 {
@@ -205,7 +209,7 @@ impl Table {
     pub(crate) fn arena_ptr(&self, off: u64) -> *mut u8 {
         // SAFETY: callers bounds-check `off` against arena_size first; the
         // arena lies inside the mapping (checked at attach).
-        unsafe { self.base.as_ptr().add((self.arena_offset + off) as usize) }
+        unsafe { self.arena.as_ptr().add(off as usize) }
     }
 
     /// The arena bytes `[off, off + len)`, if in bounds.
@@ -304,7 +308,7 @@ impl Table {
             if s & 1 == 0 && h.commit.load(Ordering::Relaxed) == 0 {
                 return Ok(s);
             }
-            std::hint::spin_loop();
+            crate::sync::spin_loop();
         }
         Err(ReadErr::Stalled)
     }
@@ -323,5 +327,39 @@ impl Table {
     /// The map's version: committed writes so far.
     pub(crate) fn version(&self) -> u64 {
         self.header().view_seq.load(Ordering::Acquire) >> 1
+    }
+}
+
+/// A table over objects on the heap, for the loom models.
+#[cfg(all(loom, test))]
+pub(crate) struct LoomTable {
+    pub(crate) table: Table,
+    _header: Box<DataHeader>,
+    _slots: Box<[Slot]>,
+    _arena: Box<[u64]>,
+}
+
+#[cfg(all(loom, test))]
+impl LoomTable {
+    pub(crate) fn new(capacity: u64, arena_size: u64) -> LoomTable {
+        let header = Box::new(DataHeader::zeroed());
+        let slots: Box<[Slot]> = (0..capacity).map(|_| Slot::zeroed()).collect();
+        let mut arena = vec![0u64; (arena_size / 8) as usize].into_boxed_slice();
+        let table = Table {
+            header: NonNull::from(&*header),
+            slots: NonNull::from(&slots[0]),
+            arena: NonNull::from(&mut arena[0]).cast::<u8>(),
+            capacity,
+            mask: capacity - 1,
+            arena_size,
+            generation: 1,
+            segment_size: 0,
+        };
+        LoomTable {
+            table,
+            _header: header,
+            _slots: slots,
+            _arena: arena,
+        }
     }
 }

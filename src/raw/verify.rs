@@ -1,6 +1,6 @@
 //! A full consistency check of one generation (`RawMap::verify`).
 
-use std::sync::atomic::Ordering;
+use crate::sync::Ordering;
 
 use super::layout::RECORD_HEADER;
 use super::slot::Tag;

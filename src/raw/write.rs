@@ -4,8 +4,8 @@
 //! seqlocks, clear the marker. [`Table::recover`] finishes or discards
 //! whatever a dead writer left. Callers hold the writer lock.
 
+use crate::sync::{fence, weakened, Ordering, Weaken};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{fence, Ordering};
 
 use super::hooks::{reached, CrashPoint};
 use super::layout::{
@@ -84,10 +84,10 @@ enum Staged {
 
 /// A planned slot image: the three data words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Image {
-    hash: u64,
-    rec: SlotWord,
-    lens: Lens,
+pub(crate) struct Image {
+    pub(crate) hash: u64,
+    pub(crate) rec: SlotWord,
+    pub(crate) lens: Lens,
 }
 
 /// Where a key is in the planned table, and the first slot a new key may take.
@@ -333,8 +333,22 @@ impl Stager {
     /// Plans, logs, commits and applies the batch. Returns whether anything
     /// was written.
     pub(crate) fn commit(&self, t: &Table) -> Result<bool> {
-        if self.ops.is_empty() {
+        let Some(word) = self.prepare(t)? else {
             return Ok(false);
+        };
+        t.header().commit.store(word, Ordering::Release);
+        reached(CrashPoint::AfterCommit);
+        let redo = Redo::parse(t, word).map_err(Error::corrupted)?;
+        redo.apply(t, true);
+        Ok(true)
+    }
+
+    /// Steps 4 and 5 of the write protocol: plans the batch and writes its
+    /// redo log (unpublished). Returns the commit word to store, or `None`
+    /// for an empty batch.
+    pub(crate) fn prepare(&self, t: &Table) -> Result<Option<u64>> {
+        if self.ops.is_empty() {
+            return Ok(None);
         }
         let h = t.header();
         let cap = t.capacity();
@@ -421,7 +435,8 @@ impl Stager {
         let mask = cap - 1;
         for i in removed {
             if Self::image(t, &plan, i).rec.tag() != Some(Tag::TOMBSTONE)
-                || Self::image(t, &plan, (i + 1) & mask).rec.tag() != Some(Tag::EMPTY)
+                || (!weakened(Weaken::TombstoneTrim)
+                    && Self::image(t, &plan, (i + 1) & mask).rec.tag() != Some(Tag::EMPTY))
             {
                 continue;
             }
@@ -476,12 +491,7 @@ impl Stager {
         // and above every staged record: unpublished.
         unsafe { Self::write_arena(t, log, &bytes) };
         reached(CrashPoint::AfterRedoLog);
-
-        h.commit.store((log << 1) | 1, Ordering::Release);
-        reached(CrashPoint::AfterCommit);
-        let redo = Redo::parse(t, (log << 1) | 1).map_err(Error::corrupted)?;
-        redo.apply(t, true);
-        Ok(true)
+        Ok(Some((log << 1) | 1))
     }
 }
 
@@ -494,18 +504,18 @@ fn redo_checksum(words: &[u64]) -> u64 {
 }
 
 /// A parsed, validated redo log.
-struct Redo {
+pub(crate) struct Redo {
     target: u64,
     arena_used: u64,
     live: u64,
     tombs: u64,
     garbage: u64,
-    entries: Vec<(u64, Image)>,
+    pub(crate) entries: Vec<(u64, Image)>,
 }
 
 impl Redo {
     /// Reads and validates the redo log a commit word points at.
-    fn parse(t: &Table, commit: u64) -> std::result::Result<Redo, String> {
+    pub(crate) fn parse(t: &Table, commit: u64) -> std::result::Result<Redo, String> {
         let log = commit >> 1;
         let head = t
             .bytes(log, REDO_HEADER)
@@ -573,11 +583,13 @@ impl Redo {
     /// Applies the log: view sequence odd, each slot under its seqlock,
     /// counters, view sequence even (= target), commit marker cleared.
     /// Idempotent; `crash_hooks` enables the test crash points.
-    fn apply(&self, t: &Table, crash_hooks: bool) {
+    pub(crate) fn apply(&self, t: &Table, crash_hooks: bool) {
         let h = t.header();
         if h.view_seq.load(Ordering::Relaxed) != self.target {
-            h.view_seq.store(self.target - 1, Ordering::Relaxed);
-            fence(Ordering::Release);
+            if !weakened(Weaken::ViewSeq) {
+                h.view_seq.store(self.target - 1, Ordering::Relaxed);
+                fence(Ordering::Release);
+            }
             for (i, img) in &self.entries {
                 t.slot(*i).write(img.hash, img.rec, img.lens, || {
                     if crash_hooks {
@@ -685,6 +697,14 @@ impl Table {
             return Ok(false);
         }
         let redo = Redo::parse(self, commit).map_err(Error::corrupted)?;
+        if weakened(Weaken::Recovery) {
+            // Planted bug: only close what is open, do not redo.
+            self.close_odd_slots();
+            let seq = h.view_seq.load(Ordering::Relaxed);
+            h.view_seq.store((seq | 1) + 1, Ordering::Release);
+            h.commit.store(0, Ordering::Release);
+            return Ok(true);
+        }
         redo.apply(self, false);
         Ok(true)
     }

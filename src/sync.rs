@@ -1,0 +1,63 @@
+//! The atomics, fences, locks and spin hint the shared-memory algorithm
+//! uses: loom's under `cfg(loom)` (model checking), std's otherwise. The
+//! table, write protocol and generation code import them only from here.
+//! (The root header and the futex word stay std atomics: the root is not
+//! part of the models.)
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A spin-wait hint (a yield point for loom).
+#[inline]
+pub(crate) fn spin_loop() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}
+
+/// Weakenings the loom models plant to show they catch them. Outside
+/// `cfg(loom)` `weakened` is a constant `false`, so production code is
+/// unaffected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+#[cfg_attr(not(loom), allow(dead_code))]
+pub(crate) enum Weaken {
+    /// The seqlock reader's Acquire fence before the re-check.
+    SeqlockReadFence = 1,
+    /// The seqlock writer's Release fence after the odd stamp.
+    SeqlockWriteFence,
+    /// The writer does not make the view sequence odd while applying.
+    ViewSeq,
+    /// The pin's SeqCst fence between publishing the pin and re-checking.
+    PinFence,
+    /// Recovery closes stamps and clears the marker but does not redo.
+    Recovery,
+    /// Removal turns tombstones into EMPTY regardless of the next slot.
+    TombstoneTrim,
+}
+
+#[cfg(loom)]
+pub(crate) static WEAKEN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether `w` is planted (only ever under loom).
+#[inline(always)]
+pub(crate) fn weakened(w: Weaken) -> bool {
+    #[cfg(loom)]
+    {
+        WEAKEN.load(std::sync::atomic::Ordering::Relaxed) == w as u8
+    }
+    #[cfg(not(loom))]
+    {
+        let _ = w;
+        false
+    }
+}
