@@ -1,0 +1,212 @@
+//! Multi-process measures with real processes (criterion times one process,
+//! so these are measured here, each repeated and reported as medians):
+//! reader scaling from 1 to 2 processes (shmkv vs each process reading its
+//! own std HashMap), reads while a writer does 10,000 writes/s, and the
+//! memory overhead per entry. Results go to `target/shmkv-bench/scaling.json`
+//! for `scripts/bench-report.py`.
+#![allow(missing_docs)]
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shmkv::{Options, RawMap, Size};
+
+const ENTRIES: u64 = 100_000;
+
+fn key(i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&i.to_le_bytes());
+    k[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+    k
+}
+
+fn secs() -> f64 {
+    std::env::var("SHMKV_SCALING_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0)
+}
+
+/// A reader process: random gets for `secs()`; prints operations per second.
+fn reader(kind: &str, name: &str) {
+    let mut x = std::process::id() as u64 | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % ENTRIES
+    };
+    let (mut ops, mut sum) = (0u64, 0u64);
+    let start;
+    match kind {
+        "shmkv" => {
+            let m = RawMap::open(name, &Options::new().read_only(true)).unwrap();
+            start = Instant::now();
+            while start.elapsed().as_secs_f64() < secs() {
+                for _ in 0..4096 {
+                    sum += u64::from(m.get_ref(&key(next())).unwrap().unwrap()[0]);
+                }
+                ops += 4096;
+            }
+        }
+        _ => {
+            let m: HashMap<Vec<u8>, Vec<u8>> = (0..ENTRIES)
+                .map(|i| (key(i).to_vec(), vec![i as u8; 64]))
+                .collect();
+            start = Instant::now();
+            while start.elapsed().as_secs_f64() < secs() {
+                for _ in 0..4096 {
+                    sum += u64::from(m.get(&key(next())[..]).unwrap()[0]);
+                }
+                ops += 4096;
+            }
+        }
+    }
+    black_box(sum);
+    println!("{}", ops as f64 / start.elapsed().as_secs_f64());
+}
+
+/// Aggregate reads/s of `procs` reader processes (optionally while this
+/// process writes at `write_rate` per second).
+fn run(kind: &str, procs: usize, name: &str, write_rate: u64, map: &RawMap) -> f64 {
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .env("SHMKV_SCALING_ROLE", kind)
+                .env("SHMKV_SCALING_MAP", name)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    if write_rate > 0 {
+        // Let the readers build up (the std ones build their maps first).
+        let start = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / write_rate as f64);
+        let mut due = start;
+        let mut i = 0u64;
+        while start.elapsed().as_secs_f64() < secs() + 0.3 {
+            i += 1;
+            map.insert(&key(i % ENTRIES), &[i as u8; 64]).unwrap();
+            due += period;
+            if let Some(w) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+        }
+    }
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .parse::<f64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Bytes per entry beyond key and value bytes for `n` entries of 16-byte
+/// keys and 64-byte values in a map created with `capacity(cap)`.
+fn overhead(n: u64, cap: u64) -> (f64, u64) {
+    let name = format!("shmkv-bench-mem-{}-{n}", std::process::id());
+    let _g = Guard(name.clone());
+    let m = RawMap::create(
+        &name,
+        &Options::new()
+            .capacity(cap)
+            .arena_size(Size::from(n * 96 + (1 << 20))),
+    )
+    .unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
+        m.write(|b| {
+            chunk
+                .iter()
+                .try_for_each(|&i| b.insert(&key(i), &[0u8; 64]))
+        })
+        .unwrap();
+    }
+    let s = m.stats().unwrap();
+    // Slots plus the arena actually used (the unused arena tail is not
+    // per-entry overhead), plus both headers.
+    let used = 512 + 256 + s.capacity * 32 + s.arena_used;
+    m.destroy().unwrap();
+    ((used as f64 - n as f64 * 80.0) / n as f64, s.capacity)
+}
+
+struct Guard(String);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = RawMap::destroy_by_name(&self.0, &Options::new());
+    }
+}
+
+fn main() {
+    if let Ok(kind) = std::env::var("SHMKV_SCALING_ROLE") {
+        return reader(&kind, &std::env::var("SHMKV_SCALING_MAP").unwrap());
+    }
+    // `cargo bench` passes --bench; `cargo test --benches` would run this
+    // with no arguments: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let name = format!("shmkv-bench-scaling-{}", std::process::id());
+    let _g = Guard(name.clone());
+    let map = RawMap::create(
+        &name,
+        &Options::new()
+            .capacity(ENTRIES)
+            .arena_size(Size::from(64u64 << 20)),
+    )
+    .unwrap();
+    map.write(|b| (0..ENTRIES).try_for_each(|i| b.insert(&key(i), &[i as u8; 64])))
+        .unwrap();
+    let trials = 3;
+    let mut r: HashMap<&str, Vec<f64>> = HashMap::new();
+    for _ in 0..trials {
+        r.entry("shmkv_1")
+            .or_default()
+            .push(run("shmkv", 1, &name, 0, &map));
+        r.entry("shmkv_2")
+            .or_default()
+            .push(run("shmkv", 2, &name, 0, &map));
+        r.entry("std_1")
+            .or_default()
+            .push(run("std", 1, &name, 0, &map));
+        r.entry("std_2")
+            .or_default()
+            .push(run("std", 2, &name, 0, &map));
+        r.entry("shmkv_1_writer_10k")
+            .or_default()
+            .push(run("shmkv", 1, &name, 10_000, &map));
+        r.entry("shmkv_2_writer_10k")
+            .or_default()
+            .push(run("shmkv", 2, &name, 10_000, &map));
+    }
+    let (design, design_cap) = overhead(917_504, 917_504);
+    let (million, million_cap) = overhead(1_000_000, 1_000_000);
+    let mut out = String::from("{\n");
+    for (k, v) in &r {
+        let m = median(v.clone());
+        println!("{k:<22} median {m:>14.0} reads/s  (trials {v:.0?})");
+        out += &format!("  \"{k}\": {m},\n");
+    }
+    println!(
+        "overhead at the design load (917,504 entries in {design_cap} slots): {design:.1} B/entry"
+    );
+    println!("overhead for capacity(1,000,000) ({million_cap} slots): {million:.1} B/entry");
+    out += &format!("  \"overhead_design_load\": {design},\n  \"overhead_1m\": {million},\n  \"slots_1m\": {million_cap}\n}}\n");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shmkv-bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("scaling.json"), out).unwrap();
+    map.destroy().unwrap();
+}
