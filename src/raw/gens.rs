@@ -20,6 +20,43 @@ use crate::sync::{
 };
 use crate::sysv::Attached;
 
+/// Whether pins use a compiler fence only, because reclaimers issue
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (registered once per
+/// process). Decided once; never under loom, which models the plain fence.
+#[inline]
+fn asymmetric_barrier() -> bool {
+    #[cfg(loom)]
+    {
+        false
+    }
+    #[cfg(not(loom))]
+    {
+        static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *READY.get_or_init(|| {
+            const QUERY: libc::c_int = 0;
+            const PRIVATE_EXPEDITED: libc::c_int = 8;
+            const REGISTER_PRIVATE_EXPEDITED: libc::c_int = 16;
+            // SAFETY: membarrier with integer arguments only.
+            let supported = unsafe { libc::syscall(libc::SYS_membarrier, QUERY, 0, 0) };
+            supported > 0
+                && supported & libc::c_long::from(PRIVATE_EXPEDITED) != 0
+                // SAFETY: as above.
+                && unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0, 0) } == 0
+        })
+    }
+}
+
+/// The reclaimer's side of the asymmetric barrier: every running thread of
+/// the process executes a full barrier before this returns.
+fn heavy_barrier() {
+    #[cfg(not(loom))]
+    if asymmetric_barrier() {
+        const PRIVATE_EXPEDITED: libc::c_int = 8;
+        // SAFETY: membarrier with integer arguments only; registered above.
+        unsafe { libc::syscall(libc::SYS_membarrier, PRIVATE_EXPEDITED, 0, 0) };
+    }
+}
+
 /// What `Gens` manages: anything with a generation number. (The loom model
 /// uses a small stand-in; the library uses [`Generation`].)
 pub(crate) trait Numbered {
@@ -154,9 +191,12 @@ impl<G: Numbered> Gens<G> {
                 // is still current after publishing our pin.
                 let number = unsafe { (*g).number() };
                 local.slot.pinned.store(number, Ordering::Relaxed);
-                // Store-load barrier against `install`/`reclaim` (SeqCst fence
-                // there): either they see our pin, or we see their new current.
-                if !weakened(Weaken::PinFence) {
+                // Store-load barrier against `install`/`reclaim`: either they
+                // see our pin, or we see their new current. With membarrier,
+                // the reclaimer's barrier makes our compiler fence a full one.
+                if asymmetric_barrier() {
+                    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+                } else if !weakened(Weaken::PinFence) {
                     fence(Ordering::SeqCst);
                 }
                 if self.current.load(Ordering::Relaxed) == g {
@@ -182,17 +222,33 @@ impl<G: Numbered> Gens<G> {
         self.reclaim();
     }
 
+    /// The smallest non-zero pin of any thread.
+    fn oldest_pin(&self) -> Option<u64> {
+        lock(&self.registry)
+            .iter()
+            .map(|s| s.pinned.load(Ordering::Relaxed))
+            .filter(|&p| p != 0)
+            .min()
+    }
+
     /// Detaches retired generations that no pinned thread can still use.
     pub(crate) fn reclaim(&self) {
         let Ok(mut retired) = self.retired.try_lock() else {
             return;
         };
-        fence(Ordering::SeqCst);
-        let oldest_pin = lock(&self.registry)
+        // A cheap first look: a pin read here may be stale, but a stale
+        // non-zero pin only keeps more; if nothing looks free, stop before
+        // paying for the barrier.
+        let first = self.oldest_pin();
+        if retired
             .iter()
-            .map(|s| s.pinned.load(Ordering::Relaxed))
-            .filter(|&p| p != 0)
-            .min();
+            .all(|g| first.is_some_and(|p| g.number() >= p))
+        {
+            return;
+        }
+        heavy_barrier();
+        fence(Ordering::SeqCst);
+        let oldest_pin = self.oldest_pin();
         let (keep, free): (Vec<_>, Vec<_>) = retired
             .drain(..)
             .partition(|g| oldest_pin.is_some_and(|p| g.number() >= p));
