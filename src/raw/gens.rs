@@ -12,7 +12,7 @@
 //! process-local `current` pointer.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::ptr::NonNull;
 
 use super::table::Table;
 use crate::sync::{
@@ -98,13 +98,18 @@ struct LocalPin {
     depth: Cell<u32>,
 }
 
+// Each thread's pin records, boxed so that their addresses are stable, and
+// a one-entry cache of the last one used (the read path's fast path).
+// Entries are removed only when their map is gone and they are unpinned.
 #[cfg(not(loom))]
 thread_local! {
-    static PINS: RefCell<Vec<Rc<LocalPin>>> = const { RefCell::new(Vec::new()) };
+    static PINS: RefCell<Vec<Box<LocalPin>>> = const { RefCell::new(Vec::new()) };
+    static LAST: Cell<(usize, NonNull<LocalPin>)> = const { Cell::new((0, NonNull::dangling())) };
 }
 #[cfg(loom)]
 loom::thread_local! {
-    static PINS: RefCell<Vec<Rc<LocalPin>>> = RefCell::new(Vec::new());
+    static PINS: RefCell<Vec<Box<LocalPin>>> = RefCell::new(Vec::new());
+    static LAST: Cell<(usize, NonNull<LocalPin>)> = Cell::new((0, NonNull::dangling()));
 }
 
 /// Process-wide, not part of the models: a plain std atomic.
@@ -134,7 +139,8 @@ pub(crate) struct Gens<G: Numbered = Generation> {
 /// Keeps every generation at or after the pinned one mapped.
 pub(crate) struct Pin<'g, G: Numbered = Generation> {
     gens: &'g Gens<G>,
-    local: Rc<LocalPin>,
+    /// This thread's record (see `PINS`); makes `Pin` neither Send nor Sync.
+    local: NonNull<LocalPin>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,33 +161,52 @@ impl<G: Numbered> Gens<G> {
         }
     }
 
-    fn local(&self) -> Rc<LocalPin> {
-        PINS.with(|pins| {
+    /// This thread's pin record for this handle.
+    #[inline]
+    fn local(&self) -> NonNull<LocalPin> {
+        let (id, p) = LAST.with(Cell::get);
+        if id == self.id {
+            return p;
+        }
+        self.local_slow()
+    }
+
+    #[cold]
+    fn local_slow(&self) -> NonNull<LocalPin> {
+        let p = PINS.with(|pins| {
             let mut pins = pins.borrow_mut();
             if let Some(p) = pins.iter().find(|p| p.map_id == self.id) {
-                return p.clone();
+                return NonNull::from(&**p);
             }
-            // Forget entries of maps that were dropped (only our Arc left).
+            // Forget entries of maps that were dropped (only our Arc left);
+            // the cache may point at one of them.
+            LAST.with(|l| l.set((0, NonNull::dangling())));
             pins.retain(|p| Arc::strong_count(&p.slot) > 1 || p.depth.get() > 0);
             let slot = Arc::new(ThreadSlot::default());
             let mut reg = lock(&self.registry);
             reg.retain(|s| Arc::strong_count(s) > 1);
             reg.push(slot.clone());
-            let p = Rc::new(LocalPin {
+            let p = Box::new(LocalPin {
                 map_id: self.id,
                 slot,
                 depth: Cell::new(0),
             });
-            pins.push(p.clone());
-            p
-        })
+            let ptr = NonNull::from(&*p);
+            pins.push(p);
+            ptr
+        });
+        LAST.with(|l| l.set((self.id, p)));
+        p
     }
 
     /// Pins this thread: until the pin drops, the current generation and
     /// every later one stay mapped.
     #[inline]
     pub(crate) fn pin(&self) -> Pin<'_, G> {
-        let local = self.local();
+        let ptr = self.local();
+        // SAFETY: records live in boxes owned by this thread's `PINS` and are
+        // removed only when unpinned and their map is gone (see `PINS`).
+        let local = unsafe { ptr.as_ref() };
         if local.depth.get() == 0 {
             loop {
                 let g = self.current.load(Ordering::Acquire);
@@ -205,7 +230,10 @@ impl<G: Numbered> Gens<G> {
             }
         }
         local.depth.set(local.depth.get() + 1);
-        Pin { gens: self, local }
+        Pin {
+            gens: self,
+            local: ptr,
+        }
     }
 
     /// Makes `new` current and retires the previous generation. The caller
@@ -286,22 +314,32 @@ impl<G: Numbered> Pin<'_, G> {
     }
 }
 
+impl<G: Numbered> Pin<'_, G> {
+    fn record(&self) -> &LocalPin {
+        // SAFETY: a pinned record (depth > 0) is never removed, and a `Pin`
+        // stays on the thread that owns the record (it is not Send).
+        unsafe { self.local.as_ref() }
+    }
+}
+
 impl<G: Numbered> Clone for Pin<'_, G> {
     fn clone(&self) -> Self {
-        self.local.depth.set(self.local.depth.get() + 1);
+        let r = self.record();
+        r.depth.set(r.depth.get() + 1);
         Pin {
             gens: self.gens,
-            local: self.local.clone(),
+            local: self.local,
         }
     }
 }
 
 impl<G: Numbered> Drop for Pin<'_, G> {
     fn drop(&mut self) {
-        let d = self.local.depth.get() - 1;
-        self.local.depth.set(d);
+        let r = self.record();
+        let d = r.depth.get() - 1;
+        r.depth.set(d);
         if d == 0 {
-            self.local.slot.pinned.store(0, Ordering::Release);
+            r.slot.pinned.store(0, Ordering::Release);
             if self.gens.retired_count.load(Ordering::Relaxed) > 0 {
                 self.gens.reclaim();
             }

@@ -54,7 +54,7 @@ fn prepare(t: &super::table::Table, puts: &[(&[u8], u64, &[u8])], removes: &[(&[
     for (k, h) in removes {
         assert!(s.remove(t, k, *h).unwrap());
     }
-    s.prepare(t).unwrap().unwrap()
+    s.prepare(t).unwrap().unwrap().0
 }
 
 /// Steps 6–8, the part that races with readers: commit store, apply, clear.
@@ -227,7 +227,7 @@ fn loom_recovery_after_a_writer_stops() {
         let mut s = Stager::new(t);
         s.put(t, b"X", 1, b"x2").unwrap();
         s.put(t, b"Y", 2, b"y2").unwrap();
-        let word = s.prepare(t).unwrap().unwrap();
+        let word = s.prepare(t).unwrap().unwrap().0;
         t.header().commit.store(word, Ordering::Release);
         let redo = Redo::parse(t, word).unwrap();
         let h = t.header();

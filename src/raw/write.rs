@@ -333,20 +333,20 @@ impl Stager {
     /// Plans, logs, commits and applies the batch. Returns whether anything
     /// was written.
     pub(crate) fn commit(&self, t: &Table) -> Result<bool> {
-        let Some(word) = self.prepare(t)? else {
+        let Some((word, redo)) = self.prepare(t)? else {
             return Ok(false);
         };
         t.header().commit.store(word, Ordering::Release);
         reached(CrashPoint::AfterCommit);
-        let redo = Redo::parse(t, word).map_err(Error::corrupted)?;
         redo.apply(t, true);
         Ok(true)
     }
 
     /// Steps 4 and 5 of the write protocol: plans the batch and writes its
-    /// redo log (unpublished). Returns the commit word to store, or `None`
-    /// for an empty batch.
-    pub(crate) fn prepare(&self, t: &Table) -> Result<Option<u64>> {
+    /// redo log (unpublished). Returns the commit word to store and the log
+    /// (as written, to apply without reading it back), or `None` for an
+    /// empty batch.
+    pub(crate) fn prepare(&self, t: &Table) -> Result<Option<(u64, Redo)>> {
         if self.ops.is_empty() {
             return Ok(None);
         }
@@ -485,22 +485,41 @@ impl Stager {
         for (i, img) in &plan {
             words.extend_from_slice(&[*i, img.hash, img.rec.0, img.lens.0]);
         }
-        words[7] = redo_checksum(&words);
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        for w in &mut words {
+            *w = w.to_le();
+        }
+        words[7] = redo_checksum(&words).to_le();
         // SAFETY: [log, log + log_len) is inside the arena (checked above)
         // and above every staged record: unpublished.
-        unsafe { Self::write_arena(t, log, &bytes) };
+        unsafe { Self::write_arena(t, log, le_bytes(&words)) };
         reached(CrashPoint::AfterRedoLog);
-        Ok(Some((log << 1) | 1))
+        let redo = Redo {
+            target,
+            arena_used,
+            live,
+            tombs,
+            garbage,
+            entries: plan.into_iter().collect(),
+        };
+        Ok(Some(((log << 1) | 1, redo)))
     }
 }
 
 /// XXH3 of the redo words with the checksum word taken as zero.
+/// The checksum word is skipped (taken as 0). `words` are little-endian.
 fn redo_checksum(words: &[u64]) -> u64 {
-    let mut w = words.to_vec();
-    w[7] = 0;
-    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-    xxhash_rust::xxh3::xxh3_64(&bytes)
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(le_bytes(&words[..7]));
+    h.update(&[0u8; 8]);
+    h.update(le_bytes(&words[8..]));
+    h.digest()
+}
+
+/// The bytes of words already converted to little-endian.
+fn le_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: u64 has no padding and every byte pattern is a valid u8; the
+    // slice covers exactly the words' memory, borrowed for the same lifetime.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
 }
 
 /// A parsed, validated redo log.
@@ -533,7 +552,8 @@ impl Redo {
             .ok_or("redo log length overflows")?;
         let all = t.bytes(log, len).ok_or("redo log out of bounds")?;
         let words: Vec<u64> = (0..(len / 8) as usize).map(|i| word(all, i)).collect();
-        if redo_checksum(&words) != words[7] {
+        let le: Vec<u64> = words.iter().map(|w| w.to_le()).collect();
+        if redo_checksum(&le) != words[7] {
             return Err("redo log checksum mismatch".into());
         }
         let redo = Redo {
