@@ -123,10 +123,10 @@ fn overhead(n: u64, cap: u64) -> (f64, u64) {
         &name,
         &Options::new()
             .capacity(cap)
-            .arena_size(Size::from(n * 96 + (1 << 20))),
+            .arena_size(Size::from(n * 96 + (4 << 20))),
     )
     .unwrap();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
         m.write(|b| {
             chunk
                 .iter()

@@ -98,16 +98,19 @@ struct LocalPin {
     depth: Cell<u32>,
 }
 
-// Each thread's pin records, boxed so that their addresses are stable, and
+// Each thread's pin records, boxed so that their addresses are stable (a
+// `Pin` and the cache point at them: clippy's vec_box does not apply), and
 // a one-entry cache of the last one used (the read path's fast path).
 // Entries are removed only when their map is gone and they are unpinned.
 #[cfg(not(loom))]
 thread_local! {
+    #[allow(clippy::vec_box)]
     static PINS: RefCell<Vec<Box<LocalPin>>> = const { RefCell::new(Vec::new()) };
     static LAST: Cell<(usize, NonNull<LocalPin>)> = const { Cell::new((0, NonNull::dangling())) };
 }
 #[cfg(loom)]
 loom::thread_local! {
+    #[allow(clippy::vec_box)]
     static PINS: RefCell<Vec<Box<LocalPin>>> = RefCell::new(Vec::new());
     static LAST: Cell<(usize, NonNull<LocalPin>)> = Cell::new((0, NonNull::dangling()));
 }
