@@ -182,11 +182,14 @@ struct WriteGuard<'m> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        let pin = self.map.gens.pin();
-        let t = &pin.current().table;
-        if t.needs_recovery() {
-            // A panic between commit and clear: finish the committed write.
-            let _ = t.recover();
+        // Only a panic can leave a committed write unfinished (the steps
+        // after the commit store return no errors): finish it.
+        if std::thread::panicking() {
+            let pin = self.map.gens.pin();
+            let t = &pin.current().table;
+            if t.needs_recovery() {
+                let _ = t.recover();
+            }
         }
         self.map.writer_thread.store(0, Ordering::Relaxed);
         let _ = self.map.sem.release();
@@ -1054,7 +1057,9 @@ impl RawBatch<'_> {
         }));
         // Keys the batch writes or removes are not copied: the replay below
         // stages their final state.
-        fresh.table.load_from(base, |k| self.stager.touches(k))?;
+        fresh
+            .table
+            .load_from(base, |k, h| self.stager.touches(k, h))?;
         let mut stager = Stager::new(&fresh.table);
         let from = &self.fresh.as_deref().unwrap_or(self.base).table;
         self.stager.replay(from, &mut stager, &fresh.table)?;

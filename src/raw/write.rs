@@ -5,7 +5,8 @@
 //! whatever a dead writer left. Callers hold the writer lock.
 
 use crate::sync::{fence, weakened, Ordering, Weaken};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::hooks::{reached, CrashPoint};
 use super::layout::{
@@ -73,6 +74,31 @@ pub(crate) fn max_used(capacity: u64) -> u64 {
     capacity - capacity / 8
 }
 
+/// Ends a chain of ops with the same key hash.
+const NONE: usize = usize::MAX;
+
+/// A hasher for keys that are already hashes or small indexes: one
+/// multiplication (Fibonacci hashing) instead of SipHash.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by a hash or a slot index.
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
 /// What a batch did to one key.
 #[derive(Debug, Clone, Copy)]
 enum Staged {
@@ -102,7 +128,10 @@ pub(crate) struct Stager {
     cursor: u64,
     /// Keys in the order they were first touched, and their final operation.
     ops: Vec<(Box<[u8]>, Staged)>,
-    index: HashMap<Box<[u8]>, usize>,
+    /// Key hash → the last op with that hash; `chain[i]` links op `i` to
+    /// the previous op with the same hash (`NONE` ends the chain).
+    index: IdMap<usize>,
+    chain: Vec<usize>,
     /// Bytes of records staged and then superseded within this batch.
     staged_garbage: u64,
 }
@@ -113,7 +142,8 @@ impl Stager {
         Stager {
             cursor: t.header().arena_used.load(Ordering::Relaxed),
             ops: Vec::new(),
-            index: HashMap::new(),
+            index: IdMap::default(),
+            chain: Vec::new(),
             staged_garbage: 0,
         }
     }
@@ -182,7 +212,7 @@ impl Stager {
         key: &[u8],
         hash: u64,
     ) -> Result<Option<&'a [u8]>> {
-        if let Some(&i) = self.index.get(key) {
+        if let Some(i) = self.find_op(key, hash) {
             return Ok(match self.ops[i].1 {
                 Staged::Put { record, lens, .. } => {
                     let f = t.locate(0, record, lens).map_err(ReadErr::into_error)?;
@@ -196,9 +226,24 @@ impl Stager {
             .map(|f| t.value_of(&f)))
     }
 
+    /// The op of `key` in this batch, if any.
+    fn find_op(&self, key: &[u8], hash: u64) -> Option<usize> {
+        let mut i = *self.index.get(&hash)?;
+        while i != NONE {
+            if *self.ops[i].0 == *key {
+                return Some(i);
+            }
+            i = self.chain[i];
+        }
+        None
+    }
+
     fn set(&mut self, key: &[u8], op: Staged) {
-        match self.index.get(key) {
-            Some(&i) => {
+        let hash = match op {
+            Staged::Put { hash, .. } | Staged::Remove { hash } => hash,
+        };
+        match self.find_op(key, hash) {
+            Some(i) => {
                 if let Staged::Put { lens, .. } = self.ops[i].1 {
                     self.staged_garbage = self
                         .staged_garbage
@@ -207,7 +252,8 @@ impl Stager {
                 self.ops[i].1 = op;
             }
             None => {
-                self.index.insert(key.into(), self.ops.len());
+                let prev = self.index.insert(hash, self.ops.len()).unwrap_or(NONE);
+                self.chain.push(prev);
                 self.ops.push((key.into(), op));
             }
         }
@@ -225,7 +271,7 @@ impl Stager {
     }
 
     /// The slot image a planned or current slot has.
-    fn image(t: &Table, plan: &BTreeMap<u64, Image>, i: u64) -> Image {
+    fn image(t: &Table, plan: &IdMap<Image>, i: u64) -> Image {
         if let Some(img) = plan.get(&i) {
             return *img;
         }
@@ -262,9 +308,9 @@ impl Stager {
         Ok((keys, bytes))
     }
 
-    /// Whether the batch writes or removes `key`.
-    pub(crate) fn touches(&self, key: &[u8]) -> bool {
-        self.index.contains_key(key)
+    /// Whether the batch writes or removes `key` (whose hash is `hash`).
+    pub(crate) fn touches(&self, key: &[u8], hash: u64) -> bool {
+        self.find_op(key, hash).is_some()
     }
 
     /// Number of keys the batch touches (each needs a redo entry).
@@ -291,7 +337,7 @@ impl Stager {
     }
 
     /// Finds `key` in the planned table.
-    fn probe(t: &Table, plan: &BTreeMap<u64, Image>, key: &[u8], hash: u64) -> Result<Probe> {
+    fn probe(t: &Table, plan: &IdMap<Image>, key: &[u8], hash: u64) -> Result<Probe> {
         let mask = t.capacity() - 1;
         let mut i = hash & mask;
         let mut free = None;
@@ -360,7 +406,7 @@ impl Stager {
             .garbage
             .load(Ordering::Relaxed)
             .wrapping_add(self.staged_garbage);
-        let mut plan: BTreeMap<u64, Image> = BTreeMap::new();
+        let mut plan: IdMap<Image> = IdMap::default();
         let mut removed = Vec::new();
 
         for (key, op) in &self.ops {
@@ -460,7 +506,10 @@ impl Stager {
         }
         let arena_used = self.cursor;
         let log = align_up(self.cursor, ARENA_ALIGN);
-        let log_len = REDO_HEADER + REDO_ENTRY * plan.len() as u64;
+        // The redo entries, in slot order.
+        let mut entries: Vec<(u64, Image)> = plan.into_iter().collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let log_len = REDO_HEADER + REDO_ENTRY * entries.len() as u64;
         if log + log_len > t.arena_size() {
             return Err(Error::Full {
                 what: "arena",
@@ -474,7 +523,7 @@ impl Stager {
         let mut words: Vec<u64> = Vec::with_capacity((log_len / 8) as usize);
         words.extend_from_slice(&[
             REDO_MAGIC,
-            plan.len() as u64,
+            entries.len() as u64,
             target,
             arena_used,
             live,
@@ -482,7 +531,7 @@ impl Stager {
             garbage,
             0,
         ]);
-        for (i, img) in &plan {
+        for (i, img) in &entries {
             words.extend_from_slice(&[*i, img.hash, img.rec.0, img.lens.0]);
         }
         for w in &mut words {
@@ -499,7 +548,7 @@ impl Stager {
             live,
             tombs,
             garbage,
-            entries: plan.into_iter().collect(),
+            entries,
         };
         Ok(Some(((log << 1) | 1, redo)))
     }
@@ -635,7 +684,7 @@ impl Table {
     /// this table, which must be new and unpublished (no reader can see it, so slots are written without
     /// a redo log: a crash leaves a segment that recovery removes). Also
     /// carries the version over.
-    pub(crate) fn load_from(&self, src: &Table, skip: impl Fn(&[u8]) -> bool) -> Result<()> {
+    pub(crate) fn load_from(&self, src: &Table, skip: impl Fn(&[u8], u64) -> bool) -> Result<()> {
         let (mut cursor, mut live) = (0u64, 0u64);
         let mask = self.capacity() - 1;
         for i in 0..src.capacity() {
@@ -649,7 +698,7 @@ impl Table {
             let f = src
                 .locate(i, s.rec.offset(), s.lens)
                 .map_err(ReadErr::into_error)?;
-            if skip(src.key_of(&f)) {
+            if skip(src.key_of(&f), s.hash) {
                 continue;
             }
             let size = record_size(f.key_len, f.value_len);
