@@ -203,8 +203,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let name = format!("shmkv-demo-{}", std::process::id());
     let writes_expected = (a.write_rate as f64 * a.seconds) as u64 + 1;
-    // No compaction yet: the arena holds the initial entries plus every update.
-    let arena = (a.entries + writes_expected) * 160 + (1 << 20);
+    // Room for the entries twice over; updates that fill it trigger an online
+    // compaction (a new generation) while the readers keep reading.
+    let arena = a.entries * 2 * 160 + (1 << 20);
     let opts = Options::new()
         .capacity(a.entries)
         .arena_size(Size::from(arena));
