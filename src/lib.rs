@@ -78,8 +78,9 @@
 //! A read hashes the key (XXH3), then touches the probed slots (two per cache
 //! line) and the record's arena bytes: no header line, no system call. A
 //! write costs one semaphore acquire and release plus the copy of the record
-//! and its redo entry. `benches/read.rs` compares reads with a process-local
-//! `std::collections::HashMap`; `DESIGN.md` gives the protocols.
+//! and its redo entry. `benches/compare.rs` measures reads and writes against
+//! a process-local `std::collections::HashMap`, LMDB and mmap-sync
+//! (`BENCHMARKS.md` has the figures); `DESIGN.md` gives the protocols.
 
 pub mod error;
 mod hash;
