@@ -120,6 +120,44 @@ fn loom_tombstones_never_hide_a_present_key() {
     });
 }
 
+/// Model 2b: removal and insertion in one write, in the probe chain of a key
+/// that stays present. B at 0, A at 1, D at 2; the write removes B and D and
+/// inserts C, which reuses B's tombstone (slot 0) while D's slot, followed by
+/// an EMPTY one, is trimmed. A reader looking up A never misses it.
+#[test]
+fn loom_insert_into_a_tombstone_never_hides_a_present_key() {
+    model(
+        "loom_insert_into_a_tombstone_never_hides_a_present_key",
+        || {
+            let lt = Arc::new(LoomTable::new(4, 2048));
+            let t = &lt.table;
+            put(t, b"B", 0, b"b");
+            put(t, b"A", 0, b"a");
+            put(t, b"D", 0, b"d");
+            let mut s = Stager::new(t);
+            assert!(s.remove(t, b"B", 0).unwrap());
+            assert!(s.remove(t, b"D", 0).unwrap());
+            s.put(t, b"C", 0, b"c").unwrap();
+            let word = s.prepare(t).unwrap().unwrap().0;
+            let w = {
+                let lt = lt.clone();
+                thread::spawn(move || commit_and_apply(&lt.table, word))
+            };
+            match lt.table.find(b"A", 0) {
+                Ok(Some(f)) => assert_eq!(lt.table.value_of(&f), b"a"),
+                Ok(None) => panic!("present key missed"),
+                Err(ReadErr::Stalled) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+            w.join().unwrap();
+            let t = &lt.table;
+            let c = t.find(b"C", 0).unwrap().expect("C inserted");
+            assert_eq!(c.slot, 0, "C reuses B's tombstone");
+            assert!(t.find(b"B", 0).unwrap().is_none() && t.find(b"D", 0).unwrap().is_none());
+        },
+    );
+}
+
 /// Reads X and Y in one view; `None` if the view could not start or was
 /// invalidated.
 fn view_xy(t: &super::table::Table) -> Option<(Vec<u8>, Vec<u8>)> {
