@@ -93,6 +93,22 @@ fn loom_reader_against_update() {
     });
 }
 
+/// Applies a prepared write in another thread while this one looks up the
+/// present key A (value "a"), which it must not miss.
+fn apply_while_reading_a(lt: &Arc<LoomTable>, word: u64) {
+    let w = {
+        let lt = lt.clone();
+        thread::spawn(move || commit_and_apply(&lt.table, word))
+    };
+    match lt.table.find(b"A", 0) {
+        Ok(Some(f)) => assert_eq!(lt.table.value_of(&f), b"a"),
+        Ok(None) => panic!("present key missed"),
+        Err(ReadErr::Stalled) => {}
+        Err(e) => panic!("{e:?}"),
+    }
+    w.join().unwrap();
+}
+
 /// Model 2: removal (tombstone) in the probe chain of a key that stays
 /// present: a reader never misses it. The keys share the home slot 0: B at
 /// 0, A at 1, D at 2. The writer removes B and D in one write (B's slot must
@@ -105,17 +121,7 @@ fn loom_tombstones_never_hide_a_present_key() {
         put(&lt.table, b"A", 0, b"a");
         put(&lt.table, b"D", 0, b"d");
         let word = prepare(&lt.table, &[], &[(b"B", 0), (b"D", 0)]);
-        let w = {
-            let lt = lt.clone();
-            thread::spawn(move || commit_and_apply(&lt.table, word))
-        };
-        match lt.table.find(b"A", 0) {
-            Ok(Some(f)) => assert_eq!(lt.table.value_of(&f), b"a"),
-            Ok(None) => panic!("present key missed"),
-            Err(ReadErr::Stalled) => {}
-            Err(e) => panic!("{e:?}"),
-        }
-        w.join().unwrap();
+        apply_while_reading_a(&lt, word);
         assert!(lt.table.find(b"A", 0).unwrap().is_some());
     });
 }
@@ -139,17 +145,7 @@ fn loom_insert_into_a_tombstone_never_hides_a_present_key() {
             assert!(s.remove(t, b"D", 0).unwrap());
             s.put(t, b"C", 0, b"c").unwrap();
             let word = s.prepare(t).unwrap().unwrap().0;
-            let w = {
-                let lt = lt.clone();
-                thread::spawn(move || commit_and_apply(&lt.table, word))
-            };
-            match lt.table.find(b"A", 0) {
-                Ok(Some(f)) => assert_eq!(lt.table.value_of(&f), b"a"),
-                Ok(None) => panic!("present key missed"),
-                Err(ReadErr::Stalled) => {}
-                Err(e) => panic!("{e:?}"),
-            }
-            w.join().unwrap();
+            apply_while_reading_a(&lt, word);
             let t = &lt.table;
             let c = t.find(b"C", 0).unwrap().expect("C inserted");
             assert_eq!(c.slot, 0, "C reuses B's tombstone");
