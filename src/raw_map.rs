@@ -240,6 +240,26 @@ fn attach_generation(
     }))
 }
 
+/// Attaches the generation the root names now. It may be switched (and its
+/// segment removed) while we attach: then retry with the new word.
+fn attach_current(
+    r: &RootHeader,
+    key: i32,
+    root_id: i32,
+    read_only: bool,
+    name: &str,
+) -> Result<Box<Generation>> {
+    for _ in 0..100 {
+        let word = r.current.load(Ordering::Acquire);
+        match attach_generation(word, key, root_id, read_only, name) {
+            Ok(g) => return Ok(g),
+            Err(_) if r.current.load(Ordering::Acquire) != word => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::corrupted("the current generation keeps changing"))
+}
+
 impl RawMap {
     /// Creates a new map; [`Error::AlreadyExists`] if one is there.
     pub fn create(name: &str, opts: &Options) -> Result<RawMap> {
@@ -397,20 +417,7 @@ impl RawMap {
             }
             Err(e) => return Err(e),
         };
-        // The current generation may be switched (and its segment removed)
-        // while we attach: retry with the new word.
-        let mut tries = 0;
-        let first = loop {
-            let word = r.current.load(Ordering::Acquire);
-            match attach_generation(word, key, root_id, opts.read_only, name) {
-                Ok(g) => break g,
-                Err(e) if tries < 100 && r.current.load(Ordering::Acquire) != word => {
-                    tries += 1;
-                    let _ = e;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let first = attach_current(r, key, root_id, opts.read_only, name)?;
         Ok(RawMap {
             name: name.to_string(),
             key,
@@ -497,22 +504,18 @@ impl RawMap {
     fn refresh(&self) -> Result<()> {
         let _switch = self.gens.switch.lock().unwrap_or_else(|e| e.into_inner());
         let pin = self.gens.pin();
-        for _ in 0..100 {
-            let word = self.root().current.load(Ordering::Acquire);
-            if word == pin.current().word {
-                return Ok(());
-            }
-            match attach_generation(word, self.key, self.root.shmid, self.read_only, &self.name) {
-                Ok(g) => {
-                    self.gens.install(g);
-                    return Ok(());
-                }
-                // Switched again meanwhile (and the segment already gone).
-                Err(_) if self.root().current.load(Ordering::Acquire) != word => continue,
-                Err(e) => return Err(e),
-            }
+        if self.root().current.load(Ordering::Acquire) == pin.current().word {
+            return Ok(());
         }
-        Err(Error::corrupted("the current generation keeps changing"))
+        let g = attach_current(
+            self.root(),
+            self.key,
+            self.root.shmid,
+            self.read_only,
+            &self.name,
+        )?;
+        self.gens.install(g);
+        Ok(())
     }
 
     /// Runs a lock-free read on generation `g`, handling stalls (a writer
@@ -592,10 +595,7 @@ impl RawMap {
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
-        let h = hash_key(self.seed, key);
-        let pin = self.gens.pin();
-        let g = self.current(&pin)?;
-        Ok(self.read_in(g, |t| t.find(key, h))?.is_some())
+        Ok(self.get_ref(key)?.is_some())
     }
 
     /// Number of entries.
@@ -1136,8 +1136,7 @@ impl<'m> RawView<'m> {
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
-        let h = hash_key(self.map.seed, key);
-        Ok(self.map.read_in(self.gen(), |t| t.find(key, h))?.is_some())
+        Ok(self.get(key)?.is_some())
     }
 
     /// Every entry.

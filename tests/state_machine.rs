@@ -104,7 +104,7 @@ struct RawSut {
     c: Cleanup,
 }
 
-fn run_batch(map: &RawMap, ops: &[(bool, u8, u8)], outcome: Outcome, model: &Model) {
+fn run_batch(map: &RawMap, ops: &[(bool, u8, u8)], outcome: Outcome) {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         map.write(|b| {
             let mut seen = Model::new();
@@ -136,7 +136,6 @@ fn run_batch(map: &RawMap, ops: &[(bool, u8, u8)], outcome: Outcome, model: &Mod
             r.map(|x| x.map_err(|e| e.to_string()))
         ),
     }
-    let _ = model;
 }
 
 /// Length and a full consistency check of the segment.
@@ -173,7 +172,7 @@ impl StateMachineTest for RawSut {
                     model.contains_key(&key(k))
                 );
             }
-            Step::Batch(ops, outcome) => run_batch(map, &ops, outcome, model),
+            Step::Batch(ops, outcome) => run_batch(map, &ops, outcome),
             Step::Reopen => {
                 sut.map = None;
                 sut.map = Some(RawMap::open(&sut.c.name, &sut.c.opts).unwrap());
