@@ -16,7 +16,7 @@ pub(crate) const DATA_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVDT\x01");
 /// `"SHMKVRD\x01"`: a redo log staged in the arena.
 pub(crate) const REDO_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVRD\x01");
 /// Bumped on any change of this file.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// Hash algorithm id 1: XXH3-64 with the header's seed over the key bytes.
 pub(crate) const HASH_XXH3_64: u32 = 1;
 /// Longest map name stored in the root header.
@@ -57,7 +57,11 @@ pub(crate) struct RootHeader {
     pub(crate) name: [StdAtomicU64; MAX_NAME_LEN / 8],
     /// The generation in force: `generation << 32 | shmid` of its data segment.
     pub(crate) current: StdAtomicU64,
-    _reserved_read_mostly: [StdAtomicU64; 7],
+    /// The data segment's `commit` word while a committed write is being
+    /// applied to the generation in force, 0 otherwise (same cache line as
+    /// `current`: readers load both).
+    pub(crate) applying: StdAtomicU64,
+    _reserved_read_mostly: [StdAtomicU64; 6],
     /// `shmid + 1` of a data segment being built and not yet published, so
     /// that recovery can remove it; 0 = none.
     pub(crate) pending: StdAtomicU64,
@@ -73,7 +77,13 @@ pub(crate) struct RootHeader {
     /// Processes (or threads) sleeping in `wait_for_change` on `change_seq`;
     /// writers call `FUTEX_WAKE` only when it is non-zero.
     pub(crate) waiters: StdAtomicU32,
-    _reserved: [StdAtomicU64; 28],
+    /// Reserved for the lifecycle words (creation marker, segments left
+    /// for removal by another user).
+    pub(crate) _reserved_lifecycle: [StdAtomicU64; 12],
+    /// Sleepers in `wait_for_change` by process: `pid << 32 | count`, so
+    /// that the count of a process killed while sleeping can be taken back.
+    pub(crate) waiter_slots: [StdAtomicU64; 8],
+    _reserved: [StdAtomicU64; 8],
 }
 
 /// `pending` while a writer is inside `shmget`: this bit, with the writer's
@@ -94,11 +104,14 @@ const _: () = assert!(offset_of!(RootHeader, max_size) == 48);
 const _: () = assert!(offset_of!(RootHeader, creator_pid) == 56);
 const _: () = assert!(offset_of!(RootHeader, name) == 64);
 const _: () = assert!(offset_of!(RootHeader, current) == 192);
+const _: () = assert!(offset_of!(RootHeader, applying) == 200);
 const _: () = assert!(offset_of!(RootHeader, pending) == 256);
 const _: () = assert!(offset_of!(RootHeader, retiring) == 264);
 const _: () = assert!(offset_of!(RootHeader, pending_size) == 272);
 const _: () = assert!(offset_of!(RootHeader, change_seq) == 280);
 const _: () = assert!(offset_of!(RootHeader, waiters) == 284);
+const _: () = assert!(offset_of!(RootHeader, _reserved_lifecycle) == 288);
+const _: () = assert!(offset_of!(RootHeader, waiter_slots) == 384);
 
 /// Packs the root's `current` word.
 pub(crate) const CURRENT_GEN_SHIFT: u32 = 32;
