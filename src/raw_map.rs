@@ -5,7 +5,8 @@
 
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -17,6 +18,7 @@ use crate::raw::layout::{
     data_geometry, pack_current, pack_owner, unpack_current, DataHeader, RootHeader,
     PENDING_CREATING, REDO_ENTRY, ROOT_MAGIC, ROOT_SIZE,
 };
+use crate::raw::overlay::{Overlay, ReadState};
 use crate::raw::root::{self, RootState};
 use crate::raw::table::{record_size, Found, ReadErr, Table};
 use crate::raw::verify::VerifyReport;
@@ -164,6 +166,9 @@ pub struct RawMap {
     /// Process-local: the thread (address of a thread-local) holding the
     /// write lock through this handle, 0 if none. Detects nested writes.
     writer_thread: AtomicUsize,
+    /// The last committed redo log readers parsed (generation word, log),
+    /// so that reads during an apply parse each log once per process.
+    overlay_cache: std::sync::Mutex<Option<(u64, Arc<Overlay>)>>,
 }
 
 thread_local! {
@@ -190,6 +195,7 @@ impl Drop for WriteGuard<'_> {
             if t.needs_recovery() {
                 let _ = t.recover();
             }
+            self.map.root().applying.store(0, Ordering::Release);
         }
         self.map.writer_thread.store(0, Ordering::Relaxed);
         let _ = self.map.sem.release();
@@ -430,6 +436,7 @@ impl RawMap {
             gens: Gens::new(first),
             root: root_seg,
             writer_thread: AtomicUsize::new(0),
+            overlay_cache: std::sync::Mutex::new(None),
         })
     }
 
@@ -551,6 +558,34 @@ impl RawMap {
         }
     }
 
+    /// A read while the root says a committed write is being applied: `op`
+    /// gets the write's log (if it is still pending in `g`) and must read
+    /// the after state through it (see `overlay`).
+    #[cold]
+    fn read_applying<T>(
+        &self,
+        g: &Generation,
+        mut op: impl FnMut(&Table, Option<&Overlay>) -> Result<T, ReadErr>,
+    ) -> Result<T> {
+        self.read_in(g, |t| {
+            let state = self.read_state(g)?;
+            op(t, state.overlay.as_deref())
+        })
+    }
+
+    /// `Table::read_state` of `g`, with this process's cache of parsed logs.
+    fn read_state(&self, g: &Generation) -> Result<ReadState, ReadErr> {
+        let mut cache = self.overlay_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = cache.as_ref().filter(|(w, _)| *w == g.word).map(|c| &c.1);
+        let state = g.table.read_state(cached)?;
+        if let Some(o) = &state.overlay {
+            if cached.is_none_or(|c| !Arc::ptr_eq(c, o)) {
+                *cache = Some((g.word, o.clone()));
+            }
+        }
+        Ok(state)
+    }
+
     /// A read found a bucket odd for too long. If the write lock is free the
     /// writer died: take the lock and recover. If it is held, back off. A
     /// read-only handle cannot recover and only backs off. Gives up with
@@ -570,6 +605,7 @@ impl RawMap {
             if !g.table.needs_recovery() {
                 g.table.close_odd_slots();
             }
+            self.notify(&pin);
             return Ok(());
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -582,9 +618,15 @@ impl RawMap {
         let h = hash_key(self.seed, key);
         let pin = self.gens.pin();
         let g = self.current(&pin)?;
-        let value = self
-            .read_in(g, |t| t.find(key, h))?
-            .map(|f| NonNull::from(g.table.value_of(&f)));
+        let found = if self.root().applying.load(Ordering::Acquire) == 0 {
+            self.read_in(g, |t| t.find(key, h))?
+        } else {
+            self.read_applying(g, |t, o| match o {
+                Some(o) => o.find(t, key, h),
+                None => t.find(key, h),
+            })?
+        };
+        let value = found.map(|f| NonNull::from(g.table.value_of(&f)));
         Ok(value.map(|value| Ref { value, _pin: pin }))
     }
 
@@ -602,7 +644,19 @@ impl RawMap {
     pub fn len(&self) -> usize {
         let pin = self.gens.pin();
         let g = self.current_or_local(&pin);
+        if let Some(o) = self.applying_in(g) {
+            return o.redo.live as usize;
+        }
         g.table.header().live.load(Ordering::Relaxed) as usize
+    }
+
+    /// The committed write being applied to `g`, if the root says one is
+    /// (for counters: the after state's).
+    fn applying_in(&self, g: &Generation) -> Option<Arc<Overlay>> {
+        if self.root().applying.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.read_state(g).ok()?.overlay
     }
 
     /// Whether the map has no entries.
@@ -614,7 +668,11 @@ impl RawMap {
     /// advances it; a reader can compare versions to detect changes.
     pub fn version(&self) -> u64 {
         let pin = self.gens.pin();
-        self.current_or_local(&pin).table.version()
+        let g = self.current_or_local(&pin);
+        match self.applying_in(g) {
+            Some(o) => o.version(),
+            None => g.table.version(),
+        }
     }
 
     /// Stores `value` under `key` (replacing any previous value), atomically.
@@ -658,6 +716,7 @@ impl RawMap {
         );
         let g = self.current(pin)?;
         g.table.recover()?;
+        r.applying.store(0, Ordering::Release);
         Ok(g)
     }
 
@@ -686,6 +745,11 @@ impl RawMap {
         let pin = self.gens.pin();
         let _guard = self.lock()?;
         let base = self.recover_locked(&pin)?;
+        // Staging overwrites arena bytes above `arena_used`, where the last
+        // write's log lay; readers that parsed that log validate it with
+        // `view_seq`, which that write moved on before: this fence orders
+        // our staging after it (the seqlock writer's Release fence).
+        fence(Ordering::Release);
         let mut batch = RawBatch {
             map: self,
             base,
@@ -699,6 +763,25 @@ impl RawMap {
         batch.commit()?;
         self.notify(&pin);
         Ok(r)
+    }
+
+    /// Commits and applies a batch to the published generation `t` (steps
+    /// 4–8 of the write protocol). The root's `applying` word is set before
+    /// the commit store and cleared after the apply: readers that see it
+    /// read the after state through the log (`overlay`), so no read sees
+    /// part of the write, also if this process dies half-way.
+    fn commit_in_place(&self, t: &Table, stager: &Stager) -> Result<bool> {
+        let Some((word, redo)) = stager.prepare(t)? else {
+            return Ok(false);
+        };
+        let r = self.root();
+        r.applying.store(word, Ordering::Release);
+        reached(CrashPoint::BeforeCommit);
+        t.header().commit.store(word, Ordering::Release);
+        reached(CrashPoint::AfterCommit);
+        redo.apply(t, true);
+        r.applying.store(0, Ordering::Release);
+        Ok(true)
     }
 
     /// After a commit (lock held): publishes the version in the futex word
@@ -804,7 +887,7 @@ impl RawMap {
         let mut tries = 0;
         loop {
             let g = self.current(&pin)?;
-            let s = match g.table.view_begin() {
+            let state = match self.read_state(g) {
                 Ok(s) => s,
                 Err(ReadErr::Stalled) => {
                     self.unstick(start)?;
@@ -816,9 +899,10 @@ impl RawMap {
                 map: self,
                 gen: NonNull::from(g),
                 pin: pin.clone(),
+                overlay: state.overlay,
             };
             let r = f(&view);
-            if g.table.view_validate(s) {
+            if g.table.view_validate(state.seq) {
                 return r;
             }
             tries += 1;
@@ -829,6 +913,7 @@ impl RawMap {
                     map: self,
                     gen: NonNull::from(g),
                     pin: pin.clone(),
+                    overlay: None,
                 });
             }
             if tries >= OPTIMISTIC_TRIES {
@@ -1078,8 +1163,11 @@ impl RawBatch<'_> {
     fn commit(mut self) -> Result<()> {
         let mut moves = 0;
         loop {
-            let t = &self.fresh.as_deref().unwrap_or(self.base).table;
-            match self.stager.commit(t) {
+            let result = match self.fresh.as_deref() {
+                Some(fresh) => self.stager.commit(&fresh.table),
+                None => self.map.commit_in_place(&self.base.table, &self.stager),
+            };
+            match result {
                 Ok(_) => break,
                 Err(Error::Full { .. }) if moves < 2 => {
                     moves += 1;
@@ -1111,6 +1199,9 @@ pub struct RawView<'m> {
     /// The generation the view reads (kept mapped by `pin`).
     gen: NonNull<Generation>,
     pin: Pin<'m>,
+    /// The committed write being applied when the view started: the view
+    /// reads its after state.
+    overlay: Option<Arc<Overlay>>,
 }
 
 impl<'m> RawView<'m> {
@@ -1130,7 +1221,11 @@ impl<'m> RawView<'m> {
     /// The value of `key`, zero-copy.
     pub fn get(&self, key: &[u8]) -> Result<Option<Ref<'m, [u8]>>> {
         let h = hash_key(self.map.seed, key);
-        let found = self.map.read_in(self.gen(), |t| t.find(key, h))?;
+        let o = self.overlay.as_deref();
+        let found = self.map.read_in(self.gen(), |t| match o {
+            Some(o) => o.find(t, key, h),
+            None => t.find(key, h),
+        })?;
         Ok(found.map(|f| self.found_ref(&f, true)))
     }
 
@@ -1143,7 +1238,12 @@ impl<'m> RawView<'m> {
     pub fn entries(&self) -> Result<Vec<Entry<'m>>> {
         let mut out = Vec::new();
         for i in 0..self.gen().table.capacity() {
-            if let Some(f) = self.map.read_in(self.gen(), |t| t.entry_at(i))? {
+            let o = self.overlay.as_deref();
+            let found = self.map.read_in(self.gen(), |t| match o {
+                Some(o) => o.entry_at(t, i),
+                None => t.entry_at(i),
+            })?;
+            if let Some(f) = found {
                 out.push((self.found_ref(&f, false), self.found_ref(&f, true)));
             }
         }

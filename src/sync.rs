@@ -43,6 +43,9 @@ pub(crate) enum Weaken {
     Recovery,
     /// Removal turns tombstones into EMPTY regardless of the next slot.
     TombstoneTrim,
+    /// A plain get ignores the root's `applying` word (reads the slots as
+    /// they are while a batch is half applied).
+    ApplyingWord,
 }
 
 #[cfg(loom)]

@@ -125,15 +125,7 @@ fn writer_role() {
     let mut rng: u64 = arg("SEED").parse().unwrap();
     let mut seq: u64 = arg("SEQ").parse().unwrap();
     if let Ok(p) = std::env::var("POINT") {
-        let point = match p.as_str() {
-            "AfterStage" => CrashPoint::AfterStage,
-            "AfterRedoLog" => CrashPoint::AfterRedoLog,
-            "AfterCommit" => CrashPoint::AfterCommit,
-            "MidApply" => CrashPoint::MidApply,
-            "AfterApply" => CrashPoint::AfterApply,
-            "MidResize" => CrashPoint::MidResize,
-            _ => CrashPoint::AfterPublish,
-        };
+        let point = CrashPoint::from_name(&p).unwrap_or_else(|| panic!("no crash point {p}"));
         arm(point, next(&mut rng) % 20);
     }
     loop {
@@ -286,6 +278,7 @@ fn writers_killed_at_random_lose_nothing() {
     let points = [
         "AfterStage",
         "AfterRedoLog",
+        "BeforeCommit",
         "AfterCommit",
         "MidApply",
         "AfterApply",

@@ -13,6 +13,9 @@ pub enum CrashPoint {
     AfterStage = 1,
     /// Redo log written, commit marker not yet stored.
     AfterRedoLog = 2,
+    /// The root's `applying` word is set, the commit marker not yet stored
+    /// (the write is not committed).
+    BeforeCommit = 9,
     /// Commit marker stored, no slot touched.
     AfterCommit = 3,
     /// The global view sequence and one slot's sequence are odd (reached
@@ -29,6 +32,29 @@ pub enum CrashPoint {
     /// During `create`: root and data segment made, data segment recorded
     /// as pending, root magic not yet written.
     MidCreate = 6,
+}
+
+impl CrashPoint {
+    /// Every point, in protocol order.
+    pub const ALL: [CrashPoint; 9] = [
+        CrashPoint::MidCreate,
+        CrashPoint::AfterStage,
+        CrashPoint::AfterRedoLog,
+        CrashPoint::BeforeCommit,
+        CrashPoint::AfterCommit,
+        CrashPoint::MidApply,
+        CrashPoint::AfterApply,
+        CrashPoint::MidResize,
+        CrashPoint::AfterPublish,
+    ];
+
+    /// The point named like its variant (`"MidApply"`), `None` for any
+    /// other name (so that a typo in a test is an error, not another point).
+    pub fn from_name(name: &str) -> Option<CrashPoint> {
+        CrashPoint::ALL
+            .into_iter()
+            .find(|p| format!("{p:?}") == name)
+    }
 }
 
 static ARMED: AtomicU32 = AtomicU32::new(0);

@@ -7,6 +7,7 @@ pub(crate) mod hooks;
 pub(crate) mod layout;
 #[cfg(all(test, loom))]
 mod loom_models;
+pub(crate) mod overlay;
 pub(crate) mod root;
 pub(crate) mod seqlock;
 pub(crate) mod slot;

@@ -9,7 +9,6 @@ use super::layout::{
     align_up, data_geometry, DataHeader, Slot, ARENA_ALIGN, DATA_HEADER_SIZE, DATA_MAGIC,
     LAYOUT_VERSION, RECORD_HEADER,
 };
-use super::seqlock::SPIN_LIMIT;
 use super::slot::{Lens, Tag};
 use crate::error::{Error, Incompatible, Result};
 
@@ -298,22 +297,7 @@ impl Table {
         }
     }
 
-    /// Starts a consistent multi-key read: the view sequence, once it is
-    /// even and no committed write is pending (the commit word shares the
-    /// cache line), so a view always sees the latest committed write.
-    pub(crate) fn view_begin(&self) -> Result<u64, ReadErr> {
-        let h = self.header();
-        for _ in 0..SPIN_LIMIT {
-            let s = h.view_seq.load(Ordering::Acquire);
-            if s & 1 == 0 && h.commit.load(Ordering::Relaxed) == 0 {
-                return Ok(s);
-            }
-            crate::sync::spin_loop();
-        }
-        Err(ReadErr::Stalled)
-    }
-
-    /// True if no write was applied since `view_begin` returned `s`.
+    /// True if no write was applied since `read_state` returned `seq = s`.
     pub(crate) fn view_validate(&self, s: u64) -> bool {
         fence(Ordering::Acquire);
         self.header().view_seq.load(Ordering::Relaxed) == s

@@ -573,34 +573,54 @@ fn le_bytes(words: &[u64]) -> &[u8] {
 
 /// A parsed, validated redo log.
 pub(crate) struct Redo {
-    target: u64,
+    /// `view_seq` once the log is applied (even).
+    pub(crate) target: u64,
     arena_used: u64,
-    live: u64,
+    /// `live` once the log is applied.
+    pub(crate) live: u64,
     tombs: u64,
     garbage: u64,
+    /// `(slot, image)`, sorted by slot.
     pub(crate) entries: Vec<(u64, Image)>,
+}
+
+/// Loads `n` little-endian arena words from `off` with atomic loads: a
+/// reader parses a committed log while the writer may already be staging
+/// the next write over it (see `overlay`); the caller validates what it read.
+fn load_words(t: &Table, off: u64, n: u64) -> Option<Vec<u64>> {
+    let end = n.checked_mul(8).and_then(|len| off.checked_add(len))?;
+    if end > t.arena_size() || off % 8 != 0 {
+        return None;
+    }
+    let words = (0..n)
+        .map(|i| {
+            // SAFETY: [off, end) is inside the arena (checked above) and
+            // 8-aligned (the arena starts 64-aligned, `off % 8 == 0`); only
+            // atomic loads are made, so a concurrent writer is no data race
+            // on our side (VALIDATE-BEFORE-FOLLOW: callers check the words).
+            let w = unsafe {
+                std::sync::atomic::AtomicU64::from_ptr(t.arena_ptr(off + 8 * i).cast::<u64>())
+            };
+            u64::from_le(w.load(std::sync::atomic::Ordering::Relaxed))
+        })
+        .collect();
+    Some(words)
 }
 
 impl Redo {
     /// Reads and validates the redo log a commit word points at.
     pub(crate) fn parse(t: &Table, commit: u64) -> std::result::Result<Redo, String> {
         let log = commit >> 1;
-        let head = t
-            .bytes(log, REDO_HEADER)
-            .ok_or("redo log offset out of bounds")?;
-        let word = |b: &[u8], i: usize| {
-            u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
-        };
-        if word(head, 0) != REDO_MAGIC {
+        let head = load_words(t, log, REDO_HEADER / 8).ok_or("redo log offset out of bounds")?;
+        if head[0] != REDO_MAGIC {
             return Err("redo log has a bad magic".into());
         }
-        let count = word(head, 1);
-        let len = count
-            .checked_mul(REDO_ENTRY)
-            .and_then(|n| n.checked_add(REDO_HEADER))
-            .ok_or("redo log length overflows")?;
-        let all = t.bytes(log, len).ok_or("redo log out of bounds")?;
-        let words: Vec<u64> = (0..(len / 8) as usize).map(|i| word(all, i)).collect();
+        let count = head[1];
+        if count > t.capacity() {
+            return Err("redo log longer than the table".into());
+        }
+        let words = load_words(t, log, (REDO_HEADER + count * REDO_ENTRY) / 8)
+            .ok_or("redo log out of bounds")?;
         let le: Vec<u64> = words.iter().map(|w| w.to_le()).collect();
         if redo_checksum(&le) != words[7] {
             return Err("redo log checksum mismatch".into());
@@ -645,6 +665,9 @@ impl Redo {
             if !ok {
                 return Err(format!("redo entry for slot {i} is invalid"));
             }
+        }
+        if redo.entries.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err("redo entries are not in slot order".into());
         }
         Ok(redo)
     }

@@ -1,0 +1,170 @@
+//! Reads while a committed write is being applied (DESIGN.md "Reads during
+//! an apply"). Between the commit store and the end of the apply, some slots
+//! hold the new state and some the old; a writer killed there leaves them so
+//! until the next lock holder recovers. A reader that finds the data
+//! header's `commit` word set reads the *after* state instead: each slot
+//! the committed redo log names is taken from the log (immutable once
+//! committed), every other slot from the table (the write does not touch
+//! it). So every read sees a committed write whole, also after its writer
+//! died, without waiting and without writing anything shared.
+
+use std::sync::Arc;
+
+use super::seqlock::SPIN_LIMIT;
+use super::slot::Tag;
+use super::table::{Found, ReadErr, Table};
+use super::write::{Image, Redo};
+use crate::sync::{fence, Ordering};
+
+/// A committed, validated redo log of one generation, as readers use it.
+pub(crate) struct Overlay {
+    /// The `commit` word that named the log.
+    commit: u64,
+    /// The log's checksum word: tells two logs at the same offset apart.
+    checksum: u64,
+    pub(crate) redo: Redo,
+}
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay")
+            .field("commit", &self.commit)
+            .field("entries", &self.redo.entries.len())
+            .finish()
+    }
+}
+
+/// What a reader reads in a generation right now.
+pub(crate) struct ReadState {
+    /// `view_seq` when the state was taken (what `view_validate` checks).
+    pub(crate) seq: u64,
+    /// The committed write being applied, if any: reads go through it.
+    pub(crate) overlay: Option<Arc<Overlay>>,
+}
+
+/// Offset in words of the checksum in a redo log header.
+const CHECKSUM_WORD: u64 = 7;
+
+impl Table {
+    /// The state a consistent read starts from: `view_seq` and, if a
+    /// committed write is pending, its log (from `cache` when it holds the
+    /// same log). Returns `Stalled` if no stable state was seen within
+    /// [`SPIN_LIMIT`] tries (a writer is writing very fast, or the log does
+    /// not validate: a scribbled segment, for the stall path to sort out).
+    pub(crate) fn read_state(&self, cache: Option<&Arc<Overlay>>) -> Result<ReadState, ReadErr> {
+        let h = self.header();
+        for _ in 0..SPIN_LIMIT {
+            let seq = h.view_seq.load(Ordering::Acquire);
+            let commit = h.commit.load(Ordering::Acquire);
+            if commit == 0 {
+                if seq & 1 == 0 {
+                    return Ok(ReadState { seq, overlay: None });
+                }
+                crate::sync::spin_loop();
+                continue;
+            }
+            let overlay = match cache {
+                Some(c) if c.commit == commit && self.log_checksum(commit) == Some(c.checksum) => {
+                    Some(c.clone())
+                }
+                _ => Redo::parse(self, commit).ok().map(|redo| {
+                    Arc::new(Overlay {
+                        commit,
+                        checksum: self.log_checksum(commit).unwrap_or(0),
+                        redo,
+                    })
+                }),
+            };
+            // Seqlock check of what was read: the log is overwritten only
+            // by a later write, which first moves `view_seq` on.
+            fence(Ordering::Acquire);
+            let stable = h.view_seq.load(Ordering::Relaxed) == seq
+                && h.commit.load(Ordering::Relaxed) == commit;
+            match overlay {
+                Some(o) if stable && o.covers(seq) => {
+                    return Ok(ReadState {
+                        seq,
+                        overlay: Some(o),
+                    })
+                }
+                _ => crate::sync::spin_loop(),
+            }
+        }
+        Err(ReadErr::Stalled)
+    }
+
+    /// The checksum word of the log `commit` names, if in bounds.
+    fn log_checksum(&self, commit: u64) -> Option<u64> {
+        let off = (commit >> 1).checked_add(CHECKSUM_WORD * 8)?;
+        if off.checked_add(8)? > self.arena_size() || off % 8 != 0 {
+            return None;
+        }
+        // SAFETY: in bounds and 8-aligned (checked above); atomic load only.
+        let w =
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(self.arena_ptr(off).cast::<u64>()) };
+        Some(u64::from_le(w.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
+impl Overlay {
+    /// Whether `view_seq = seq` belongs to this log's write: before its
+    /// apply (target − 2), during it (target − 1) or after it (target).
+    fn covers(&self, seq: u64) -> bool {
+        let t = self.redo.target;
+        seq == t || seq.wrapping_add(1) == t || seq.wrapping_add(2) == t
+    }
+
+    /// The map's version once this write is applied.
+    pub(crate) fn version(&self) -> u64 {
+        self.redo.target >> 1
+    }
+
+    /// Slot `i` as it is after the write: from the log if the write changes
+    /// it, else from the table (under its seqlock).
+    fn image(&self, t: &Table, i: u64) -> Result<Image, ReadErr> {
+        let e = &self.redo.entries;
+        if let Ok(k) = e.binary_search_by_key(&i, |(slot, _)| *slot) {
+            return Ok(e[k].1);
+        }
+        let s = t.slot(i).read().ok_or(ReadErr::Stalled)?;
+        Ok(Image {
+            hash: s.hash,
+            rec: s.rec,
+            lens: s.lens,
+        })
+    }
+
+    /// [`Table::find`] in the after state.
+    pub(crate) fn find(&self, t: &Table, key: &[u8], hash: u64) -> Result<Option<Found>, ReadErr> {
+        let mask = t.capacity() - 1;
+        let mut i = hash & mask;
+        for _ in 0..t.capacity() {
+            let img = self.image(t, i)?;
+            match img.rec.tag() {
+                Some(Tag::EMPTY) => return Ok(None),
+                Some(Tag::FULL) => {
+                    if img.hash == hash && img.lens.key_len() == key.len() as u64 {
+                        let f = t.locate(i, img.rec.offset(), img.lens)?;
+                        if t.key_of(&f) == key {
+                            return Ok(Some(f));
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => return Err(ReadErr::Corrupted("invalid slot tag")),
+            }
+            i = (i + 1) & mask;
+        }
+        Ok(None)
+    }
+
+    /// [`Table::entry_at`] in the after state.
+    pub(crate) fn entry_at(&self, t: &Table, i: u64) -> Result<Option<Found>, ReadErr> {
+        let img = self.image(t, i)?;
+        match img.rec.tag() {
+            Some(Tag::FULL) => t.locate(i, img.rec.offset(), img.lens).map(Some),
+            Some(_) => Ok(None),
+            None => Err(ReadErr::Corrupted("invalid slot tag")),
+        }
+    }
+}
