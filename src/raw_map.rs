@@ -22,6 +22,7 @@ use crate::raw::overlay::{Overlay, ReadState};
 use crate::raw::root::{self, RootState};
 use crate::raw::table::{record_size, Found, ReadErr, Table};
 use crate::raw::verify::VerifyReport;
+use crate::raw::waiters;
 use crate::raw::write::{grow_geometry, Stager};
 use crate::sysv::{self, Attached, SemOpen, Semaphore};
 
@@ -778,6 +779,9 @@ impl RawMap {
         r.applying.store(word, Ordering::Release);
         reached(CrashPoint::BeforeCommit);
         t.header().commit.store(word, Ordering::Release);
+        // Sleepers may wake now: they read the after state through the log,
+        // and are not left asleep if this process dies while applying.
+        waiters::publish_version(r, redo.target >> 1);
         reached(CrashPoint::AfterCommit);
         redo.apply(t, true);
         r.applying.store(0, Ordering::Release);
@@ -787,14 +791,7 @@ impl RawMap {
     /// After a commit (lock held): publishes the version in the futex word
     /// and wakes sleepers, with a system call only if someone sleeps.
     fn notify(&self, pin: &Pin<'_>) {
-        let r = self.root();
-        let v = pin.current().table.version() as u32;
-        if r.change_seq.load(Ordering::Relaxed) != v {
-            r.change_seq.store(v, Ordering::SeqCst);
-            if r.waiters.load(Ordering::SeqCst) > 0 {
-                sysv::futex_wake_all(&r.change_seq);
-            }
-        }
+        waiters::publish_version(self.root(), pin.current().table.version());
     }
 
     /// Sleeps until the map's version differs from `since` or `timeout`
@@ -803,34 +800,37 @@ impl RawMap {
     /// when someone sleeps). A read-only handle cannot register as a
     /// sleeper and polls every millisecond instead.
     pub fn wait_for_change(&self, since: u64, timeout: Duration) -> Result<Option<u64>> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too large for the clock waits forever.
+        let deadline = Instant::now().checked_add(timeout);
         let r = self.root();
-        if !self.read_only {
-            r.waiters.fetch_add(1, Ordering::SeqCst);
-        }
-        struct Leave<'a>(Option<&'a std::sync::atomic::AtomicU32>);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                if let Some(w) = self.0 {
-                    w.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        }
-        let _leave = Leave((!self.read_only).then_some(&r.waiters));
+        // Unregistered (read-only, or every slot taken): writers do not
+        // wake us, so poll.
+        let registered = if self.read_only {
+            None
+        } else {
+            waiters::register(r)
+        };
+        let tick = if registered.is_some() {
+            Duration::from_millis(500)
+        } else if self.read_only {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
         loop {
             let seen = r.change_seq.load(Ordering::SeqCst);
             let v = self.version();
             if v != since {
                 return Ok(Some(v));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(tick, |d| d.saturating_duration_since(Instant::now()));
             if left.is_zero() {
                 return Ok(None);
             }
             if self.read_only {
-                std::thread::sleep(left.min(Duration::from_millis(1)));
+                std::thread::sleep(left.min(tick));
             } else {
-                sysv::futex_wait(&r.change_seq, seen, left.min(Duration::from_millis(500)));
+                sysv::futex_wait(&r.change_seq, seen, left.min(tick));
             }
         }
     }
@@ -925,9 +925,26 @@ impl RawMap {
     /// A full consistency check of the generation in force: header, every
     /// slot, every record, counters. Reads one consistent snapshot (like
     /// [`view`](RawMap::view)); costs O(capacity).
+    /// A committed write still being applied is not a problem: a writable
+    /// handle finishes it first (taking the lock), a read-only one waits up
+    /// to the lock timeout for its writer and then reports it.
     pub fn verify(&self) -> Result<VerifyReport> {
         let seed = self.seed;
-        self.view(|v| Ok(v.gen().table.verify(seed)))
+        let start = Instant::now();
+        loop {
+            let (pending, report) =
+                self.view(|v| Ok((v.overlay.is_some(), v.gen().table.verify(seed))))?;
+            if !pending || (self.read_only && start.elapsed() > self.lock_timeout) {
+                return Ok(report);
+            }
+            if self.read_only {
+                std::thread::sleep(Duration::from_millis(1));
+            } else {
+                let pin = self.gens.pin();
+                let _guard = self.lock()?;
+                self.recover_locked(&pin)?;
+            }
+        }
     }
 
     /// Counters and identity (costs a few system calls).

@@ -390,9 +390,19 @@ pub(crate) fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, tim
     };
 }
 
-/// `FUTEX_WAKE` of every waiter on `word`.
-pub(crate) fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
+/// `FUTEX_WAKE` of every waiter on `word`; returns how many were woken.
+pub(crate) fn futex_wake_all(word: &std::sync::atomic::AtomicU32) -> u64 {
     FUTEX_WAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: `word` is a valid, aligned 32-bit word.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+    let n = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+    n.max(0) as u64
+}
+
+/// Whether process `pid` exists (`kill(pid, 0)`; `EPERM` means it does).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || Errno::last() == Errno::EPERM }
 }

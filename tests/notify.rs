@@ -101,3 +101,70 @@ fn waiting_times_out_and_writes_without_waiters_make_no_wake_calls() {
     });
     assert!(futex_wakes() > before);
 }
+
+/// A sleeper killed by SIGKILL does not leave the root counting it: the
+/// first write after its death wakes nobody, reaps its count, and later
+/// writes make no wake system call.
+#[test]
+fn a_sleeper_killed_while_waiting_stops_costing_writers_wake_calls() {
+    if role().as_deref() == Some("sleeper") {
+        let m = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
+        println!("RESULT ready");
+        let _ = m.wait_for_change(m.version(), Duration::from_secs(60));
+        return;
+    }
+    let c = Cleanup::new("notify-killed");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let test = "a_sleeper_killed_while_waiting_stops_costing_writers_wake_calls";
+    let mut child = spawn(test, "sleeper", &[("MAP", c.name.clone())]);
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = futex_wakes();
+    for i in 0..100u32 {
+        m.insert(&i.to_le_bytes(), b"x").unwrap();
+    }
+    let wakes = futex_wakes() - before;
+    assert!(
+        wakes <= 1,
+        "100 writes after the only sleeper died made {wakes} wake calls"
+    );
+}
+
+/// A writer killed right after its commit (before applying anything) does
+/// not leave sleepers asleep: they wake at once and see the new version,
+/// whose after state every read returns.
+#[test]
+fn sleepers_wake_when_a_writer_dies_after_its_commit() {
+    if role().as_deref() == Some("crasher") {
+        let m = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
+        shmkv::__private::arm(shmkv::__private::CrashPoint::AfterCommit, 0);
+        let _ = m.insert(b"k", b"after");
+        return;
+    }
+    let c = Cleanup::new("notify-crash");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    m.insert(b"k", b"before").unwrap();
+    let since = m.version();
+    let test = "sleepers_wake_when_a_writer_dies_after_its_commit";
+    let other = RawMap::open(&c.name, &c.opts).unwrap();
+    let other = &other;
+    std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let v = other.wait_for_change(since, Duration::from_secs(10));
+            (v, monotonic_ns())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let (status, _) = results(spawn(test, "crasher", &[("MAP", c.name.clone())]));
+        let died = monotonic_ns();
+        assert!(!status.success(), "the writer must die");
+        let (v, woke) = h.join().unwrap();
+        assert_eq!(v.unwrap(), Some(since + 1));
+        let late = Duration::from_nanos(woke.saturating_sub(died));
+        assert!(
+            late < Duration::from_millis(100),
+            "woke {late:?} after the crash"
+        );
+    });
+    assert_eq!(m.get(b"k").unwrap().as_deref(), Some(&b"after"[..]));
+}

@@ -13,4 +13,5 @@ pub(crate) mod seqlock;
 pub(crate) mod slot;
 pub(crate) mod table;
 pub(crate) mod verify;
+pub(crate) mod waiters;
 pub(crate) mod write;

@@ -1,0 +1,98 @@
+//! Sleepers in `wait_for_change`, counted in the root so that writers make
+//! a `FUTEX_WAKE` system call only when someone sleeps (DESIGN.md "Change
+//! notification"). Each sleeping process also holds a slot
+//! `pid << 32 | count` in the root's `waiter_slots`, so that the count of a
+//! process killed while it slept can be taken back: a writer whose wake-up
+//! found nobody asleep reaps the slots of processes that no longer exist.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::layout::RootHeader;
+use crate::sysv;
+
+/// Bits of a waiter slot that hold the pid.
+const PID_SHIFT: u32 = 32;
+/// Mask of the count in a waiter slot.
+const COUNT_MASK: u64 = (1 << PID_SHIFT) - 1;
+
+/// This process's sleeper registration; leaves on drop.
+pub(crate) struct Waiting<'r> {
+    root: &'r RootHeader,
+    slot: &'r AtomicU64,
+    pid: u64,
+}
+
+/// Registers one sleeper of this process in `r` (a writable root). `None`
+/// if every slot is taken by other processes: the caller then polls.
+pub(crate) fn register(r: &RootHeader) -> Option<Waiting<'_>> {
+    let pid = u64::from(std::process::id());
+    let slot = r.waiter_slots.iter().find(|s| {
+        let mut w = s.load(Ordering::Relaxed);
+        loop {
+            let next = match w >> PID_SHIFT {
+                p if p == pid && w & COUNT_MASK < COUNT_MASK => w + 1,
+                0 if w == 0 => pid << PID_SHIFT | 1,
+                _ => return false,
+            };
+            match s.compare_exchange(w, next, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+    })?;
+    r.waiters.fetch_add(1, Ordering::SeqCst);
+    Some(Waiting { root: r, slot, pid })
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut w = self.slot.load(Ordering::Relaxed);
+        loop {
+            // Reaped meanwhile (the pid looked dead to a writer, e.g. from
+            // another pid namespace): the count was taken back already.
+            if w >> PID_SHIFT != self.pid || w & COUNT_MASK == 0 {
+                return;
+            }
+            let next = if w & COUNT_MASK == 1 { 0 } else { w - 1 };
+            match self
+                .slot
+                .compare_exchange(w, next, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        self.root.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Stores the version's low 32 bits in the futex word and wakes the
+/// sleepers, with a system call only if the root counts some. A wake-up
+/// that found nobody asleep reaps the slots of dead processes.
+pub(crate) fn publish_version(r: &RootHeader, version: u64) {
+    let v = version as u32;
+    if r.change_seq.load(Ordering::Relaxed) == v {
+        return;
+    }
+    r.change_seq.store(v, Ordering::SeqCst);
+    if r.waiters.load(Ordering::SeqCst) > 0 && sysv::futex_wake_all(&r.change_seq) == 0 {
+        reap_dead(r);
+    }
+}
+
+/// Takes back the counts of processes that died while registered.
+fn reap_dead(r: &RootHeader) {
+    for s in &r.waiter_slots {
+        let w = s.load(Ordering::Relaxed);
+        let pid = w >> PID_SHIFT;
+        if w == 0 || sysv::process_alive(pid as u32) {
+            continue;
+        }
+        if s.compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            r.waiters
+                .fetch_sub((w & COUNT_MASK) as u32, Ordering::SeqCst);
+        }
+    }
+}
