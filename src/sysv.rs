@@ -614,3 +614,37 @@ pub(crate) fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
     // SAFETY: `word` is a valid, aligned 32-bit word.
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A timeout of `Duration::MAX` is a very long sleep, not an invalid
+    /// `timespec` (which made the kernel return at once).
+    #[test]
+    fn futex_wait_with_a_huge_timeout_sleeps_until_woken() {
+        let word = AtomicU32::new(0);
+        let slept = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                word.store(1, Ordering::SeqCst);
+                futex_wake_all(&word);
+            });
+            let t = Instant::now();
+            futex_wait(&word, 0, Duration::MAX);
+            t.elapsed()
+        });
+        assert!(
+            slept >= Duration::from_millis(50),
+            "returned after {slept:?}"
+        );
+    }
+
+    #[test]
+    fn huge_waits_have_no_deadline() {
+        assert!(deadline_after(Duration::MAX).is_none());
+        assert!(!passed(None));
+        assert_eq!(timespec(Duration::MAX).tv_sec, libc::time_t::MAX);
+    }
+}
