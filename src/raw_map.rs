@@ -372,12 +372,30 @@ impl RawMap {
                     undo_root.0 = None;
                     return Ok((mode == Mode::OpenOrCreate).then_some(()));
                 }
-                // A creator died before finishing, or a destroy after
-                // marking: we hold the lock, so neither runs. Remove what
-                // it left and start over (only for the same name).
-                state @ (RootState::Creating | RootState::Destroyed) => {
+                // A destroy died after marking the map (we hold the lock, so
+                // it does not run): finish it, then create afresh. Not in
+                // place: handles still open on the destroyed map must keep
+                // seeing it destroyed, not follow a new map.
+                RootState::Destroyed => {
                     check_stored_name(r, name)?;
-                    if state == RootState::Creating && root::creator_alive(r) {
+                    discard_data_segments(r, pack_owner(key, root_id), false);
+                    sysv::shm_remove(root_id)?;
+                    drop(root_seg);
+                    return RawMap::create_locked(
+                        name,
+                        key,
+                        opts,
+                        mode,
+                        (slots, arena, data_size),
+                        sem,
+                    );
+                }
+                // A creator died before finishing: we hold the lock, so it
+                // does not run (nobody can have opened the map). Remove what
+                // it left and start over, in place (only for the same name).
+                RootState::Creating => {
+                    check_stored_name(r, name)?;
+                    if root::creator_alive(r) {
                         return Err(Error::corrupted(format!(
                             "map {name:?} is being created by pid {}, which does not hold its lock",
                             r.creator_pid.load(Ordering::Relaxed)

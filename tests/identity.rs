@@ -475,3 +475,51 @@ fn os_errors_carry_std_io_errors() {
     }
     assert!(source(Error::ReadOnly).is_none());
 }
+
+/// The root as a `destroy` leaves it when it dies right after marking the
+/// map: the data segment in force recorded in `retiring` (offset 264),
+/// `current` (offset 192) = the reserved DESTROYED word (all ones).
+fn mark_destroyed_by_hand(root_shmid: i32, data_shmid: i32) {
+    // SAFETY: a null address lets the kernel choose.
+    let p = unsafe { libc::shmat(root_shmid, std::ptr::null(), 0) }.cast::<u8>();
+    assert_ne!(p as isize, -1);
+    // SAFETY: both offsets are 8-aligned words inside the 512-byte root; the
+    // test's own handles only read them.
+    unsafe {
+        std::ptr::write_volatile(p.add(264).cast::<u64>(), data_shmid as u64 + 1);
+        std::ptr::write_volatile(p.add(192).cast::<u64>(), u64::MAX);
+        libc::shmdt(p.cast());
+    }
+}
+
+#[test]
+fn a_destroy_that_died_after_marking_is_finished() {
+    for repair_by_create in [true, false] {
+        let c = Cleanup::new("half-destroyed");
+        let m = RawMap::create(&c.name, &c.opts).unwrap();
+        m.insert(b"k", b"v").unwrap();
+        let s = m.stats().unwrap();
+        mark_destroyed_by_hand(s.root_shmid, s.data_shmid);
+        assert!(matches!(m.get(b"k"), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            RawMap::open(&c.name, &c.opts),
+            Err(Error::NotFound { .. })
+        ));
+        if repair_by_create {
+            let fresh = RawMap::open_or_create(&c.name, &c.opts).unwrap();
+            assert_eq!(fresh.get(b"k").unwrap(), None);
+            fresh.insert(b"k", b"new").unwrap();
+            // The old handle does not follow the new map.
+            assert!(matches!(m.get(b"k"), Err(Error::NotFound { .. })));
+            let s2 = fresh.stats().unwrap();
+            assert_ne!(s2.root_shmid, s.root_shmid);
+            fresh.destroy().unwrap();
+            assert_removed(&s2);
+        } else {
+            assert!(RawMap::destroy_by_name(&c.name, &c.opts).unwrap());
+        }
+        drop(m);
+        assert!(segments_of_map(s.key, s.root_shmid).is_empty());
+        assert!(no_shm_at(s.key) && no_sem_at(s.key));
+    }
+}

@@ -38,7 +38,9 @@ pub(crate) const ARENA_ALIGN: u64 = 16;
 /// and `pending` (written by writers only).
 #[repr(C)]
 pub(crate) struct RootHeader {
-    /// [`ROOT_MAGIC`]; stored last, with Release, when the map is complete.
+    /// [`ROOT_CREATING`] from right after the creator's `shmget`, then
+    /// [`ROOT_MAGIC`], stored last, with Release, when the map is complete.
+    /// Any other value (zero included): not shmkv's, nothing else is read.
     pub(crate) magic: StdAtomicU64,
     /// [`LAYOUT_VERSION`].
     pub(crate) layout_version: StdAtomicU32,
@@ -56,7 +58,8 @@ pub(crate) struct RootHeader {
     pub(crate) format_fingerprint: StdAtomicU64,
     /// Upper bound on the total bytes of the map's segments (0 = none).
     pub(crate) max_size: StdAtomicU64,
-    /// Pid of the creating process (diagnostics).
+    /// Pid of the creating process: with `creator_start`, the creator's
+    /// identity while `magic` is [`ROOT_CREATING`]; diagnostics after.
     pub(crate) creator_pid: StdAtomicU64,
     /// The map's name, UTF-8, zero padded.
     pub(crate) name: [StdAtomicU64; MAX_NAME_LEN / 8],
