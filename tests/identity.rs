@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 use common::{arg, assert_removed, role, unique_name, Cleanup};
 use shmkv::{key_from_name, Error, Options, RawMap};
 
+/// Tests of this binary run one at a time: a child forked by one test holds
+/// the parent's SysV attachments until its `exec`, which would make another
+/// test's "segment removed" check see a segment still attached.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const ROOT_SIZE: usize = 512;
 
 /// A segment made by "another program" at a key; removed on drop.
@@ -156,6 +165,7 @@ fn assert_key_in_use(what: &str, op: &str, r: &Result<(), Error>, key: i32) {
 
 #[test]
 fn foreign_segments_at_the_key_are_left_alone() {
+    let _serial = serial();
     type Fill = fn(usize) -> u8;
     let cases: &[(&str, usize, Fill)] = &[
         ("all zero, root size", ROOT_SIZE, |_| 0),
@@ -198,6 +208,7 @@ fn foreign_segments_at_the_key_are_left_alone() {
 
 #[test]
 fn foreign_semaphore_sets_at_the_key_are_left_alone() {
+    let _serial = serial();
     // (values, operated: sem_otime set)
     let cases: &[(&str, &[u16], bool)] = &[
         ("one semaphore", &[7], true),
@@ -256,6 +267,7 @@ fn root_left_without_marker_by_a_dead_creator_is_repaired() {
         println!("RESULT made");
         return;
     }
+    let _serial = serial();
     for then_destroy in [false, true] {
         let c = Cleanup::with("halfroot", Options::new());
         let key = key_from_name(&c.name);
@@ -285,6 +297,7 @@ fn root_left_without_marker_by_a_dead_creator_is_repaired() {
 
 #[test]
 fn destroy_tells_handles_still_open() {
+    let _serial = serial();
     let c = Cleanup::new("destroy-open");
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     m.insert(b"k", b"v").unwrap();
@@ -353,6 +366,7 @@ fn segments_of_map(key: i32, root_shmid: i32) -> Vec<i32> {
 
 #[test]
 fn destroy_racing_a_growing_writer_leaks_nothing() {
+    let _serial = serial();
     for trial in 0..24u64 {
         let c = Cleanup::with(
             "destroy-race",
@@ -397,6 +411,7 @@ fn destroy_racing_a_growing_writer_leaks_nothing() {
 
 #[test]
 fn destroy_by_name_needs_the_stored_name() {
+    let _serial = serial();
     let a = unique_name("name-a");
     let typo = unique_name("name-typo");
     let key = key_from_name(&a) ^ 0x2c2c;
@@ -439,6 +454,7 @@ fn destroy_by_name_needs_the_stored_name() {
 
 #[test]
 fn lock_timeout_of_duration_max_means_no_deadline() {
+    let _serial = serial();
     let c = Cleanup::with("forever", Options::new().lock_timeout(Duration::MAX));
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     let other = RawMap::open(&c.name, &c.opts).unwrap();
@@ -467,6 +483,7 @@ fn lock_timeout_of_duration_max_means_no_deadline() {
 /// `Error` exposes `std::io::Error`, not a type of the `nix` crate.
 #[test]
 fn os_errors_carry_std_io_errors() {
+    let _serial = serial();
     fn source(e: Error) -> Option<std::io::Error> {
         match e {
             Error::Os { source, .. } => Some(source),
@@ -494,6 +511,7 @@ fn mark_destroyed_by_hand(root_shmid: i32, data_shmid: i32) {
 
 #[test]
 fn a_destroy_that_died_after_marking_is_finished() {
+    let _serial = serial();
     for repair_by_create in [true, false] {
         let c = Cleanup::new("half-destroyed");
         let m = RawMap::create(&c.name, &c.opts).unwrap();

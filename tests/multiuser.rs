@@ -39,6 +39,15 @@ fn listed(shmid: i32) -> bool {
         .any(|l| l.split_whitespace().nth(1) == Some(&shmid.to_string()))
 }
 
+/// Tests of this binary run one at a time: a child forked by one test holds
+/// the parent's SysV attachments until its `exec`, which would make another
+/// test's "segment removed" check see a segment still attached.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -87,6 +96,22 @@ fn outcome(r: Result<(), Error>) -> String {
     }
 }
 
+/// In a child, as another user: compact only.
+fn compactor_role() {
+    let m = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
+    let v = m.version();
+    let r = m.compact();
+    println!(
+        "RESULT {} version_unchanged={}",
+        match r {
+            Ok(()) => "ok".to_string(),
+            Err(Error::PermissionDenied { .. }) => "denied".to_string(),
+            Err(e) => format!("{e:?}"),
+        },
+        m.version() == v
+    );
+}
+
 /// In a child, as another user: compact, then grow with one batch.
 fn writer_role() {
     let m = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
@@ -106,6 +131,7 @@ fn another_user_grows_and_compacts_a_0666_map() {
     if role().as_deref() == Some("writer") {
         return writer_role();
     }
+    let _serial = serial();
     if !is_root() {
         return;
     }
@@ -195,6 +221,7 @@ fn group_members_keep_access_after_another_members_growth() {
         Some("reader") => return reader_role(),
         _ => {}
     }
+    let _serial = serial();
     if !is_root() {
         return;
     }
@@ -241,4 +268,79 @@ fn group_members_keep_access_after_another_members_growth() {
         m.destroy().unwrap();
         assert_removed(&s2);
     }
+}
+
+/// A root-owned segment that looks like a retired data segment of the map
+/// (data magic, `owner` word), so that only its owner may remove it.
+fn fake_retired_segment(owner: u64) -> i32 {
+    // SAFETY: plain integer arguments.
+    let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o666) };
+    assert!(id >= 0);
+    // SAFETY: a null address lets the kernel choose.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) }.cast::<u8>();
+    assert_ne!(p as isize, -1);
+    // SAFETY: offsets 0 and 128 are 8-aligned words inside the 4096 bytes.
+    unsafe {
+        std::ptr::write(p.cast::<u64>(), u64::from_le_bytes(*b"SHMKVDT\x01"));
+        std::ptr::write(p.add(128).cast::<u64>(), owner);
+        libc::shmdt(p.cast());
+    }
+    id
+}
+
+/// Writes the root's `stale` list (10 words at offset 296).
+fn set_stale_list(root_shmid: i32, ids: &[i32]) {
+    // SAFETY: a null address lets the kernel choose.
+    let p = unsafe { libc::shmat(root_shmid, std::ptr::null(), 0) }.cast::<u8>();
+    assert_ne!(p as isize, -1);
+    for (i, id) in ids.iter().enumerate() {
+        // SAFETY: 296 + 8 * i < 376, inside the root; no writer runs.
+        unsafe { std::ptr::write_volatile(p.add(296 + 8 * i).cast::<u64>(), *id as u64 + 1) };
+    }
+    // SAFETY: p came from shmat.
+    unsafe { libc::shmdt(p.cast()) };
+}
+
+#[test]
+fn a_full_stale_list_refuses_the_move_before_committing() {
+    if role().as_deref() == Some("compactor") {
+        return compactor_role();
+    }
+    let _serial = serial();
+    if !is_root() {
+        return;
+    }
+    let c = Cleanup::with("mufull", Options::new().mode(0o666));
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    m.insert(b"k", b"v").unwrap();
+    let s0 = m.stats().unwrap();
+    let owner = (u64::from(s0.key as u32) << 32) | u64::from(s0.root_shmid as u32);
+    let fakes: Vec<i32> = (0..10).map(|_| fake_retired_segment(owner)).collect();
+    set_stale_list(s0.root_shmid, &fakes);
+    assert_eq!(m.stats().unwrap().stale_segments, fakes);
+
+    // uid 65534 can remove none of them, nor the segment in force: the
+    // compaction is refused before anything is committed.
+    let out = run_as(
+        "a_full_stale_list_refuses_the_move_before_committing",
+        "compactor",
+        &c.name,
+        65534,
+        65534,
+        &[],
+    );
+    assert_eq!(out, "denied version_unchanged=true");
+    let s1 = m.stats().unwrap();
+    assert_eq!(s1.data_shmid, s0.data_shmid);
+    assert_eq!(s1.stale_segments, fakes);
+
+    // The owner's next write removes them all.
+    m.insert(b"k", b"w").unwrap();
+    assert!(m.stats().unwrap().stale_segments.is_empty());
+    for id in &fakes {
+        assert!(!listed(*id), "segment {id} left behind");
+    }
+    let s2 = m.stats().unwrap();
+    m.destroy().unwrap();
+    assert_removed(&s2);
 }
