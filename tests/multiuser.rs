@@ -164,6 +164,20 @@ fn another_user_grows_and_compacts_a_0666_map() {
     // The old segment (root's) could not be removed by uid 65534: recorded.
     assert_eq!(s1.stale_segments, vec![s0.data_shmid]);
     assert!(perms(s0.data_shmid).is_some());
+    // The CLI shows it.
+    for cmd in ["stat", "verify"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_shmkv"))
+            .args([cmd, &c.name])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        assert!(
+            text.contains("1 retired segment(s) left for a process allowed to remove them")
+                && text.contains(&format!("shmid {}", s0.data_shmid)),
+            "{cmd}: {text}"
+        );
+    }
 
     // The owner's next write removes it.
     m.insert(b"owner", b"again").unwrap();
