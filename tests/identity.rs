@@ -541,3 +541,64 @@ fn a_destroy_that_died_after_marking_is_finished() {
         assert!(no_shm_at(s.key) && no_sem_at(s.key));
     }
 }
+
+/// Writes one word of a map's root (test scribbling: simulates a shmid the
+/// kernel reused for another program's segment after shmkv recorded it).
+fn poke_root(root_shmid: i32, offset: usize, value: u64) {
+    // SAFETY: a null address lets the kernel choose.
+    let p = unsafe { libc::shmat(root_shmid, std::ptr::null(), 0) }.cast::<u8>();
+    assert_ne!(p as isize, -1);
+    // SAFETY: offset is an 8-aligned word inside the 512-byte root; no
+    // writer runs meanwhile.
+    unsafe {
+        std::ptr::write_volatile(p.add(offset).cast::<u64>(), value);
+        libc::shmdt(p.cast());
+    }
+}
+
+const CURRENT: usize = 192;
+const PENDING: usize = 256;
+const RETIRING: usize = 264;
+
+#[test]
+fn recorded_shmids_are_removed_only_if_their_header_names_the_map() {
+    let _serial = serial();
+    // `pending` and `retiring` are read by every writer's recovery.
+    for (what, offset) in [("pending", PENDING), ("retiring", RETIRING)] {
+        let c = Cleanup::new("reused-shmid");
+        let m = RawMap::create(&c.name, &c.opts).unwrap();
+        let foreign = ForeignShm::new(libc::IPC_PRIVATE, 4096, |i| (i * 5 + 1) as u8);
+        let before = foreign.content();
+        poke_root(m.stats().unwrap().root_shmid, offset, foreign.id as u64 + 1);
+        m.insert(b"k", b"v").unwrap();
+        assert!(
+            perms_of(foreign.id).is_some() && foreign.content() == before,
+            "{what}: recovery removed another program's segment"
+        );
+        let s = m.stats().unwrap();
+        m.destroy().unwrap();
+        assert_removed(&s);
+    }
+    // `current` is read by destroy_by_name (the map's own data segment is
+    // recorded in `retiring`, so that it is still found).
+    let c = Cleanup::new("reused-current");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let s = m.stats().unwrap();
+    drop(m);
+    let foreign = ForeignShm::new(libc::IPC_PRIVATE, 4096, |i| (i * 3 + 2) as u8);
+    poke_root(s.root_shmid, RETIRING, s.data_shmid as u64 + 1);
+    poke_root(s.root_shmid, CURRENT, (1u64 << 32) | foreign.id as u64);
+    assert!(RawMap::destroy_by_name(&c.name, &c.opts).unwrap());
+    assert!(
+        perms_of(foreign.id).is_some(),
+        "destroy_by_name removed another program's segment"
+    );
+    assert_removed(&s);
+}
+
+fn perms_of(shmid: i32) -> Option<()> {
+    // SAFETY: shmid_ds is plain data; all-zero is a valid value.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a valid, writable shmid_ds.
+    (unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) } == 0).then_some(())
+}
