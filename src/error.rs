@@ -133,13 +133,31 @@ pub enum Error {
     /// The value could not be serialized or deserialized.
     #[error("value encoding: {0}")]
     Value(String),
+    /// The map's SysV key is taken by an object shmkv did not make (`ftok`
+    /// and name keys can collide with other programs'). shmkv neither reads
+    /// nor changes nor removes such an object.
+    #[error(
+        "SysV key {key:#010x} of map {name:?} is used by another program \
+         ({object} id {id} is not a shmkv object); shmkv leaves it alone: \
+         use another map name or key"
+    )]
+    KeyInUse {
+        /// The map's name.
+        name: String,
+        /// The SysV key.
+        key: i32,
+        /// `"shared memory segment"` or `"semaphore set"`.
+        object: &'static str,
+        /// Its shmid or semid.
+        id: i32,
+    },
     /// A system call failed for another reason.
-    #[error("{op} failed: {errno}")]
+    #[error("{op} failed: {source}")]
     Os {
         /// The system call.
         op: &'static str,
-        /// The error number.
-        errno: nix::errno::Errno,
+        /// The operating system's error.
+        source: std::io::Error,
     },
 }
 
@@ -153,5 +171,13 @@ fn holder_text(pid: &Option<i32>) -> String {
 impl Error {
     pub(crate) fn corrupted(what: impl Into<String>) -> Self {
         Error::Corrupted(what.into())
+    }
+
+    /// `Os` from a raw errno value.
+    pub(crate) fn os(op: &'static str, errno: i32) -> Self {
+        Error::Os {
+            op,
+            source: std::io::Error::from_raw_os_error(errno),
+        }
     }
 }

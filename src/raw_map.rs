@@ -16,7 +16,7 @@ use crate::raw::gens::{Generation, Gens, Pin};
 use crate::raw::hooks::{reached, CrashPoint};
 use crate::raw::layout::{
     data_geometry, pack_current, pack_owner, unpack_current, DataHeader, RootHeader,
-    PENDING_CREATING, REDO_ENTRY, ROOT_MAGIC, ROOT_SIZE,
+    CURRENT_DESTROYED, DATA_MAGIC, PENDING_CREATING, REDO_ENTRY, ROOT_MAGIC, ROOT_SIZE,
 };
 use crate::raw::overlay::{Overlay, ReadState};
 use crate::raw::root::{self, RootState};
@@ -24,7 +24,7 @@ use crate::raw::table::{record_size, Found, ReadErr, Table};
 use crate::raw::verify::VerifyReport;
 use crate::raw::waiters;
 use crate::raw::write::{grow_geometry, Stager};
-use crate::sysv::{self, Attached, SemOpen, Semaphore};
+use crate::sysv::{self, Attached, Removal, SemOpen, Semaphore, ShmInfo};
 
 /// A zero-copy reference into the map's shared memory. It stays valid and
 /// unchanged for as long as it is held, also across generation switches:
@@ -135,6 +135,10 @@ pub struct Stats {
     /// Data segments this handle has mapped now (the current one plus
     /// retired ones still referenced in this process).
     pub mapped_generations: usize,
+    /// Retired data segments (shmids) that the writer who retired them was
+    /// not allowed to remove (another user's); the next process that may
+    /// (a writer or recovery of the map's owner) removes them.
+    pub stale_segments: Vec<i32>,
 }
 
 /// How `connect` treats a map that is or is not there.
@@ -157,8 +161,6 @@ pub struct RawMap {
     read_only: bool,
     lock_timeout: Duration,
     seed: u64,
-    /// Permission bits of the root, used for new generations.
-    mode: u32,
     /// `max_size` from the root header (0 = none).
     max_size: u64,
     sem: Semaphore,
@@ -258,6 +260,11 @@ fn attach_current(
 ) -> Result<Box<Generation>> {
     for _ in 0..100 {
         let word = r.current.load(Ordering::Acquire);
+        if word == CURRENT_DESTROYED {
+            return Err(Error::NotFound {
+                name: name.to_string(),
+            });
+        }
         match attach_generation(word, key, root_id, read_only, name) {
             Ok(g) => return Ok(g),
             Err(_) if r.current.load(Ordering::Acquire) != word => continue,
@@ -318,48 +325,105 @@ impl RawMap {
     }
 
     /// With the lock held: makes sure a complete map is at `key`. Returns
-    /// `None` if one already was there and `mode` is `Create`.
+    /// `None` if one already was there and `mode` is `Create`. Only a root
+    /// that is provably shmkv's (a root magic, or no marker yet but made by
+    /// the creator the lock's tag names) is read, repaired or removed.
     fn create_locked(
         name: &str,
         key: libc::key_t,
         opts: &Options,
         mode: Mode,
         (slots, arena, data_size): (u64, u64, u64),
-        _locked: &Semaphore,
+        sem: &Semaphore,
     ) -> Result<Option<()>> {
+        // A creator killed between its `shmget` of the root and the root's
+        // marker left a root in which nothing can be trusted; the lock's
+        // tag names that creator (the root's `shm_cpid`): remove the root.
+        if sem.creating_root_pid().is_some() {
+            if let Ok(id) = sysv::shm_get(key, 0, 0, name)? {
+                if unmarked_root_of_dead_creator(key, id, sem, name)? {
+                    sysv::shm_remove(id)?;
+                }
+            }
+        }
         let flags = libc::IPC_CREAT | libc::IPC_EXCL | opts.mode as i32;
-        let (root_id, fresh) = match sysv::shm_get(key, ROOT_SIZE, flags, name)? {
+        sem.mark_creating_root(name)?;
+        let mut unmark = Undo(Some(|| {
+            let _ = sem.unmark_creating_root(name);
+        }));
+        let made = sysv::shm_get(key, ROOT_SIZE, flags, name);
+        let (root_id, fresh) = match made? {
             Ok(id) => (id, true),
-            Err(_) => match sysv::shm_get(key, 0, 0, name)? {
-                Ok(id) => (id, false),
-                Err(_) => return Err(Error::corrupted("root segment vanished during create")),
-            },
+            Err(_) => {
+                if let Some(f) = unmark.0.take() {
+                    f();
+                }
+                match sysv::shm_get(key, 0, 0, name)? {
+                    Ok(id) => (id, false),
+                    Err(_) => return Err(Error::corrupted("root segment vanished during create")),
+                }
+            }
         };
         let mut undo_root = Undo(fresh.then_some(move || {
             let _ = sysv::shm_remove(root_id);
         }));
         let root_seg = Attached::attach(root_id, false, name)?;
         // SAFETY: the mapping lives until `root_seg` drops at the end of this fn.
-        let r = unsafe { root::root_at(root_seg.base(), root_seg.len()) }?;
+        let r = unsafe { root::root_at(root_seg.base(), root_seg.len()) }
+            .ok_or_else(|| foreign_segment(key, root_id, name))?;
         if !fresh {
-            match root::state(r)? {
+            match root::state(r) {
+                RootState::Foreign => return Err(foreign_segment(key, root_id, name)),
                 RootState::Complete => {
                     root::validate(r, Some(name))?;
                     undo_root.0 = None;
                     return Ok((mode == Mode::OpenOrCreate).then_some(()));
                 }
-                // A creator died before finishing; we hold the lock, so no
-                // creator is running: remove what it left and start over.
-                RootState::Incomplete => discard_data_segments(r, pack_owner(key, root_id), true),
+                // A destroy died after marking the map (we hold the lock, so
+                // it does not run): finish it, then create afresh. Not in
+                // place: handles still open on the destroyed map must keep
+                // seeing it destroyed, not follow a new map.
+                RootState::Destroyed => {
+                    check_stored_name(r, name)?;
+                    discard_data_segments(r, pack_owner(key, root_id), false);
+                    sysv::shm_remove(root_id)?;
+                    drop(root_seg);
+                    return RawMap::create_locked(
+                        name,
+                        key,
+                        opts,
+                        mode,
+                        (slots, arena, data_size),
+                        sem,
+                    );
+                }
+                // A creator died before finishing: we hold the lock, so it
+                // does not run (nobody can have opened the map). Remove what
+                // it left and start over, in place (only for the same name).
+                RootState::Creating => {
+                    check_stored_name(r, name)?;
+                    if root::creator_alive(r) {
+                        return Err(Error::corrupted(format!(
+                            "map {name:?} is being created by pid {}, which does not hold its lock",
+                            r.creator_pid.load(Ordering::Relaxed)
+                        )));
+                    }
+                    discard_data_segments(r, pack_owner(key, root_id), true);
+                }
             }
         }
+        // Stores the ROOT_CREATING marker: from here on the root is ours.
         root::init_identity(
             r,
             name,
             random_seed(),
             opts.max_size.map_or(0, |s| s.bytes()),
         );
-        let data_id = make_pending_segment(r, data_size, opts.mode, name)?;
+        if let Some(f) = unmark.0.take() {
+            f();
+        }
+        let perms = sysv::shm_stat(root_id, name)?;
+        let data_id = make_pending_segment(r, data_size, &perms, name)?;
         let mut undo_data = Undo(Some(move || {
             let _ = sysv::shm_remove(data_id);
         }));
@@ -389,32 +453,63 @@ impl RawMap {
         let root_id = match sysv::shm_get(key, 0, 0, name)? {
             Ok(id) => id,
             Err(_) => {
+                // No map; but say so if another program's set holds the key.
+                if let Err(e @ Error::KeyInUse { .. }) = Semaphore::find(key, name) {
+                    return Err(e);
+                }
                 return Err(Error::NotFound {
                     name: name.to_string(),
-                })
+                });
             }
         };
         let root_seg = Attached::attach(root_id, opts.read_only, name)?;
         // SAFETY: `root_seg` keeps the mapping alive while `r` is used below;
         // the returned map owns `root_seg` and never re-borrows `r`.
-        let r: &RootHeader = unsafe { root::root_at(root_seg.base(), root_seg.len()) }?;
-        let deadline = Instant::now() + opts.lock_timeout;
+        let r: &RootHeader = unsafe { root::root_at(root_seg.base(), root_seg.len()) }
+            .ok_or_else(|| foreign_segment(key, root_id, name))?;
+        let deadline = sysv::deadline_after(opts.lock_timeout);
         loop {
-            match root::state(r)? {
+            match root::state(r) {
                 RootState::Complete => break,
-                RootState::Incomplete if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
+                RootState::Destroyed => {
+                    return Err(Error::NotFound {
+                        name: name.to_string(),
+                    })
                 }
-                RootState::Incomplete => {
-                    return Err(Error::corrupted(format!(
-                        "map {name:?} was never completely created (creator died?); \
-                         open_or_create repairs it, destroy removes it"
-                    )))
+                RootState::Creating => {
+                    check_stored_name(r, name)?;
+                    if sysv::passed(deadline) {
+                        return Err(Error::corrupted(format!(
+                            "map {name:?} was never completely created (creator pid {} died?); \
+                             open_or_create repairs it, destroy removes it",
+                            r.creator_pid.load(Ordering::Relaxed)
+                        )));
+                    }
+                }
+                // No marker: either a creator between its shmget and the
+                // marker (the lock's tag names it), or not shmkv's at all.
+                RootState::Foreign => {
+                    let ours = Semaphore::find(key, name)
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.creating_root_pid())
+                        .is_some_and(|pid| {
+                            sysv::shm_stat(root_id, name).is_ok_and(|i| i.cpid == pid)
+                        });
+                    if !ours {
+                        return Err(foreign_segment(key, root_id, name));
+                    }
+                    if sysv::passed(deadline) {
+                        return Err(Error::corrupted(format!(
+                            "map {name:?} was never completely created (creator died?); \
+                             open_or_create repairs it, destroy removes it"
+                        )));
+                    }
                 }
             }
+            std::thread::sleep(Duration::from_millis(1));
         }
         let seed = root::validate(r, Some(name))?;
-        let mode = sysv::shm_stat(root_id, name)?.mode;
         let sem = match Semaphore::open(key, false, opts.mode, opts.lock_timeout, name) {
             Ok(SemOpen::Existing(s) | SemOpen::CreatedAndHeld(s)) => s,
             Err(Error::NotFound { .. }) => {
@@ -431,7 +526,6 @@ impl RawMap {
             read_only: opts.read_only,
             lock_timeout: opts.lock_timeout,
             seed,
-            mode,
             max_size: r.max_size.load(Ordering::Relaxed),
             sem,
             gens: Gens::new(first),
@@ -444,35 +538,94 @@ impl RawMap {
     /// Removes every kernel object of the map named `name` without opening
     /// it through the usual checks (for maps that fail to open). Returns
     /// whether anything was removed.
+    ///
+    /// Only objects that are provably this map's are removed: the lock is
+    /// taken first (with the lock timeout), a root is removed only if it
+    /// carries a shmkv marker and the stored name is `name`
+    /// ([`Error::NameMismatch`] otherwise), each data segment only if its
+    /// header names this root, and the semaphore set only if it is
+    /// recognisably shmkv's. Objects of another program at the key give
+    /// [`Error::KeyInUse`] and are left alone.
     pub fn destroy_by_name(name: &str, opts: &Options) -> Result<bool> {
         let key = opts.key_for(name)?;
+        let sem = Semaphore::find(key, name)?;
+        if let Some(s) = &sem {
+            s.acquire(opts.lock_timeout)?;
+        }
+        // Released on every exit; harmless once the set is removed.
+        let _release = Undo(sem.as_ref().map(|s| {
+            move || {
+                let _ = s.release();
+            }
+        }));
         let mut removed = false;
         if let Ok(root_id) = sysv::shm_get(key, 0, 0, name)? {
-            let seg = Attached::attach(root_id, true, name)?;
+            let (seg, writable) = match Attached::attach(root_id, false, name) {
+                Ok(seg) => (seg, true),
+                Err(Error::PermissionDenied { .. }) => {
+                    (Attached::attach(root_id, true, name)?, false)
+                }
+                Err(e) => return Err(e),
+            };
             // SAFETY: `seg` outlives `r`.
-            let r = unsafe { root::root_at(seg.base(), seg.len()) }?;
-            root::state(r)?;
-            discard_data_segments(r, pack_owner(key, root_id), false);
+            let r = unsafe { root::root_at(seg.base(), seg.len()) }
+                .ok_or_else(|| foreign_segment(key, root_id, name))?;
+            match root::state(r) {
+                RootState::Foreign => match &sem {
+                    Some(s) if unmarked_root_of_dead_creator(key, root_id, s, name)? => {}
+                    _ => return Err(foreign_segment(key, root_id, name)),
+                },
+                state => {
+                    check_stored_name(r, name)?;
+                    if !sysv::shm_stat(root_id, name)?.removable_by_me() {
+                        return Err(Error::PermissionDenied {
+                            name: name.to_string(),
+                            op: "shmctl(IPC_RMID)",
+                        });
+                    }
+                    let owner = pack_owner(key, root_id);
+                    if writable && state == RootState::Complete {
+                        // Open handles get NotFound on their next operation.
+                        mark_destroyed(r, owner);
+                    }
+                    discard_data_segments(r, owner, false);
+                }
+            }
             sysv::shm_remove(root_id)?;
             removed = true;
         }
-        // SAFETY: plain integer arguments.
-        let semid = unsafe { libc::semget(key, 1, 0) };
-        if semid >= 0 {
-            Semaphore { semid }.remove();
+        if let Some(s) = &sem {
+            s.remove();
             removed = true;
         }
         Ok(removed)
     }
 
-    /// Removes the map from the kernel: its segments and its lock. Other
-    /// processes that have it open keep their mappings until they drop them;
-    /// their writes fail from now on.
+    /// Removes the map from the kernel: its segments and its lock. Takes
+    /// the write lock first (so no writer is publishing a new generation)
+    /// and marks the map destroyed in the root's `current` word, so every
+    /// handle still open gets [`Error::NotFound`] on its next operation.
+    /// Segments stay mapped in processes that have them until they drop
+    /// their handles. Refused with [`Error::ReadOnly`] on a read-only
+    /// handle and with [`Error::PermissionDenied`] (nothing changed) for a
+    /// process that may not remove the map.
     pub fn destroy(self) -> Result<()> {
-        discard_data_segments(self.root(), pack_owner(self.key, self.root.shmid), false);
-        let pin = self.gens.pin();
-        sysv::shm_remove(pin.current().seg.shmid)?;
-        drop(pin);
+        let _guard = self.lock()?;
+        if !sysv::shm_stat(self.root.shmid, &self.name)?.removable_by_me() {
+            return Err(Error::PermissionDenied {
+                name: self.name.clone(),
+                op: "shmctl(IPC_RMID)",
+            });
+        }
+        let r = self.root();
+        let owner = pack_owner(self.key, self.root.shmid);
+        mark_destroyed(r, owner);
+        discard_data_segments(r, owner, false);
+        {
+            // This handle's own mapping (removing it twice is harmless).
+            let pin = self.gens.pin();
+            let _ = sysv::shm_remove(pin.current().seg.shmid);
+        }
         sysv::shm_remove(self.root.shmid)?;
         self.sem.remove();
         Ok(())
@@ -836,10 +989,26 @@ impl RawMap {
     }
 
     /// Makes a new, unpublished data segment for generation `number`,
-    /// recorded in the root's `pending` word (or `retiring`, see `migrate`).
+    /// recorded in the root's `pending` word (or `retiring`, see `migrate`),
+    /// owned like the root. Refused (before anything is committed) if the
+    /// segment in force could neither be removed by this process after the
+    /// switch nor be recorded in the root's full `stale` list.
     fn new_generation(&self, number: u64, slots: u64, arena: u64) -> Result<Box<Generation>> {
         let (_, _, size) = data_geometry(slots, arena).ok_or_else(|| Error::corrupted("size"))?;
-        let id = make_pending_segment(self.root(), size, self.mode, &self.name)?;
+        let r = self.root();
+        if root::stale_full(r) {
+            let owner = pack_owner(self.key, self.root.shmid);
+            let (_, current_id) = unpack_current(r.current.load(Ordering::Acquire));
+            prune_stale(r, owner, Some(current_id), true);
+            if root::stale_full(r) && !sysv::shm_stat(current_id, &self.name)?.removable_by_me() {
+                return Err(Error::PermissionDenied {
+                    name: self.name.clone(),
+                    op: "retire a generation (the list of segments left for their owners is full)",
+                });
+            }
+        }
+        let root_info = sysv::shm_stat(self.root.shmid, &self.name)?;
+        let id = make_pending_segment(r, size, &root_info, &self.name)?;
         let mut undo = Undo(Some(|| {
             let _ = sysv::shm_remove(id);
             self.root().pending.store(0, Ordering::Release);
@@ -860,7 +1029,9 @@ impl RawMap {
 
     /// Publishes a complete new generation with one store of the root's
     /// `current` word, marks the old segment for removal, and switches this
-    /// process to the new one.
+    /// process to the new one. Nothing after the switch can fail: the write
+    /// is committed. An old segment this process may not remove (another
+    /// user's) is recorded in the root's `stale` list for one that may.
     fn publish(&self, old: &Generation, fresh: Box<Generation>) -> Result<()> {
         let r = self.root();
         r.retiring
@@ -868,7 +1039,9 @@ impl RawMap {
         reached(CrashPoint::MidResize);
         r.current.store(fresh.word, Ordering::Release);
         reached(CrashPoint::AfterPublish);
-        sysv::shm_remove(old.seg.shmid)?;
+        // `old` is attached here and was validated as ours: its shmid
+        // cannot have been reused.
+        retire_segment(r, old.seg.shmid, true);
         r.retiring.store(0, Ordering::Release);
         r.pending.store(0, Ordering::Release);
         let _switch = self.gens.switch.lock().unwrap_or_else(|e| e.into_inner());
@@ -973,87 +1146,259 @@ impl RawMap {
             data_shmid: g.seg.shmid,
             semid: self.sem.semid,
             mapped_generations: self.gens.mapped(),
+            stale_segments: root::stale_list(self.root()),
         })
     }
+}
+
+/// The error for an object at the key that is not provably shmkv's.
+fn foreign_segment(key: libc::key_t, shmid: i32, name: &str) -> Error {
+    Error::KeyInUse {
+        name: name.to_string(),
+        key,
+        object: "shared memory segment",
+        id: shmid,
+    }
+}
+
+/// `NameMismatch` unless the root (shmkv's: a marker was seen) stores `name`.
+fn check_stored_name(r: &RootHeader, name: &str) -> Result<()> {
+    let found = root::stored_name(r)?;
+    if found != name {
+        return Err(Error::NameMismatch {
+            expected: name.to_string(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Whether segment `id` at `key` is a root whose creator died between its
+/// `shmget` and the store of the `ROOT_CREATING` marker: the lock (held by
+/// the caller) still carries that creator's mark, the segment was made by
+/// that creator's pid and has a root's size, and its first word is still
+/// zero. Nothing else in it is read.
+fn unmarked_root_of_dead_creator(
+    key: libc::key_t,
+    id: i32,
+    sem: &Semaphore,
+    name: &str,
+) -> Result<bool> {
+    let Some(pid) = sem.creating_root_pid() else {
+        return Ok(false);
+    };
+    let info = sysv::shm_stat(id, name)?;
+    if info.cpid != pid || info.size != ROOT_SIZE as u64 || info.key != key {
+        return Ok(false);
+    }
+    let seg = Attached::attach(id, true, name)?;
+    // SAFETY: `seg` outlives `r`.
+    let Some(r) = (unsafe { root::root_at(seg.base(), seg.len()) }) else {
+        return Ok(false);
+    };
+    Ok(r.magic.load(Ordering::Acquire) == 0)
+}
+
+/// With the lock held, writable root: marks the map destroyed (the
+/// `current` word becomes `CURRENT_DESTROYED`, which sends every open
+/// handle to `NotFound`). The data segment in force is recorded in
+/// `retiring` first, so a destroyer that dies here leaves nothing that a
+/// later repair (`create_locked`) or `destroy_by_name` cannot find.
+fn mark_destroyed(r: &RootHeader, owner: u64) {
+    let word = r.current.load(Ordering::Acquire);
+    if word == CURRENT_DESTROYED {
+        return;
+    }
+    let (generation, id) = unpack_current(word);
+    discard_recorded(r, owner, Some(id), true);
+    if generation != 0 {
+        r.retiring.store(id as u64 + 1, Ordering::Release);
+    }
+    r.current.store(CURRENT_DESTROYED, Ordering::Release);
 }
 
 /// Makes a private data segment of `size` bytes, recorded in the root's
 /// `pending` word from before the `shmget` on (RECORDED-BEFORE-BUILT), so
 /// that a writer killed inside or right after the system call leaves a
-/// segment recovery can find.
-fn make_pending_segment(r: &RootHeader, size: u64, mode: u32, name: &str) -> Result<i32> {
+/// segment recovery can find. The segment gets the root's owner, group and
+/// permission bits (`root`: the root's `IPC_STAT`), so that a writer who
+/// is another user makes a generation every user of the map can use, and
+/// that the map's owner may remove.
+fn make_pending_segment(r: &RootHeader, size: u64, root: &ShmInfo, name: &str) -> Result<i32> {
     r.pending_size.store(size, Ordering::Relaxed);
     r.pending.store(
         PENDING_CREATING | u64::from(std::process::id()),
         Ordering::Release,
     );
-    let flags = libc::IPC_CREAT | libc::IPC_EXCL | mode as i32;
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | root.mode as i32;
     let made = sysv::shm_get(sysv::IPC_PRIVATE, size as usize, flags, name);
-    if let Ok(Ok(id)) = made {
-        r.pending.store(id as u64 + 1, Ordering::Release);
-        return Ok(id);
-    }
-    r.pending.store(0, Ordering::Release);
-    match made {
-        Ok(Err(errno)) => Err(Error::Os {
-            op: "shmget",
-            errno,
-        }),
-        Err(e) => Err(e),
-        Ok(Ok(_)) => unreachable!("handled above"),
-    }
-}
-
-/// Removes the segments the root's `pending` and `retiring` words record,
-/// except `keep`; with `clear`, also resets the words (needs a writable
-/// mapping). A `pending` caught inside `shmget` names the dead writer's pid:
-/// its unattached private segments of the recorded size that are still
-/// blank (or belong to `owner`) are removed.
-fn discard_recorded(r: &RootHeader, owner: u64, keep: Option<i32>, clear: bool) {
-    let pending = r.pending.load(Ordering::Acquire);
-    if pending & PENDING_CREATING != 0 {
-        let size = r.pending_size.load(Ordering::Relaxed);
-        for (id, sz) in sysv::unattached_private_segments_of(pending as u32) {
-            if sz == size && Some(id) != keep && blank_or_owned(id, owner) {
-                let _ = sysv::shm_remove(id);
-            }
+    let id = match made {
+        Ok(Ok(id)) => id,
+        Ok(Err(errno)) => {
+            r.pending.store(0, Ordering::Release);
+            return Err(Error::os("shmget", errno as i32));
         }
-    } else if pending != 0 && Some((pending - 1) as i32) != keep {
-        let _ = sysv::shm_remove((pending - 1) as i32);
-    }
-    let retiring = r.retiring.load(Ordering::Acquire);
-    if retiring != 0 && Some((retiring - 1) as i32) != keep {
-        let _ = sysv::shm_remove((retiring - 1) as i32);
-    }
-    if clear {
+        Err(e) => {
+            r.pending.store(0, Ordering::Release);
+            return Err(e);
+        }
+    };
+    r.pending.store(id as u64 + 1, Ordering::Release);
+    if let Err(e) = sysv::shm_set_owner(id, root.uid, root.gid, root.mode, name) {
+        let _ = sysv::shm_remove(id);
         r.pending.store(0, Ordering::Release);
-        r.retiring.store(0, Ordering::Release);
+        return Err(e);
     }
+    Ok(id)
 }
 
-/// Whether segment `id` was never initialised (all-zero header), or is a
-/// data segment of `owner`: only such a segment may be removed on the
-/// strength of a pid and a size.
-fn blank_or_owned(id: i32, owner: u64) -> bool {
-    let Ok(seg) = Attached::attach(id, true, "") else {
-        return false;
+/// Whether a data segment named by a root word is this map's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ownership {
+    /// Its header names `owner`, or (with a size given) it is a private,
+    /// never-initialised segment of exactly that size.
+    Ours,
+    /// Gone, or something else: never to be removed.
+    NotOurs,
+    /// This process may not look (permissions): keep it recorded.
+    Unknown,
+}
+
+/// Reads segment `id`'s data header: removal of a shmid read from a root
+/// needs this proof, because the kernel reuses shmids.
+fn segment_ownership(id: i32, owner: u64, blank_size: Option<u64>) -> Ownership {
+    let info = match sysv::shm_stat(id, "") {
+        Ok(i) => i,
+        Err(Error::PermissionDenied { .. }) => return Ownership::Unknown,
+        Err(_) => return Ownership::NotOurs,
+    };
+    let seg = match Attached::attach(id, true, "") {
+        Ok(s) => s,
+        Err(Error::PermissionDenied { .. }) => return Ownership::Unknown,
+        Err(_) => return Ownership::NotOurs,
     };
     if seg.len() < std::mem::size_of::<DataHeader>() {
-        return false;
+        return Ownership::NotOurs;
     }
     // SAFETY: the mapping holds a full header, is page-aligned and lives
     // until `seg` drops at the end of this function; atomics only.
     let h = unsafe { seg.base().cast::<DataHeader>().as_ref() };
     let magic = h.magic.load(Ordering::Acquire);
-    magic == 0 || h.owner.load(Ordering::Relaxed) == owner
+    let named = h.owner.load(Ordering::Relaxed) == owner;
+    if magic == DATA_MAGIC && named {
+        return Ownership::Ours;
+    }
+    // A writer killed before the header's magic store (RECORDED-BEFORE-BUILT).
+    let blank = magic == 0 && (named || h.owner.load(Ordering::Relaxed) == 0);
+    if blank && info.key == sysv::IPC_PRIVATE && blank_size == Some(info.size) {
+        return Ownership::Ours;
+    }
+    Ownership::NotOurs
 }
 
-/// Removes every data segment a root names (current, pending, retiring);
-/// with `clear`, also forgets them in the root (needs a writable mapping).
+/// Removes a segment proven to be this map's; if this process may not
+/// (another user's) and `record`, records it in the root's `stale` list for
+/// a process that may. Returns false if it is still there afterwards.
+fn retire_segment(r: &RootHeader, id: i32, record: bool) -> bool {
+    match sysv::shm_try_remove(id) {
+        Removal::Removed | Removal::Gone => true,
+        Removal::Denied => {
+            if record {
+                root::push_stale(r, id);
+            }
+            false
+        }
+    }
+}
+
+/// Removes the segments the root's `pending`, `retiring` and `stale` words
+/// record, except `keep`, each only if its header names this map (`owner`);
+/// with `clear`, also resets the words (needs a writable mapping and the
+/// lock), keeping in `stale` those this process may not remove. A `pending`
+/// caught inside `shmget` names the dead writer's pid: its unattached
+/// private segments of the recorded size that are still blank (or belong to
+/// `owner`) are removed.
+fn discard_recorded(r: &RootHeader, owner: u64, keep: Option<i32>, clear: bool) {
+    let pending = r.pending.load(Ordering::Acquire);
+    let size = r.pending_size.load(Ordering::Relaxed);
+    if pending & PENDING_CREATING != 0 {
+        for (id, sz) in sysv::unattached_private_segments_of(pending as u32) {
+            if sz == size && Some(id) != keep && blank_or_owned(id, owner, size) {
+                retire_segment(r, id, clear);
+            }
+        }
+    } else if pending != 0 {
+        let id = (pending - 1) as i32;
+        if Some(id) != keep {
+            match segment_ownership(id, owner, Some(size)) {
+                Ownership::Ours => {
+                    retire_segment(r, id, clear);
+                }
+                Ownership::Unknown if clear => {
+                    root::push_stale(r, id);
+                }
+                _ => {}
+            }
+        }
+    }
+    let retiring = r.retiring.load(Ordering::Acquire);
+    if retiring != 0 && Some((retiring - 1) as i32) != keep {
+        let id = (retiring - 1) as i32;
+        match segment_ownership(id, owner, None) {
+            Ownership::Ours => {
+                retire_segment(r, id, clear);
+            }
+            Ownership::Unknown if clear => {
+                root::push_stale(r, id);
+            }
+            _ => {}
+        }
+    }
+    if clear {
+        r.pending.store(0, Ordering::Release);
+        r.retiring.store(0, Ordering::Release);
+    }
+    prune_stale(r, owner, keep, clear);
+}
+
+/// Tries to remove each segment of the root's `stale` list; with `clear`,
+/// forgets those that are gone, removed or not this map's.
+fn prune_stale(r: &RootHeader, owner: u64, keep: Option<i32>, clear: bool) {
+    for w in &r.stale {
+        let v = w.load(Ordering::Relaxed);
+        if v == 0 {
+            continue;
+        }
+        let id = (v - 1) as i32;
+        let done = Some(id) == keep
+            || match segment_ownership(id, owner, None) {
+                Ownership::Ours => retire_segment(r, id, false),
+                Ownership::NotOurs => true,
+                Ownership::Unknown => false,
+            };
+        if done && clear {
+            w.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// Whether segment `id` (found by the pid and size of a writer that died
+/// inside `shmget`) was never initialised, or is a data segment of `owner`.
+fn blank_or_owned(id: i32, owner: u64, size: u64) -> bool {
+    segment_ownership(id, owner, Some(size)) == Ownership::Ours
+}
+
+/// Removes every data segment a root names (current, pending, retiring,
+/// stale), each only if its header names this map; with `clear`, also
+/// forgets them in the root (needs a writable mapping).
 fn discard_data_segments(r: &RootHeader, owner: u64, clear: bool) {
-    let (generation, id) = unpack_current(r.current.load(Ordering::Acquire));
-    if generation != 0 {
-        let _ = sysv::shm_remove(id);
+    let word = r.current.load(Ordering::Acquire);
+    let (generation, id) = unpack_current(word);
+    if word != CURRENT_DESTROYED
+        && generation != 0
+        && segment_ownership(id, owner, None) == Ownership::Ours
+    {
+        retire_segment(r, id, false);
     }
     discard_recorded(r, owner, None, clear);
     if clear {
@@ -1287,7 +1632,7 @@ pub struct MapListing {
 pub fn list_maps() -> Result<Vec<MapListing>> {
     let table = std::fs::read_to_string("/proc/sysvipc/shm").map_err(|e| Error::Os {
         op: "read /proc/sysvipc/shm",
-        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        source: e,
     })?;
     let mut out = Vec::new();
     for line in table.lines().skip(1) {
@@ -1314,10 +1659,10 @@ pub fn list_maps() -> Result<Vec<MapListing>> {
             Err(_) => continue,
         };
         // SAFETY: `seg` outlives `r`.
-        let Ok(r) = (unsafe { root::root_at(seg.base(), seg.len()) }) else {
+        let Some(r) = (unsafe { root::root_at(seg.base(), seg.len()) }) else {
             continue;
         };
-        if !matches!(root::state(r), Ok(RootState::Complete)) {
+        if root::state(r) != RootState::Complete {
             continue;
         }
         let Ok(name) = root::stored_name(r) else {

@@ -154,9 +154,8 @@ fn corrupted_or_foreign_headers_are_refused() {
     let root = RawRoot::attach(m.stats().unwrap().key);
     type Check = fn(&Error) -> bool;
     let cases: &[(usize, Check)] = &[
-        (root_offsets::MAGIC, |e| {
-            matches!(e, Error::Incompatible(Incompatible::NotShmkv))
-        }),
+        // Without a shmkv magic nothing in the root is trusted.
+        (root_offsets::MAGIC, |e| matches!(e, Error::KeyInUse { .. })),
         (root_offsets::LAYOUT_VERSION, |e| {
             matches!(e, Error::Incompatible(Incompatible::LayoutVersion { .. }))
         }),
@@ -214,17 +213,14 @@ fn foreign_segment_at_the_key() {
             RawMap::create(&name, &Options::new()),
             RawMap::open_or_create(&name, &Options::new()),
         ] {
-            assert!(
-                matches!(r, Err(Error::Incompatible(Incompatible::NotShmkv))),
-                "{r:?}"
-            );
+            assert!(matches!(r, Err(Error::KeyInUse { .. })), "{r:?}");
         }
         // Our failed create left no semaphore behind, and did not touch it.
         // SAFETY: plain integer arguments.
         assert_eq!(unsafe { libc::semget(key, 1, 0) }, -1);
         assert!(matches!(
             RawMap::destroy_by_name(&name, &Options::new()),
-            Err(Error::Incompatible(_))
+            Err(Error::KeyInUse { .. })
         ));
         // SAFETY: IPC_RMID ignores the buffer.
         unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };

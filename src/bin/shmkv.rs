@@ -144,7 +144,7 @@ fn stats_json(s: &Stats) -> Value {
         "arena_used": s.arena_used, "garbage_bytes": s.garbage_bytes,
         "segment_size": s.segment_size, "version": s.version, "attached": s.attached,
         "lock_held": s.lock_held, "lock_pid": s.lock_pid, "root_shmid": s.root_shmid,
-        "data_shmid": s.data_shmid, "semid": s.semid,
+        "data_shmid": s.data_shmid, "semid": s.semid, "stale_segments": s.stale_segments,
     })
 }
 
@@ -170,6 +170,21 @@ fn print_stats(s: &Stats) {
     );
     println!("attached    {} processes", s.attached);
     println!("lock        {lock} (semid {})", s.semid);
+    if !s.stale_segments.is_empty() {
+        println!("stale       {}", stale_text(&s.stale_segments));
+    }
+}
+
+/// The `stale` line: retired segments another user's writer could not remove.
+fn stale_text(ids: &[i32]) -> String {
+    format!(
+        "{} retired segment(s) left for a process allowed to remove them (shmid {})",
+        ids.len(),
+        ids.iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Owned key/value pairs.
@@ -238,20 +253,23 @@ fn run(cli: &Cli) -> Out {
             Ok(())
         }
         Cmd::Verify { name } => {
-            let r = open(cli, name, true)?
-                .verify()
-                .map_err(|e| Fail::map(name, e))?;
+            let m = open(cli, name, true)?;
+            let r = m.verify().map_err(|e| Fail::map(name, e))?;
+            let stale = m.stats().map_err(|e| Fail::map(name, e))?.stale_segments;
             if cli.json {
                 println!(
                     "{}",
                     json!({"ok": r.is_ok(), "generation": r.generation, "capacity": r.capacity,
                            "entries": r.live, "tombstones": r.tombstones, "live_bytes": r.live_bytes,
                            "arena_used": r.arena_used, "garbage_bytes": r.garbage_bytes,
-                           "problems": r.problems})
+                           "problems": r.problems, "stale_segments": stale})
                 );
             } else {
                 for p in &r.problems {
                     println!("problem: {p}");
+                }
+                if !stale.is_empty() {
+                    println!("note: {}", stale_text(&stale));
                 }
                 println!(
                     "{}: generation {}, {} entries, {} tombstones, {} slots",
@@ -451,13 +469,18 @@ fn run(cli: &Cli) -> Out {
             let opts = options(cli, false);
             match RawMap::open(name, &opts) {
                 Ok(m) => m.destroy().map_err(|e| Fail::map(name, e)),
-                // A map that does not open (half-created, corrupted) is still removed.
-                Err(Error::NotFound { .. }) => {
-                    Err(Fail::map(name, Error::NotFound { name: name.clone() }))
+                // A map that does not open because of its content
+                // (half-created, corrupted, another build's) is still
+                // removed; `destroy_by_name` removes only objects that are
+                // provably this map's.
+                Err(Error::Corrupted(_) | Error::Incompatible(_)) => {
+                    RawMap::destroy_by_name(name, &opts)
+                        .map(drop)
+                        .map_err(|e| Fail::map(name, e))
                 }
-                Err(_) => RawMap::destroy_by_name(name, &opts)
-                    .map(drop)
-                    .map_err(|e| Fail::map(name, e)),
+                // Missing, another map's (`NameMismatch`), another
+                // program's (`KeyInUse`), not allowed, locked: say so.
+                Err(e) => Err(Fail::map(name, e)),
             }
         }
     }

@@ -11,6 +11,11 @@ use std::sync::atomic::{AtomicU32 as StdAtomicU32, AtomicU64 as StdAtomicU64};
 
 /// `"SHMKVRT\x01"`: a root segment (the one at the map's key).
 pub(crate) const ROOT_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVRT\x01");
+/// `"SHMKVRC\x01"`: a root whose creation has not finished. Stored (with
+/// Release) right after the creator made the segment and wrote the identity
+/// fields, `creator_pid` and `creator_start`, so that no word of a root is
+/// trusted unless shmkv wrote one of the two root magics.
+pub(crate) const ROOT_CREATING: u64 = u64::from_le_bytes(*b"SHMKVRC\x01");
 /// `"SHMKVDT\x01"`: a data segment (one table generation).
 pub(crate) const DATA_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVDT\x01");
 /// `"SHMKVRD\x01"`: a redo log staged in the arena.
@@ -33,7 +38,9 @@ pub(crate) const ARENA_ALIGN: u64 = 16;
 /// and `pending` (written by writers only).
 #[repr(C)]
 pub(crate) struct RootHeader {
-    /// [`ROOT_MAGIC`]; stored last, with Release, when the map is complete.
+    /// [`ROOT_CREATING`] from right after the creator's `shmget`, then
+    /// [`ROOT_MAGIC`], stored last, with Release, when the map is complete.
+    /// Any other value (zero included): not shmkv's, nothing else is read.
     pub(crate) magic: StdAtomicU64,
     /// [`LAYOUT_VERSION`].
     pub(crate) layout_version: StdAtomicU32,
@@ -51,7 +58,8 @@ pub(crate) struct RootHeader {
     pub(crate) format_fingerprint: StdAtomicU64,
     /// Upper bound on the total bytes of the map's segments (0 = none).
     pub(crate) max_size: StdAtomicU64,
-    /// Pid of the creating process (diagnostics).
+    /// Pid of the creating process: with `creator_start`, the creator's
+    /// identity while `magic` is [`ROOT_CREATING`]; diagnostics after.
     pub(crate) creator_pid: StdAtomicU64,
     /// The map's name, UTF-8, zero padded.
     pub(crate) name: [StdAtomicU64; MAX_NAME_LEN / 8],
@@ -77,9 +85,15 @@ pub(crate) struct RootHeader {
     /// Processes (or threads) sleeping in `wait_for_change` on `change_seq`;
     /// writers call `FUTEX_WAKE` only when it is non-zero.
     pub(crate) waiters: StdAtomicU32,
-    /// Reserved for the lifecycle words (creation marker, segments left
-    /// for removal by another user).
-    pub(crate) _reserved_lifecycle: [StdAtomicU64; 12],
+    /// Start time of the creating process (clock ticks after boot, field 22
+    /// of `/proc/<pid>/stat`): with `creator_pid`, the creator's identity,
+    /// so that a repair can tell a dead creator from a live one.
+    pub(crate) creator_start: StdAtomicU64,
+    /// Retired data segments the writer that retired them was not allowed
+    /// to remove (another user's): `shmid + 1`, 0 = free. Every lock
+    /// holder tries to remove them (`discard_recorded`).
+    pub(crate) stale: [StdAtomicU64; STALE_SLOTS],
+    _reserved_lifecycle: [StdAtomicU64; 1],
     /// Sleepers in `wait_for_change` by process: `pid << 32 | count`, so
     /// that the count of a process killed while sleeping can be taken back.
     pub(crate) waiter_slots: [StdAtomicU64; 8],
@@ -110,8 +124,19 @@ const _: () = assert!(offset_of!(RootHeader, retiring) == 264);
 const _: () = assert!(offset_of!(RootHeader, pending_size) == 272);
 const _: () = assert!(offset_of!(RootHeader, change_seq) == 280);
 const _: () = assert!(offset_of!(RootHeader, waiters) == 284);
-const _: () = assert!(offset_of!(RootHeader, _reserved_lifecycle) == 288);
+const _: () = assert!(offset_of!(RootHeader, creator_start) == 288);
+const _: () = assert!(offset_of!(RootHeader, stale) == 296);
+const _: () = assert!(offset_of!(RootHeader, _reserved_lifecycle) == 376);
 const _: () = assert!(offset_of!(RootHeader, waiter_slots) == 384);
+
+/// Slots of the root's `stale` list.
+pub(crate) const STALE_SLOTS: usize = 10;
+
+/// The root's `current` word of a destroyed map: `destroy` stores it (with
+/// the lock held) before it removes anything, so every open handle's next
+/// operation finds `current` changed and gets `NotFound`. No real word has
+/// it: shmids are non-negative.
+pub(crate) const CURRENT_DESTROYED: u64 = u64::MAX;
 
 /// Packs the root's `current` word.
 pub(crate) const CURRENT_GEN_SHIFT: u32 = 32;

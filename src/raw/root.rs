@@ -5,26 +5,32 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use super::layout::{
-    RootHeader, HASH_XXH3_64, LAYOUT_VERSION, MAX_NAME_LEN, ROOT_MAGIC, ROOT_SIZE,
+    RootHeader, CURRENT_DESTROYED, HASH_XXH3_64, LAYOUT_VERSION, MAX_NAME_LEN, ROOT_CREATING,
+    ROOT_MAGIC, ROOT_SIZE,
 };
 use crate::error::{Error, Incompatible, Result};
 use crate::hash::{canary, format_fingerprint};
 
-/// Forms the root header over an attached root segment.
+/// Forms the root header over an attached segment, if it has the size of a
+/// root (a segment of another size is never a shmkv root). Nothing in it
+/// is trusted yet: see [`state`].
 ///
 /// # Safety
 /// `base` points to `len` bytes that stay mapped for `'a`.
-pub(crate) unsafe fn root_at<'a>(base: NonNull<u8>, len: usize) -> Result<&'a RootHeader> {
-    if len < ROOT_SIZE {
-        return Err(Error::Incompatible(Incompatible::NotShmkv));
+pub(crate) unsafe fn root_at<'a>(base: NonNull<u8>, len: usize) -> Option<&'a RootHeader> {
+    if len != ROOT_SIZE {
+        return None;
     }
-    // SAFETY: len >= ROOT_SIZE, shmat returns page-aligned addresses, and
+    // SAFETY: len == ROOT_SIZE, shmat returns page-aligned addresses, and
     // RootHeader is atomics only, so any content is a valid value. Only a
     // shared reference is formed.
-    Ok(unsafe { base.cast::<RootHeader>().as_ref() })
+    Some(unsafe { base.cast::<RootHeader>().as_ref() })
 }
 
-/// Writes every identity field of a fresh root (not the magic, not `current`).
+/// Writes every identity field of a fresh root (not `current`), the
+/// creator's identity, clears the lifecycle words, and then stores the
+/// [`ROOT_CREATING`] marker (Release): from here on the root is
+/// recognisably shmkv's and its words may be trusted.
 pub(crate) fn init_identity(r: &RootHeader, name: &str, seed: u64, max_size: u64) {
     r.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
     r.root_size.store(ROOT_SIZE as u32, Ordering::Relaxed);
@@ -34,8 +40,15 @@ pub(crate) fn init_identity(r: &RootHeader, name: &str, seed: u64, max_size: u64
     r.format_fingerprint
         .store(format_fingerprint(), Ordering::Relaxed);
     r.max_size.store(max_size, Ordering::Relaxed);
-    r.creator_pid
-        .store(u64::from(std::process::id()), Ordering::Relaxed);
+    let pid = std::process::id();
+    r.creator_pid.store(u64::from(pid), Ordering::Relaxed);
+    r.creator_start.store(
+        crate::sysv::process_start_time(pid).unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    for w in &r.stale {
+        w.store(0, Ordering::Relaxed);
+    }
     let mut padded = [0u8; MAX_NAME_LEN];
     padded[..name.len()].copy_from_slice(name.as_bytes());
     for (w, chunk) in r.name.iter().zip(padded.chunks_exact(8)) {
@@ -45,6 +58,18 @@ pub(crate) fn init_identity(r: &RootHeader, name: &str, seed: u64, max_size: u64
         );
     }
     r.name_len.store(name.len() as u32, Ordering::Relaxed);
+    r.magic.store(ROOT_CREATING, Ordering::Release);
+}
+
+/// Whether the process that marked this root as being created (its
+/// `creator_pid` and `creator_start`) is still running.
+pub(crate) fn creator_alive(r: &RootHeader) -> bool {
+    let pid = r.creator_pid.load(Ordering::Relaxed);
+    let start = r.creator_start.load(Ordering::Relaxed);
+    match u32::try_from(pid) {
+        Ok(pid) if pid != 0 => crate::sysv::process_start_time(pid) == Some(start),
+        _ => false,
+    }
 }
 
 /// The name stored in a root.
@@ -106,19 +131,63 @@ pub(crate) fn validate(r: &RootHeader, expected_name: Option<&str>) -> Result<u6
     Ok(seed)
 }
 
-/// State of a root segment's magic.
+/// State of a root segment, from its magic (loaded with Acquire before any
+/// other word is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RootState {
-    /// Magic present: a complete map.
+    /// [`ROOT_MAGIC`]: a complete map.
     Complete,
-    /// All zero magic: creation has not finished (or its creator died).
-    Incomplete,
+    /// [`ROOT_MAGIC`] and `current` is [`CURRENT_DESTROYED`]: a `destroy`
+    /// holds (or held, and died holding) the lock and removes the map.
+    Destroyed,
+    /// [`ROOT_CREATING`]: shmkv's, creation not finished (or its creator
+    /// died).
+    Creating,
+    /// Anything else, zero included: not provably shmkv's. Nothing in it
+    /// may be read, written or removed.
+    Foreign,
 }
 
-/// Reads the magic: complete, incomplete, or foreign.
-pub(crate) fn state(r: &RootHeader) -> Result<RootState> {
+/// Reads the magic.
+pub(crate) fn state(r: &RootHeader) -> RootState {
     match r.magic.load(Ordering::Acquire) {
-        ROOT_MAGIC => Ok(RootState::Complete),
-        0 => Ok(RootState::Incomplete),
-        _ => Err(Error::Incompatible(Incompatible::NotShmkv)),
+        ROOT_MAGIC if r.current.load(Ordering::Acquire) == CURRENT_DESTROYED => {
+            RootState::Destroyed
+        }
+        ROOT_MAGIC => RootState::Complete,
+        ROOT_CREATING => RootState::Creating,
+        _ => RootState::Foreign,
     }
+}
+
+/// The shmids in the root's `stale` list (retired data segments waiting
+/// for a process that may remove them).
+pub(crate) fn stale_list(r: &RootHeader) -> Vec<i32> {
+    r.stale
+        .iter()
+        .map(|w| w.load(Ordering::Relaxed))
+        .filter(|&v| v != 0)
+        .map(|v| (v - 1) as i32)
+        .collect()
+}
+
+/// Records `shmid` in the root's `stale` list (lock held, writable root).
+/// Returns false if the list is full (the segment is then left behind).
+pub(crate) fn push_stale(r: &RootHeader, shmid: i32) -> bool {
+    let word = shmid as u64 + 1;
+    if r.stale.iter().any(|w| w.load(Ordering::Relaxed) == word) {
+        return true;
+    }
+    match r.stale.iter().find(|w| w.load(Ordering::Relaxed) == 0) {
+        Some(w) => {
+            w.store(word, Ordering::Release);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether the `stale` list has no free slot.
+pub(crate) fn stale_full(r: &RootHeader) -> bool {
+    r.stale.iter().all(|w| w.load(Ordering::Relaxed) != 0)
 }
