@@ -851,7 +851,13 @@ impl RawMap {
         if self.writer_thread.load(Ordering::Relaxed) == thread_mark() {
             return Err(Error::NestedWrite);
         }
-        self.sem.acquire(self.lock_timeout)?;
+        self.sem.acquire(self.lock_timeout).map_err(|e| match e {
+            // The semaphore is gone: the map was destroyed.
+            Error::NotFound { .. } => Error::NotFound {
+                name: self.name.clone(),
+            },
+            e => e,
+        })?;
         self.writer_thread.store(thread_mark(), Ordering::Relaxed);
         Ok(WriteGuard { map: self })
     }
@@ -972,6 +978,11 @@ impl RawMap {
         };
         loop {
             let seen = r.change_seq.load(Ordering::SeqCst);
+            if r.current.load(Ordering::Acquire) == CURRENT_DESTROYED {
+                return Err(Error::NotFound {
+                    name: self.name.clone(),
+                });
+            }
             let v = self.version();
             if v != since {
                 return Ok(Some(v));
@@ -1215,6 +1226,7 @@ fn mark_destroyed(r: &RootHeader, owner: u64) {
         r.retiring.store(id as u64 + 1, Ordering::Release);
     }
     r.current.store(CURRENT_DESTROYED, Ordering::Release);
+    waiters::wake_all(r);
 }
 
 /// Makes a private data segment of `size` bytes, recorded in the root's

@@ -168,3 +168,46 @@ fn sleepers_wake_when_a_writer_dies_after_its_commit() {
     });
     assert_eq!(m.get(b"k").unwrap().as_deref(), Some(&b"after"[..]));
 }
+
+/// `wait_for_change` notices `destroy`: read-write sleepers are woken at
+/// once, read-only ones at their next poll, and both get `NotFound`; writes
+/// through a handle of the destroyed map name it.
+#[test]
+fn waiters_of_a_destroyed_map_get_not_found() {
+    let c = Cleanup::new("notify-destroy");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let rw = RawMap::open(&c.name, &c.opts).unwrap();
+    let ro = RawMap::open(&c.name, &c.opts.clone().read_only(true)).unwrap();
+    let since = m.version();
+    std::thread::scope(|s| {
+        let waiters: Vec<_> = [&rw, &ro]
+            .into_iter()
+            .map(|h| {
+                s.spawn(move || {
+                    let r = h.wait_for_change(since, Duration::from_secs(10));
+                    (r, monotonic_ns())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let destroyed = monotonic_ns();
+        m.destroy().unwrap();
+        for (what, w) in ["read-write", "read-only"].into_iter().zip(waiters) {
+            let (r, woke) = w.join().unwrap();
+            assert!(
+                matches!(&r, Err(shmkv::Error::NotFound { name }) if *name == c.name),
+                "{what}: {r:?}"
+            );
+            let late = Duration::from_nanos(woke.saturating_sub(destroyed));
+            assert!(
+                late < Duration::from_millis(100),
+                "{what} woke {late:?} after destroy"
+            );
+        }
+    });
+    let e = rw.insert(b"k", b"v").unwrap_err();
+    assert!(
+        matches!(&e, shmkv::Error::NotFound { name } if *name == c.name),
+        "{e:?}"
+    );
+}

@@ -80,6 +80,14 @@ pub(crate) fn publish_version(r: &RootHeader, version: u64) {
     }
 }
 
+/// Wakes every sleeper whatever the version (the map was destroyed).
+pub(crate) fn wake_all(r: &RootHeader) {
+    r.change_seq.fetch_add(1, Ordering::SeqCst);
+    if r.waiters.load(Ordering::SeqCst) > 0 {
+        sysv::futex_wake_all(&r.change_seq);
+    }
+}
+
 /// Takes back the counts of processes that died while registered.
 fn reap_dead(r: &RootHeader) {
     for s in &r.waiter_slots {
