@@ -772,13 +772,20 @@ impl RawMap {
         let h = hash_key(self.seed, key);
         let pin = self.gens.pin();
         let g = self.current(&pin)?;
-        let found = if self.root().applying.load(Ordering::Acquire) == 0 {
-            self.read_in(g, |t| t.find(key, h))?
+        let fast = if self.root().applying.load(Ordering::Acquire) == 0 {
+            g.table.find(key, h)
         } else {
-            self.read_applying(g, |t, o| match o {
+            Err(ReadErr::Stalled)
+        };
+        let found = match fast {
+            Ok(found) => found,
+            Err(ReadErr::Corrupted(what)) => return Err(Error::corrupted(what)),
+            // A write is being applied (also one that began after our look
+            // at `applying`, or whose writer died): read what it committed.
+            Err(ReadErr::Stalled) => self.read_applying(g, |t, o| match o {
                 Some(o) => o.find(t, key, h),
                 None => t.find(key, h),
-            })?
+            })?,
         };
         let value = found.map(|f| NonNull::from(g.table.value_of(&f)));
         Ok(value.map(|value| Ref { value, _pin: pin }))
@@ -1084,6 +1091,7 @@ impl RawMap {
                 gen: NonNull::from(g),
                 pin: pin.clone(),
                 overlay: state.overlay,
+                seq: state.seq,
             };
             let r = f(&view);
             if g.table.view_validate(state.seq) {
@@ -1098,6 +1106,7 @@ impl RawMap {
                     gen: NonNull::from(g),
                     pin: pin.clone(),
                     overlay: None,
+                    seq: g.table.header().view_seq.load(Ordering::Acquire),
                 });
             }
             if tries >= OPTIMISTIC_TRIES {
@@ -1576,6 +1585,8 @@ pub struct RawView<'m> {
     /// The committed write being applied when the view started: the view
     /// reads its after state.
     overlay: Option<Arc<Overlay>>,
+    /// `view_seq` when the view started.
+    seq: u64,
 }
 
 impl<'m> RawView<'m> {
@@ -1592,14 +1603,31 @@ impl<'m> RawView<'m> {
         )
     }
 
+    /// Runs one read of the view. A read that stalls because a write began
+    /// after the view started gives `stale` at once: the view fails its
+    /// validation and runs again (from the new state).
+    fn read<T>(
+        &self,
+        mut op: impl FnMut(&Table, Option<&Overlay>) -> Result<T, ReadErr>,
+        stale: impl Fn() -> T,
+    ) -> Result<T> {
+        let o = self.overlay.as_deref();
+        self.map.read_in(self.gen(), |t| match op(t, o) {
+            Err(ReadErr::Stalled) if !t.view_validate(self.seq) => Ok(stale()),
+            r => r,
+        })
+    }
+
     /// The value of `key`, zero-copy.
     pub fn get(&self, key: &[u8]) -> Result<Option<Ref<'m, [u8]>>> {
         let h = hash_key(self.map.seed, key);
-        let o = self.overlay.as_deref();
-        let found = self.map.read_in(self.gen(), |t| match o {
-            Some(o) => o.find(t, key, h),
-            None => t.find(key, h),
-        })?;
+        let found = self.read(
+            |t, o| match o {
+                Some(o) => o.find(t, key, h),
+                None => t.find(key, h),
+            },
+            || None,
+        )?;
         Ok(found.map(|f| self.found_ref(&f, true)))
     }
 
@@ -1612,11 +1640,13 @@ impl<'m> RawView<'m> {
     pub fn entries(&self) -> Result<Vec<Entry<'m>>> {
         let mut out = Vec::new();
         for i in 0..self.gen().table.capacity() {
-            let o = self.overlay.as_deref();
-            let found = self.map.read_in(self.gen(), |t| match o {
-                Some(o) => o.entry_at(t, i),
-                None => t.entry_at(i),
-            })?;
+            let found = self.read(
+                |t, o| match o {
+                    Some(o) => o.entry_at(t, i),
+                    None => t.entry_at(i),
+                },
+                || None,
+            )?;
             if let Some(f) = found {
                 out.push((self.found_ref(&f, false), self.found_ref(&f, true)));
             }

@@ -80,15 +80,19 @@ impl Table {
             fence(Ordering::Acquire);
             let stable = h.view_seq.load(Ordering::Relaxed) == seq
                 && h.commit.load(Ordering::Relaxed) == commit;
-            match overlay {
-                Some(o) if stable && o.covers(seq) => {
-                    return Ok(ReadState {
-                        seq,
-                        overlay: Some(o),
-                    })
-                }
-                _ => crate::sync::spin_loop(),
+            if !stable {
+                crate::sync::spin_loop();
+                continue;
             }
+            // Read whole and still committed: it validates or it is broken
+            // (a scribble; parsing it again would not help).
+            return match overlay {
+                Some(o) if o.covers(seq) => Ok(ReadState {
+                    seq,
+                    overlay: Some(o),
+                }),
+                _ => Err(ReadErr::Stalled),
+            };
         }
         Err(ReadErr::Stalled)
     }
