@@ -1,4 +1,4 @@
-//! The atomics, fences, locks and spin hint the shared-memory algorithm
+//! The atomics, fences, `Arc` and spin hint the shared-memory algorithm
 //! uses: loom's under `cfg(loom)` (model checking), std's otherwise. The
 //! table, write protocol and generation code import them only from here.
 //! (The root header and the futex word stay std atomics: the root is not
@@ -9,11 +9,11 @@ pub(crate) use loom::sync::atomic::{
     fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use loom::sync::Arc;
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use std::sync::Arc;
 
 /// A spin-wait hint (a yield point for loom).
 #[inline]
@@ -43,6 +43,12 @@ pub(crate) enum Weaken {
     Recovery,
     /// Removal turns tombstones into EMPTY regardless of the next slot.
     TombstoneTrim,
+    /// The pin reads the generation before publishing its slot (the order
+    /// of the code before the hazard-slot scheme).
+    PinDerefFirst,
+    /// The pin checks that the generation is current, then publishes its
+    /// slot (validation before publication).
+    PinPublishLate,
 }
 
 #[cfg(loom)]
