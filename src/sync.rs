@@ -46,9 +46,9 @@ pub(crate) enum Weaken {
     /// The pin reads the generation before publishing its slot (the order
     /// of the code before the hazard-slot scheme).
     PinDerefFirst,
-    /// The pin checks that the generation is current, then publishes its
-    /// slot (validation before publication).
-    PinPublishLate,
+    /// A nested pin on the generation a slot already holds does not count
+    /// itself (its unpin frees the slot under the outer pin).
+    PinCount,
 }
 
 #[cfg(loom)]

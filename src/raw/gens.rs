@@ -37,15 +37,20 @@ pub(crate) enum BarrierMode {
 
 /// Environment variable that forces [`BarrierMode::Fence`] (tests, and
 /// kernels whose membarrier misbehaves).
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) const FORCE_FENCE_ENV: &str = "SHMKV_PIN_FENCE";
 
+#[cfg_attr(loom, allow(dead_code))]
 const MEMBARRIER_QUERY: libc::c_int = 0;
+#[cfg_attr(loom, allow(dead_code))]
 const MEMBARRIER_PRIVATE_EXPEDITED: libc::c_int = 8;
+#[cfg_attr(loom, allow(dead_code))]
 const MEMBARRIER_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 16;
 
 /// The mode, given whether it is forced, the result of the membarrier
 /// query and a registration attempt (called only if the query offers the
 /// command). A failed registration falls back to the fence.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn choose_barrier(
     force_fence: bool,
     query: libc::c_long,
@@ -179,6 +184,7 @@ static FORK_EPOCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::
 /// The token of the thread that called the latest `fork` (the only thread
 /// the child has from the parent).
 static SURVIVOR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+#[cfg_attr(loom, allow(dead_code))]
 static NEXT_TOKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 #[cfg(not(loom))]
@@ -296,7 +302,8 @@ impl Drop for ForkGuard<'_> {
 
 /// Generations one record can name at once; a thread that pins more
 /// distinct generations at the same time chains another record.
-const SLOTS: usize = 4;
+/// (Two under loom, to keep the models small.)
+const SLOTS: usize = if cfg!(loom) { 2 } else { 4 };
 
 /// Record states (the low two bits of `ThreadRec::state`): a thread's
 /// thread-local owns it.
@@ -608,15 +615,6 @@ impl<G: Numbered> Gens<G> {
             // (under loom, reclaimed generations are kept, not freed).
             let _ = unsafe { (*g).number() };
         }
-        if weakened(Weaken::PinPublishLate) {
-            // Validate, then publish: a reclaim in between is not seen.
-            if self.current.load(Ordering::Acquire) != g {
-                return false;
-            }
-            r.named[i].store(g as usize, Ordering::Relaxed);
-            r.counts[i].set(1);
-            return true;
-        }
         r.named[i].store(g as usize, Ordering::Relaxed);
         // Store-load barrier against `install` + `reclaim`: either the
         // reclaimer sees the slot, or we see its new current. With
@@ -650,7 +648,7 @@ impl<G: Numbered> Gens<G> {
         if c > 0 {
             if r.named[0].load(Ordering::Relaxed) == g as usize {
                 // Already protected by our own published slot.
-                r.counts[0].set(c + 1);
+                r.counts[0].set(if weakened(Weaken::PinCount) { c } else { c + 1 });
                 return (rec, 0, g);
             }
         } else if self.try_publish(r, 0, g) {
