@@ -312,6 +312,9 @@ const OWNED: u64 = 0;
 const ORPHAN: u64 = 1;
 /// Unused: a thread may claim it.
 const FREE: u64 = 2;
+/// Never used again: its owner was lost to a `fork` in the middle of a
+/// `RefCell` borrow of `more` (its slots are cleared).
+const DEAD: u64 = 3;
 
 /// A record's state word: the state, the owner's token (bits 2..32) and
 /// the fork epoch it was claimed in (bits 32..64), so that the fork reset
@@ -334,7 +337,8 @@ struct ThreadRec {
     /// The next record of the same thread when all slots are busy (owner
     /// only; records reach it through the registry, not through this).
     more: RefCell<Option<Arc<ThreadRec>>>,
-    /// `OWNED`, `ORPHAN` or `FREE`, with owner and epoch (`state_word`).
+    /// `OWNED`, `ORPHAN`, `FREE` or `DEAD`, with owner and epoch
+    /// (`state_word`).
     state: std::sync::atomic::AtomicU64,
     /// Whether the state is ORPHAN (owner only: the unpin reads this, not
     /// the shared word).
@@ -515,7 +519,7 @@ impl<G: Numbered> Gens<G> {
     fn records(&self) -> impl Iterator<Item = &ThreadRec> {
         let mut n = self.registry.load(Ordering::Acquire).cast_const();
         std::iter::from_fn(move || {
-            // SAFETY: nodes are published by `push_record` with Release
+            // SAFETY: nodes are published by `claim` with Release
             // (read here with Acquire) and freed only when `self` drops.
             let node = unsafe { n.as_ref()? };
             n = node.next;
@@ -795,7 +799,7 @@ impl<G: Numbered> Gens<G> {
         for r in self.records() {
             let w = r.state.load(O::Acquire);
             let (epoch, owner) = ((w >> 32) as u32, (w >> 2) as u32 & 0x3fff_ffff);
-            if w & 3 != FREE && epoch != now && owner != survivor {
+            if w & 3 < FREE && epoch != now && owner != survivor {
                 // The owner does not exist in this process (claimers only
                 // take FREE records, so nobody else changes this one): its
                 // pins are void.
@@ -804,8 +808,14 @@ impl<G: Numbered> Gens<G> {
                     s.store(0, Ordering::Relaxed);
                 }
                 r.orphan.set(false);
-                drop(r.more.borrow_mut().take());
-                r.state.store(w & !3 | FREE, O::Release);
+                let state = match r.more.try_borrow_mut() {
+                    Ok(mut m) => {
+                        drop(m.take());
+                        FREE
+                    }
+                    Err(_) => DEAD,
+                };
+                r.state.store(w & !3 | state, O::Release);
             }
         }
     }
