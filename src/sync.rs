@@ -6,12 +6,14 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
-    fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(loom)]
 pub(crate) use loom::sync::Arc;
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
 
@@ -49,6 +51,8 @@ pub(crate) enum Weaken {
     /// A nested pin on the generation a slot already holds does not count
     /// itself (its unpin frees the slot under the outer pin).
     PinCount,
+    /// A reclaim that finds the lock held leaves no request for the holder.
+    ReclaimAgain,
 }
 
 #[cfg(loom)]

@@ -235,8 +235,8 @@ fn gen(number: u64) -> Box<TestGen> {
 /// reader pins, reads the generation, pins again (nested: same slot, or a
 /// second one if the switch happened in between), unpins the inner pin and
 /// reads the outer generation again. No access ever finds a generation
-/// reclaimed, and once the reader unpins, the retired generation is
-/// reclaimed.
+/// reclaimed, and once both threads are done, the retired generation is
+/// reclaimed (no extra unpin needed).
 #[test]
 fn loom_generation_switch_against_a_reader() {
     model("loom_generation_switch_against_a_reader", || {
@@ -261,9 +261,34 @@ fn loom_generation_switch_against_a_reader() {
         let used = USED_AFTER_RECLAIM.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(used, 0, "generation {used} used after reclaim");
         assert!(m >= n && again == n, "pins saw {n}, {m}, {again}");
-        // Reclaimed at the latest when a thread next unpins.
-        drop(gens.pin());
-        assert_eq!(gens.mapped(), 1, "the retired generation was reclaimed");
+        // The unpin has no fence, so a reclaim racing with it may miss it;
+        // the next reclaim (install, or unpin of a retired generation) frees.
+        gens.reclaim();
+        assert_eq!(gens.mapped(), 1, "the retired generation was not reclaimed");
+    });
+}
+
+/// Model 4b: a reclaim that finds the reclaim lock held is not lost. The
+/// main thread holds a pin on generation 1, installs generation 2 (1 stays,
+/// pinned), then unpins (which reclaims) while another thread reclaims
+/// too. Once both are done, generation 1 is gone without a further call.
+#[test]
+fn loom_a_reclaim_request_is_not_lost() {
+    model("loom_a_reclaim_request_is_not_lost", || {
+        USED_AFTER_RECLAIM.store(0, std::sync::atomic::Ordering::Relaxed);
+        let gens = Arc::new(Gens::new(gen(1)));
+        let pin = gens.pin();
+        gens.install(gen(2));
+        assert_eq!(pin.current().access(), 2);
+        let other = {
+            let gens = gens.clone();
+            thread::spawn(move || gens.reclaim())
+        };
+        drop(pin);
+        other.join().unwrap();
+        let used = USED_AFTER_RECLAIM.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(used, 0, "generation {used} used after reclaim");
+        assert_eq!(gens.mapped(), 1, "a reclaim request was lost");
     });
 }
 
@@ -366,6 +391,11 @@ fn loom_weakenings_are_caught() {
             Weaken::PinCount,
             "loom_generation_switch_against_a_reader",
             "model 4, nested pin not counted",
+        ),
+        (
+            Weaken::ReclaimAgain,
+            "loom_a_reclaim_request_is_not_lost",
+            "model 4b, reclaim request dropped while the lock is held",
         ),
         (
             Weaken::Recovery,
