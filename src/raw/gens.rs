@@ -10,8 +10,9 @@
 //! pin publishes the generation's address in a slot, then re-checks that
 //! it is still current; nothing of the generation is read before that. A
 //! retired generation is detached once no slot of any record names it, so
-//! a process maps the current generation plus exactly those its live pins
-//! (and `Ref`s) name.
+//! a process maps the current generation plus those its live pins (and
+//! `Ref`s) name (and, until the next reclaim, one whose last unpin raced
+//! with a reclaim).
 //!
 //! Records belong to the registry, not to the thread-local: a thread's
 //! thread-local only refers to them, and when it is destroyed before the
@@ -618,8 +619,10 @@ impl<G: Numbered> Gens<G> {
         if weakened(Weaken::PinDerefFirst) {
             // The old order: read the generation before the pin is
             // published (it may have been reclaimed meanwhile).
-            // SAFETY: none: this is the planted bug the loom model catches
-            // (under loom, reclaimed generations are kept, not freed).
+            // SAFETY: reachable only under loom with this weakening planted
+            // (`weakened` is a constant `false` otherwise); loom keeps
+            // reclaimed generations alive (`graveyard`), so this reads live
+            // memory, and the model's stand-in flags the use after reclaim.
             let _ = unsafe { (*g).number() };
         }
         r.named[i].store(g as usize, Ordering::Relaxed);
