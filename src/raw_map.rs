@@ -663,7 +663,7 @@ impl RawMap {
 
     #[cold]
     fn refresh(&self) -> Result<()> {
-        let _switch = self.gens.switch.lock().unwrap_or_else(|e| e.into_inner());
+        let _switch = self.gens.lock_switch();
         let pin = self.gens.pin();
         if self.root().current.load(Ordering::Acquire) == pin.current().word {
             return Ok(());
@@ -1062,7 +1062,7 @@ impl RawMap {
         retire_segment(r, old.seg.shmid, true);
         r.retiring.store(0, Ordering::Release);
         r.pending.store(0, Ordering::Release);
-        let _switch = self.gens.switch.lock().unwrap_or_else(|e| e.into_inner());
+        let _switch = self.gens.lock_switch();
         self.gens.install(fresh);
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! The atomics, fences, locks and spin hint the shared-memory algorithm
+//! The atomics, fences, `Arc` and spin hint the shared-memory algorithm
 //! uses: loom's under `cfg(loom)` (model checking), std's otherwise. The
 //! table, write protocol and generation code import them only from here.
 //! (The root header and the futex word stay std atomics: the root is not
@@ -6,14 +6,16 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
-    fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use loom::sync::Arc;
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use std::sync::Arc;
 
 /// A spin-wait hint (a yield point for loom).
 #[inline]
@@ -46,6 +48,14 @@ pub(crate) enum Weaken {
     /// A plain get ignores the root's `applying` word (reads the slots as
     /// they are while a batch is half applied).
     ApplyingWord,
+    /// The pin reads the generation before publishing its slot (the order
+    /// of the code before the hazard-slot scheme).
+    PinDerefFirst,
+    /// A nested pin on the generation a slot already holds does not count
+    /// itself (its unpin frees the slot under the outer pin).
+    PinCount,
+    /// A reclaim that finds the lock held leaves no request for the holder.
+    ReclaimAgain,
 }
 
 #[cfg(loom)]
