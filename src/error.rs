@@ -130,6 +130,11 @@ pub enum Error {
     /// A write was started inside another write on the same map and thread.
     #[error("nested write on the same map (would deadlock)")]
     NestedWrite,
+    /// Inside a `view` closure only: a write began after the view started
+    /// and a read met it, so this run of the closure cannot be consistent;
+    /// the view runs the closure again (it never returns this error).
+    #[error("a write raced with this view (it runs again)")]
+    ViewRaced,
     /// The value could not be serialized or deserialized.
     #[error("value encoding: {0}")]
     Value(String),

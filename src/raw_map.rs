@@ -1604,30 +1604,35 @@ impl<'m> RawView<'m> {
     }
 
     /// Runs one read of the view. A read that stalls because a write began
-    /// after the view started gives `stale` at once: the view fails its
-    /// validation and runs again (from the new state).
+    /// after the view started fails at once with `ViewRaced`: this run of
+    /// the closure fails its validation anyway, and the view runs it again
+    /// from the new state.
     fn read<T>(
         &self,
         mut op: impl FnMut(&Table, Option<&Overlay>) -> Result<T, ReadErr>,
-        stale: impl Fn() -> T,
     ) -> Result<T> {
         let o = self.overlay.as_deref();
-        self.map.read_in(self.gen(), |t| match op(t, o) {
-            Err(ReadErr::Stalled) if !t.view_validate(self.seq) => Ok(stale()),
+        let mut raced = false;
+        let r = self.map.read_in(self.gen(), |t| match op(t, o) {
+            Err(ReadErr::Stalled) if !t.view_validate(self.seq) => {
+                raced = true;
+                Err(ReadErr::Corrupted("raced"))
+            }
             r => r,
-        })
+        });
+        if raced {
+            return Err(Error::ViewRaced);
+        }
+        r
     }
 
     /// The value of `key`, zero-copy.
     pub fn get(&self, key: &[u8]) -> Result<Option<Ref<'m, [u8]>>> {
         let h = hash_key(self.map.seed, key);
-        let found = self.read(
-            |t, o| match o {
-                Some(o) => o.find(t, key, h),
-                None => t.find(key, h),
-            },
-            || None,
-        )?;
+        let found = self.read(|t, o| match o {
+            Some(o) => o.find(t, key, h),
+            None => t.find(key, h),
+        })?;
         Ok(found.map(|f| self.found_ref(&f, true)))
     }
 
@@ -1640,13 +1645,10 @@ impl<'m> RawView<'m> {
     pub fn entries(&self) -> Result<Vec<Entry<'m>>> {
         let mut out = Vec::new();
         for i in 0..self.gen().table.capacity() {
-            let found = self.read(
-                |t, o| match o {
-                    Some(o) => o.entry_at(t, i),
-                    None => t.entry_at(i),
-                },
-                || None,
-            )?;
+            let found = self.read(|t, o| match o {
+                Some(o) => o.entry_at(t, i),
+                None => t.entry_at(i),
+            })?;
             if let Some(f) = found {
                 out.push((self.found_ref(&f, false), self.found_ref(&f, true)));
             }
