@@ -20,8 +20,8 @@ use crate::sync::{fence, Ordering};
 pub(crate) struct Overlay {
     /// The `commit` word that named the log.
     commit: u64,
-    /// The log's checksum word: tells two logs at the same offset apart.
-    checksum: u64,
+    /// The log (its checksum word, from the parsed words themselves, tells
+    /// two logs at the same offset apart).
     pub(crate) redo: Redo,
 }
 
@@ -64,16 +64,14 @@ impl Table {
                 continue;
             }
             let overlay = match cache {
-                Some(c) if c.commit == commit && self.log_checksum(commit) == Some(c.checksum) => {
+                Some(c)
+                    if c.commit == commit && self.log_checksum(commit) == Some(c.redo.checksum) =>
+                {
                     Some(c.clone())
                 }
-                _ => Redo::parse(self, commit).ok().map(|redo| {
-                    Arc::new(Overlay {
-                        commit,
-                        checksum: self.log_checksum(commit).unwrap_or(0),
-                        redo,
-                    })
-                }),
+                _ => Redo::parse(self, commit)
+                    .ok()
+                    .map(|redo| Arc::new(Overlay { commit, redo })),
             };
             // Seqlock check of what was read: the log is overwritten only
             // by a later write, which first moves `view_seq` on.

@@ -549,6 +549,7 @@ impl Stager {
             tombs,
             garbage,
             entries,
+            checksum: u64::from_le(words[7]),
         };
         Ok(Some(((log << 1) | 1, redo)))
     }
@@ -582,6 +583,8 @@ pub(crate) struct Redo {
     garbage: u64,
     /// `(slot, image)`, sorted by slot.
     pub(crate) entries: Vec<(u64, Image)>,
+    /// The log's checksum word.
+    pub(crate) checksum: u64,
 }
 
 /// Loads `n` little-endian arena words from `off` with atomic loads: a
@@ -644,6 +647,7 @@ impl Redo {
                     )
                 })
                 .collect(),
+            checksum: words[7],
         };
         if redo.target & 1 != 0
             || redo.target == 0
