@@ -171,7 +171,7 @@ pub struct RawMap {
     writer_thread: AtomicUsize,
     /// The last committed redo log readers parsed (generation word, log),
     /// so that reads during an apply parse each log once per process.
-    overlay_cache: std::sync::Mutex<Option<(u64, Arc<Overlay>)>>,
+    overlay_cache: std::sync::RwLock<Option<(u64, Arc<Overlay>)>>,
 }
 
 thread_local! {
@@ -531,7 +531,7 @@ impl RawMap {
             gens: Gens::new(first),
             root: root_seg,
             writer_thread: AtomicUsize::new(0),
-            overlay_cache: std::sync::Mutex::new(None),
+            overlay_cache: std::sync::RwLock::new(None),
         })
     }
 
@@ -729,12 +729,27 @@ impl RawMap {
 
     /// `Table::read_state` of `g`, with this process's cache of parsed logs.
     fn read_state(&self, g: &Generation) -> Result<ReadState, ReadErr> {
-        let mut cache = self.overlay_cache.lock().unwrap_or_else(|e| e.into_inner());
-        let cached = cache.as_ref().filter(|(w, _)| *w == g.word).map(|c| &c.1);
-        let state = g.table.read_state(cached)?;
+        // Nothing committed is pending (the writer died before its commit
+        // store, or finished meanwhile): no lock, no log.
+        let h = g.table.header();
+        let seq = h.view_seq.load(Ordering::Acquire);
+        if seq & 1 == 0 && h.commit.load(Ordering::Acquire) == 0 {
+            return Ok(ReadState { seq, overlay: None });
+        }
+        let cached = self
+            .overlay_cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(w, _)| *w == g.word)
+            .map(|c| c.1.clone());
+        let state = g.table.read_state(cached.as_ref())?;
         if let Some(o) = &state.overlay {
-            if cached.is_none_or(|c| !Arc::ptr_eq(c, o)) {
-                *cache = Some((g.word, o.clone()));
+            if cached.is_none_or(|c| !Arc::ptr_eq(&c, o)) {
+                *self
+                    .overlay_cache
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some((g.word, o.clone()));
             }
         }
         Ok(state)
@@ -808,7 +823,7 @@ impl RawMap {
         if let Some(o) = self.applying_in(g) {
             return o.redo.live as usize;
         }
-        g.table.header().live.load(Ordering::Relaxed) as usize
+        g.table.header().live.load(Ordering::Acquire) as usize
     }
 
     /// The committed write being applied to `g`, if the root says one is
@@ -1144,6 +1159,8 @@ impl RawMap {
     pub fn stats(&self) -> Result<Stats> {
         let pin = self.gens.pin();
         let g = self.current(&pin)?;
+        // A committed write being applied counts as applied (as for `len`).
+        let pending = self.applying_in(g);
         let h = g.table.header();
         let info = sysv::shm_stat(g.seg.shmid, &self.name)?;
         let value = self.sem.value();
@@ -1152,13 +1169,15 @@ impl RawMap {
             key: self.key,
             generation: g.number,
             capacity: g.table.capacity(),
-            live: h.live.load(Ordering::Relaxed),
+            live: pending
+                .as_ref()
+                .map_or(h.live.load(Ordering::Acquire), |o| o.redo.live),
             tombstones: h.tombstones.load(Ordering::Relaxed),
             arena_size: g.table.arena_size(),
             arena_used: h.arena_used.load(Ordering::Relaxed),
             garbage_bytes: h.garbage.load(Ordering::Relaxed),
             segment_size: g.table.segment_size(),
-            version: g.table.version(),
+            version: pending.as_ref().map_or(g.table.version(), |o| o.version()),
             attached: info.nattch,
             lock_held: value == Some(0),
             lock_pid: self.sem.last_pid(),

@@ -82,9 +82,8 @@ pub(crate) struct RootHeader {
     /// Futex word: the low 32 bits of the map's version, stored by every
     /// writer after a commit.
     pub(crate) change_seq: StdAtomicU32,
-    /// Processes (or threads) sleeping in `wait_for_change` on `change_seq`;
-    /// writers call `FUTEX_WAKE` only when it is non-zero.
-    pub(crate) waiters: StdAtomicU32,
+    /// Reserved (the sleepers' count lives in `waiter_slots`).
+    _reserved_waiters: StdAtomicU32,
     /// Start time of the creating process (clock ticks after boot, field 22
     /// of `/proc/<pid>/stat`): with `creator_pid`, the creator's identity,
     /// so that a repair can tell a dead creator from a live one.
@@ -123,7 +122,7 @@ const _: () = assert!(offset_of!(RootHeader, pending) == 256);
 const _: () = assert!(offset_of!(RootHeader, retiring) == 264);
 const _: () = assert!(offset_of!(RootHeader, pending_size) == 272);
 const _: () = assert!(offset_of!(RootHeader, change_seq) == 280);
-const _: () = assert!(offset_of!(RootHeader, waiters) == 284);
+const _: () = assert!(offset_of!(RootHeader, _reserved_waiters) == 284);
 const _: () = assert!(offset_of!(RootHeader, creator_start) == 288);
 const _: () = assert!(offset_of!(RootHeader, stale) == 296);
 const _: () = assert!(offset_of!(RootHeader, _reserved_lifecycle) == 376);

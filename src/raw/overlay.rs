@@ -76,8 +76,14 @@ impl Table {
             // Seqlock check of what was read: the log is overwritten only
             // by a later write, which first moves `view_seq` on.
             fence(Ordering::Acquire);
+            // The checksum word again: a log staged later at the same offset
+            // and committed with the same word (a batch that staged no
+            // record after a writer that died before its commit) differs.
             let stable = h.view_seq.load(Ordering::Relaxed) == seq
-                && h.commit.load(Ordering::Relaxed) == commit;
+                && h.commit.load(Ordering::Relaxed) == commit
+                && overlay
+                    .as_ref()
+                    .is_none_or(|o| self.log_checksum(commit) == Some(o.redo.checksum));
             if !stable {
                 crate::sync::spin_loop();
                 continue;

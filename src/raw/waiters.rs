@@ -1,9 +1,11 @@
-//! Sleepers in `wait_for_change`, counted in the root so that writers make
+//! Sleepers in `wait_for_change`, recorded in the root so that writers make
 //! a `FUTEX_WAKE` system call only when someone sleeps (DESIGN.md "Change
-//! notification"). Each sleeping process also holds a slot
-//! `pid << 32 | count` in the root's `waiter_slots`, so that the count of a
-//! process killed while it slept can be taken back: a writer whose wake-up
-//! found nobody asleep reaps the slots of processes that no longer exist.
+//! notification"). Each sleeping process holds one of the root's
+//! `waiter_slots`, `pid << 32 | count` (compare-and-swap only, so a process
+//! killed at any instruction leaves either its slot or nothing); writers
+//! wake only if a slot is taken (one cache line to load), and a writer
+//! whose wake-up found nobody asleep frees the slots of processes that no
+//! longer exist.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,7 +19,6 @@ const COUNT_MASK: u64 = (1 << PID_SHIFT) - 1;
 
 /// This process's sleeper registration; leaves on drop.
 pub(crate) struct Waiting<'r> {
-    root: &'r RootHeader,
     slot: &'r AtomicU64,
     pid: u64,
 }
@@ -27,29 +28,28 @@ pub(crate) struct Waiting<'r> {
 pub(crate) fn register(r: &RootHeader) -> Option<Waiting<'_>> {
     let pid = u64::from(std::process::id());
     let slot = r.waiter_slots.iter().find(|s| {
-        let mut w = s.load(Ordering::Relaxed);
+        let mut w = s.load(Ordering::SeqCst);
         loop {
             let next = match w >> PID_SHIFT {
                 p if p == pid && w & COUNT_MASK < COUNT_MASK => w + 1,
                 0 if w == 0 => pid << PID_SHIFT | 1,
                 _ => return false,
             };
-            match s.compare_exchange(w, next, Ordering::SeqCst, Ordering::Relaxed) {
+            match s.compare_exchange(w, next, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => return true,
                 Err(now) => w = now,
             }
         }
     })?;
-    r.waiters.fetch_add(1, Ordering::SeqCst);
-    Some(Waiting { root: r, slot, pid })
+    Some(Waiting { slot, pid })
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut w = self.slot.load(Ordering::Relaxed);
         loop {
-            // Reaped meanwhile (the pid looked dead to a writer, e.g. from
-            // another pid namespace): the count was taken back already.
+            // Freed meanwhile (the pid looked dead to a writer, e.g. from
+            // another pid namespace): nothing left to take back.
             if w >> PID_SHIFT != self.pid || w & COUNT_MASK == 0 {
                 return;
             }
@@ -58,24 +58,28 @@ impl Drop for Waiting<'_> {
                 .slot
                 .compare_exchange(w, next, Ordering::SeqCst, Ordering::Relaxed)
             {
-                Ok(_) => break,
+                Ok(_) => return,
                 Err(now) => w = now,
             }
         }
-        self.root.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+/// Whether any process has registered a sleeper.
+fn anyone_waits(r: &RootHeader) -> bool {
+    r.waiter_slots.iter().any(|s| s.load(Ordering::SeqCst) != 0)
+}
+
 /// Stores the version's low 32 bits in the futex word and wakes the
-/// sleepers, with a system call only if the root counts some. A wake-up
-/// that found nobody asleep reaps the slots of dead processes.
+/// sleepers, with a system call only if a slot is taken. A wake-up that
+/// found nobody asleep frees the slots of dead processes.
 pub(crate) fn publish_version(r: &RootHeader, version: u64) {
     let v = version as u32;
     if r.change_seq.load(Ordering::Relaxed) == v {
         return;
     }
     r.change_seq.store(v, Ordering::SeqCst);
-    if r.waiters.load(Ordering::SeqCst) > 0 && sysv::futex_wake_all(&r.change_seq) == 0 {
+    if anyone_waits(r) && sysv::futex_wake_all(&r.change_seq) == 0 {
         reap_dead(r);
     }
 }
@@ -83,24 +87,17 @@ pub(crate) fn publish_version(r: &RootHeader, version: u64) {
 /// Wakes every sleeper whatever the version (the map was destroyed).
 pub(crate) fn wake_all(r: &RootHeader) {
     r.change_seq.fetch_add(1, Ordering::SeqCst);
-    if r.waiters.load(Ordering::SeqCst) > 0 {
+    if anyone_waits(r) {
         sysv::futex_wake_all(&r.change_seq);
     }
 }
 
-/// Takes back the counts of processes that died while registered.
+/// Frees the slots of processes that died while registered.
 fn reap_dead(r: &RootHeader) {
     for s in &r.waiter_slots {
         let w = s.load(Ordering::Relaxed);
-        let pid = w >> PID_SHIFT;
-        if w == 0 || sysv::process_alive(pid as u32) {
-            continue;
-        }
-        if s.compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
-        {
-            r.waiters
-                .fetch_sub((w & COUNT_MASK) as u32, Ordering::SeqCst);
+        if w != 0 && !sysv::process_alive((w >> PID_SHIFT) as u32) {
+            let _ = s.compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Review: a read that started before a writer's commit store, and that
+//! a read that started before a writer's commit store, and that
 //! meets a slot the writer left odd when it was killed mid-apply, must not
 //! wait for a lock holder (DESIGN.md "Reads during an apply": "after a
 //! writer dies anywhere past its commit, read-only readers read its after

@@ -1,4 +1,4 @@
-//! Review: BOUNDED-READ against a scribbled committed log. A process with
+//! BOUNDED-READ against a scribbled committed log. A process with
 //! write permission (threat model: "cannot … hang [a reader]: every wait is
 //! bounded by the lock timeout") stores a `commit` word and the root's
 //! `applying` word naming a redo log whose checksum does not hold, with the

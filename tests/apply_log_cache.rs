@@ -1,4 +1,4 @@
-//! Review: the process-local cache of parsed redo logs (`overlay_cache`) can
+//! the process-local cache of parsed redo logs (`overlay_cache`) can
 //! be keyed with another log's checksum. `Table::read_state` parses the log
 //! at `commit >> 1` and then loads the checksum word from shared memory
 //! again (`self.log_checksum(commit)`), instead of taking the checksum of
