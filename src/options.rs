@@ -1,7 +1,7 @@
 //! How a map is found and sized.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::raw::layout::{align_up, data_geometry, ARENA_ALIGN, MAX_NAME_LEN, ROOT_SIZE};
@@ -36,7 +36,20 @@ pub struct Options {
     pub(crate) mode: u32,
     pub(crate) read_only: bool,
     pub(crate) lock_timeout: Duration,
+    pub(crate) verify_reads: bool,
     key: KeySource,
+}
+
+/// The longest wait this crate ever computes a deadline for: 100 years.
+/// Longer timeouts (up to `Duration::MAX`) are clamped to it, which is
+/// "forever" for any process, and keeps `Instant + timeout` and the kernel's
+/// `timespec` far from overflowing.
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The instant `timeout` from now, or `None` ("no deadline") if that is not
+/// representable. Never panics, whatever the duration.
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 impl Default for Options {
@@ -56,6 +69,7 @@ impl Options {
             mode: 0o600,
             read_only: false,
             lock_timeout: Duration::from_secs(5),
+            verify_reads: false,
             key: KeySource::Name,
         }
     }
@@ -92,9 +106,25 @@ impl Options {
     }
 
     /// How long a write waits for the lock before [`Error::LockTimeout`]
-    /// (also bounds how long a read waits on a stuck writer).
+    /// (also bounds how long a read waits on a stuck writer). Any duration
+    /// is accepted: from 100 years up (`Duration::MAX` included) it means
+    /// "wait forever".
     pub fn lock_timeout(mut self, timeout: Duration) -> Options {
-        self.lock_timeout = timeout;
+        self.lock_timeout = timeout.min(FOREVER);
+        self
+    }
+
+    /// Check every record a read returns against the checksum stored with
+    /// it (XXH3-64 of its key and value, written with the record), and
+    /// return [`Error::Corrupted`] on a mismatch instead of bytes that
+    /// something scribbled over. Applies to `get`, `get_ref`,
+    /// `get_archived`, `contains_key`, views and `entries` of this handle.
+    /// Off by default: a read then costs nothing more than one branch;
+    /// on, it hashes the key and value once more (see DESIGN-write.md for
+    /// the measured cost). [`RawMap::verify`](crate::RawMap::verify) always
+    /// checks every record.
+    pub fn verify_reads(mut self, on: bool) -> Options {
+        self.verify_reads = on;
         self
     }
 
@@ -200,6 +230,16 @@ mod tests {
             Options::new().capacity(1000).max_size(4096u64).geometry(),
             Err(Error::InvalidSize(_))
         ));
+    }
+
+    #[test]
+    fn huge_timeouts_mean_forever() {
+        let o = Options::new().lock_timeout(Duration::MAX);
+        assert_eq!(o.lock_timeout, FOREVER);
+        assert!(deadline(o.lock_timeout).is_some());
+        assert!(deadline(Duration::MAX).is_none());
+        let short = Duration::from_millis(5);
+        assert_eq!(Options::new().lock_timeout(short).lock_timeout, short);
     }
 
     #[test]

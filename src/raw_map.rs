@@ -153,6 +153,8 @@ pub struct RawMap {
     key: libc::key_t,
     read_only: bool,
     lock_timeout: Duration,
+    /// `Options::verify_reads`: reads check each record's checksum.
+    verify_reads: bool,
     seed: u64,
     /// Permission bits of the root, used for new generations.
     mode: u32,
@@ -391,11 +393,11 @@ impl RawMap {
         // SAFETY: `root_seg` keeps the mapping alive while `r` is used below;
         // the returned map owns `root_seg` and never re-borrows `r`.
         let r: &RootHeader = unsafe { root::root_at(root_seg.base(), root_seg.len()) }?;
-        let deadline = Instant::now() + opts.lock_timeout;
+        let deadline = crate::options::deadline(opts.lock_timeout);
         loop {
             match root::state(r)? {
                 RootState::Complete => break,
-                RootState::Incomplete if Instant::now() < deadline => {
+                RootState::Incomplete if deadline.is_none_or(|d| Instant::now() < d) => {
                     std::thread::sleep(Duration::from_millis(1))
                 }
                 RootState::Incomplete => {
@@ -423,6 +425,7 @@ impl RawMap {
             key,
             read_only: opts.read_only,
             lock_timeout: opts.lock_timeout,
+            verify_reads: opts.verify_reads,
             seed,
             mode,
             max_size: r.max_size.load(Ordering::Relaxed),
@@ -583,7 +586,7 @@ impl RawMap {
         let pin = self.gens.pin();
         let g = self.current(&pin)?;
         let value = self
-            .read_in(g, |t| t.find(key, h))?
+            .read_in(g, |t| t.find_verified(key, h, self.verify_reads))?
             .map(|f| NonNull::from(g.table.value_of(&f)));
         Ok(value.map(|value| Ref { value, _pin: pin }))
     }
@@ -720,7 +723,7 @@ impl RawMap {
     /// when someone sleeps). A read-only handle cannot register as a
     /// sleeper and polls every millisecond instead.
     pub fn wait_for_change(&self, since: u64, timeout: Duration) -> Result<Option<u64>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::options::deadline(timeout);
         let r = self.root();
         if !self.read_only {
             r.waiters.fetch_add(1, Ordering::SeqCst);
@@ -740,7 +743,9 @@ impl RawMap {
             if v != since {
                 return Ok(Some(v));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return Ok(None);
             }
@@ -1130,7 +1135,10 @@ impl<'m> RawView<'m> {
     /// The value of `key`, zero-copy.
     pub fn get(&self, key: &[u8]) -> Result<Option<Ref<'m, [u8]>>> {
         let h = hash_key(self.map.seed, key);
-        let found = self.map.read_in(self.gen(), |t| t.find(key, h))?;
+        let verify = self.map.verify_reads;
+        let found = self
+            .map
+            .read_in(self.gen(), |t| t.find_verified(key, h, verify))?;
         Ok(found.map(|f| self.found_ref(&f, true)))
     }
 
@@ -1143,7 +1151,11 @@ impl<'m> RawView<'m> {
     pub fn entries(&self) -> Result<Vec<Entry<'m>>> {
         let mut out = Vec::new();
         for i in 0..self.gen().table.capacity() {
-            if let Some(f) = self.map.read_in(self.gen(), |t| t.entry_at(i))? {
+            let verify = self.map.verify_reads;
+            if let Some(f) = self
+                .map
+                .read_in(self.gen(), |t| t.entry_at_verified(i, verify))?
+            {
                 out.push((self.found_ref(&f, false), self.found_ref(&f, true)));
             }
         }
