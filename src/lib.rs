@@ -73,6 +73,14 @@
 //! holder's pid. [`RawMap::verify`] checks a map completely, and the `shmkv`
 //! command-line tool lists, inspects, dumps, loads and watches maps.
 //!
+//! Every record carries an XXH3-64 checksum of its key and value.
+//! `verify` checks all of them; with [`Options::verify_reads`] every read
+//! checks the record it returns and gives [`Error::Corrupted`] instead of
+//! bytes a stray write in another process damaged (off by default: it costs
+//! VERIFY_READS_COST per hot read; when off, nothing measurable). A writer
+//! refuses header counters that do not match their check word or the
+//! segment's geometry (`Corrupted`) instead of writing where they point.
+//!
 //! # Performance
 //!
 //! A read hashes the key (XXH3), then touches the probed slots (two per cache

@@ -176,11 +176,14 @@ impl Options {
         let arena = align_up(arena.min(u64::MAX - 4096), ARENA_ALIGN);
         let (_, _, total) =
             data_geometry(slots, arena).ok_or_else(|| bad("size overflows".into()))?;
+        let with_root = total
+            .checked_add(ROOT_SIZE as u64)
+            .ok_or_else(|| bad("size overflows".into()))?;
         if let Some(max) = self.max_size {
-            if total + ROOT_SIZE as u64 > max.bytes() {
+            if with_root > max.bytes() {
                 return Err(bad(format!(
                     "initial size {} exceeds max_size {}",
-                    Size::from(total + ROOT_SIZE as u64),
+                    Size::from(with_root),
                     max
                 )));
             }
@@ -230,6 +233,18 @@ mod tests {
             Options::new().capacity(1000).max_size(4096u64).geometry(),
             Err(Error::InvalidSize(_))
         ));
+    }
+
+    /// A data segment within 512 bytes of `u64::MAX` used to overflow when
+    /// the root was added (`attempt to add with overflow`).
+    #[test]
+    fn geometry_near_the_address_limit_is_an_error() {
+        // 100 entries: 128 slots, arena at 4352; total = u64::MAX - 15.
+        let o = Options::new()
+            .capacity(100)
+            .arena_size(u64::MAX - 4367)
+            .max_size(u64::MAX);
+        assert!(matches!(o.geometry(), Err(Error::InvalidSize(_))));
     }
 
     #[test]
