@@ -5,9 +5,11 @@
 //! (run under ASan, cargo-fuzz's default). Half the inputs start from a
 //! valid image with entries, then get bytes overwritten, so that the
 //! interesting paths (slot words, header counters, redo logs, record
-//! bounds) are reached; with the second bit of the first byte set, the
-//! header's `counters_check` is recomputed after patching, so that damaged
-//! counters get past the check word and reach the range checks.
+//! bounds) are reached: bytes, or (third bit of the first byte) whole
+//! 64-bit words, so that values next to `u64::MAX` are one mutation away.
+//! With the second bit set, the header's `counters_check` is recomputed
+//! after patching, so that damaged counters get past the check word and
+//! reach the range checks.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -64,6 +66,9 @@ fn exercise(m: &HeapMap) {
     if m.recover().is_ok() {
         let _ = m.write(|b| b.insert(b"new", b"value"));
         let _ = m.write(|b| b.remove(&[1; 3]));
+        // Large enough that a wrapped record offset would point before the
+        // start of the image, where ASan sees it.
+        let _ = m.write(|b| b.insert(b"big", &[0x22; 2000]));
         let _ = m.write(|b| {
             b.insert(&[2; 3], &[0xee; 100])?;
             b.remove(&[6; 3])?;
@@ -82,11 +87,29 @@ fn exercise(m: &HeapMap) {
 fuzz_target!(|data: &[u8]| {
     let flags = data.first().copied().unwrap_or(0);
     if flags & 1 == 1 {
-        // Patch a valid image: triples of (offset LE u16, byte).
         let mut img = valid_image();
-        for t in data[1..].chunks_exact(3) {
-            let at = u16::from_le_bytes([t[0], t[1]]) as usize % img.len();
-            img[at] = t[2];
+        if flags & 4 == 0 {
+            // Patch bytes: triples of (offset LE u16, byte).
+            for t in data[1..].chunks_exact(3) {
+                let at = u16::from_le_bytes([t[0], t[1]]) as usize % img.len();
+                img[at] = t[2];
+            }
+        } else {
+            // Patch whole words (header counters, slot words, record
+            // headers): (word index LE u16, kind, u64 LE): kind 0 stores the
+            // value, kind 1 `u64::MAX - v % 65536`, kind 2 `v % 65536`, so
+            // that values near both ends of the range are one mutation away.
+            let words = img.len() / 8;
+            for t in data[1..].chunks_exact(11) {
+                let at = u16::from_le_bytes([t[0], t[1]]) as usize % words * 8;
+                let v = u64::from_le_bytes(t[3..11].try_into().unwrap());
+                let v = match t[2] % 3 {
+                    0 => v,
+                    1 => u64::MAX - v % 65536,
+                    _ => v % 65536,
+                };
+                img[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            }
         }
         if flags & 2 == 2 {
             reseal(&mut img);
