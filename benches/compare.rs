@@ -314,5 +314,36 @@ fn sem_pair(c: &mut Criterion) {
     m.destroy().unwrap();
 }
 
-criterion_group!(benches, gets, sem_pair);
+/// The cost of `Options::verify_reads`: hot `get_ref` over 1,000 entries
+/// (16 B keys, 64 B values), the same map read through a handle without and
+/// one with the per-record checksum check. Run alone with
+/// `cargo bench --bench compare -- verify_reads`.
+fn verify_reads(c: &mut Criterion) {
+    let name = format!("shmkv-bench-verify-{}", std::process::id());
+    let _cleanup = Cleanup {
+        maps: vec![name.clone()],
+        dirs: Vec::new(),
+    };
+    let entries = 1_000u64;
+    let keys = order(entries);
+    let plain = shmkv_map(&name, entries, 64);
+    let checked = RawMap::open(&name, &Options::new().verify_reads(true)).unwrap();
+    let mut g = c.benchmark_group("verify_reads");
+    g.throughput(Throughput::Elements(LOOKUPS as u64));
+    g.measurement_time(Duration::from_secs(4));
+    g.warm_up_time(Duration::from_secs(1));
+    g.sample_size(30);
+    for (id, m) in [("off", &plain), ("on", &checked)] {
+        g.bench_with_input(BenchmarkId::new("get_ref", id), &keys, |b, keys| {
+            b.iter(|| {
+                for k in keys {
+                    black_box(m.get_ref(k).unwrap().unwrap()[0]);
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gets, sem_pair, verify_reads);
 criterion_main!(benches);

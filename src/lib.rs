@@ -73,6 +73,14 @@
 //! holder's pid. [`RawMap::verify`] checks a map completely, and the `shmkv`
 //! command-line tool lists, inspects, dumps, loads and watches maps.
 //!
+//! Every record carries an XXH3-64 checksum of its key and value.
+//! `verify` checks all of them; with [`Options::verify_reads`] every read
+//! checks the record it returns and gives [`Error::Corrupted`] instead of
+//! bytes a stray write in another process damaged (off by default: it costs
+//! VERIFY_READS_COST per hot read; when off, nothing measurable). A writer
+//! refuses header counters that do not match their check word or the
+//! segment's geometry (`Corrupted`) instead of writing where they point.
+//!
 //! # Performance
 //!
 //! A read hashes the key (XXH3), then touches the probed slots (two per cache
@@ -136,5 +144,42 @@ pub mod __private {
         pub const FORMAT_FINGERPRINT: usize = 40;
         pub const NAME_LEN: usize = 20;
         pub const CURRENT: usize = 192;
+    }
+
+    /// Byte offsets in a data segment: header words, and the parts of the
+    /// first slot and record tests scribble on.
+    pub mod data_offsets {
+        pub const CAPACITY: usize = 32;
+        pub const ARENA_OFFSET: usize = 48;
+        pub const ARENA_SIZE: usize = 56;
+        pub const VIEW_SEQ: usize = 64;
+        pub const ARENA_USED: usize = 72;
+        pub const LIVE: usize = 80;
+        pub const TOMBSTONES: usize = 88;
+        pub const GARBAGE: usize = 96;
+        pub const COUNTERS_CHECK: usize = 112;
+        /// Where the slots start.
+        pub const SLOTS: usize = crate::raw::layout::DATA_HEADER_SIZE;
+        /// Bytes of a slot.
+        pub const SLOT_SIZE: usize = crate::raw::layout::SLOT_SIZE;
+        /// Bytes of a record header (`key_len`, `value_len`, checksum).
+        pub const RECORD_HEADER: usize = crate::raw::layout::RECORD_HEADER as usize;
+
+        /// Offset of the arena in a segment of `capacity` slots.
+        pub fn arena(capacity: u64) -> usize {
+            crate::raw::layout::data_geometry(capacity, 0).map_or(0, |(_, a, _)| a as usize)
+        }
+
+        /// Offset of a record's value within the record, for a key of
+        /// `key_len` bytes.
+        pub fn value_in_record(key_len: usize) -> usize {
+            crate::raw::table::value_offset_in_record(key_len as u64) as usize
+        }
+
+        /// The `counters_check` word for these counters (to plant values
+        /// that pass the check and reach the range checks).
+        pub fn counters_check(arena_used: u64, live: u64, tombstones: u64, garbage: u64) -> u64 {
+            crate::raw::layout::counters_check(arena_used, live, tombstones, garbage)
+        }
     }
 }

@@ -36,8 +36,15 @@ pub struct Options {
     pub(crate) mode: u32,
     pub(crate) read_only: bool,
     pub(crate) lock_timeout: Duration,
+    pub(crate) verify_reads: bool,
     key: KeySource,
 }
+
+/// The longest wait this crate ever computes a deadline for: 100 years.
+/// Longer timeouts (up to `Duration::MAX`) are clamped to it, which is
+/// "forever" for any process, and keeps `Instant + timeout` and the kernel's
+/// `timespec` far from overflowing.
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Default for Options {
     fn default() -> Self {
@@ -56,6 +63,7 @@ impl Options {
             mode: 0o600,
             read_only: false,
             lock_timeout: Duration::from_secs(5),
+            verify_reads: false,
             key: KeySource::Name,
         }
     }
@@ -92,9 +100,25 @@ impl Options {
     }
 
     /// How long a write waits for the lock before [`Error::LockTimeout`]
-    /// (also bounds how long a read waits on a stuck writer).
+    /// (also bounds how long a read waits on a stuck writer). Any duration
+    /// is accepted: from 100 years up (`Duration::MAX` included) it means
+    /// "wait forever".
     pub fn lock_timeout(mut self, timeout: Duration) -> Options {
-        self.lock_timeout = timeout;
+        self.lock_timeout = timeout.min(FOREVER);
+        self
+    }
+
+    /// Check every record a read returns against the checksum stored with
+    /// it (XXH3-64 of its key and value, written with the record), and
+    /// return [`Error::Corrupted`] on a mismatch instead of bytes that
+    /// something scribbled over. Applies to `get`, `get_ref`,
+    /// `get_archived`, `contains_key`, views and `entries` of this handle.
+    /// Off by default: a read then costs nothing more than one branch;
+    /// on, it hashes the key and value once more (see DESIGN-write.md for
+    /// the measured cost). [`RawMap::verify`](crate::RawMap::verify) always
+    /// checks every record.
+    pub fn verify_reads(mut self, on: bool) -> Options {
+        self.verify_reads = on;
         self
     }
 
@@ -146,11 +170,14 @@ impl Options {
         let arena = align_up(arena.min(u64::MAX - 4096), ARENA_ALIGN);
         let (_, _, total) =
             data_geometry(slots, arena).ok_or_else(|| bad("size overflows".into()))?;
+        let with_root = total
+            .checked_add(ROOT_SIZE as u64)
+            .ok_or_else(|| bad("size overflows".into()))?;
         if let Some(max) = self.max_size {
-            if total + ROOT_SIZE as u64 > max.bytes() {
+            if with_root > max.bytes() {
                 return Err(bad(format!(
                     "initial size {} exceeds max_size {}",
-                    Size::from(total + ROOT_SIZE as u64),
+                    Size::from(with_root),
                     max
                 )));
             }
@@ -200,6 +227,28 @@ mod tests {
             Options::new().capacity(1000).max_size(4096u64).geometry(),
             Err(Error::InvalidSize(_))
         ));
+    }
+
+    /// A data segment within 512 bytes of `u64::MAX` used to overflow when
+    /// the root was added (`attempt to add with overflow`).
+    #[test]
+    fn geometry_near_the_address_limit_is_an_error() {
+        // 100 entries: 128 slots, arena at 4352; total = u64::MAX - 15.
+        let o = Options::new()
+            .capacity(100)
+            .arena_size(u64::MAX - 4367)
+            .max_size(u64::MAX);
+        assert!(matches!(o.geometry(), Err(Error::InvalidSize(_))));
+    }
+
+    #[test]
+    fn huge_timeouts_mean_forever() {
+        let o = Options::new().lock_timeout(Duration::MAX);
+        assert_eq!(o.lock_timeout, FOREVER);
+        assert!(crate::sysv::deadline_after(o.lock_timeout).is_some());
+        assert!(crate::sysv::deadline_after(Duration::MAX).is_none());
+        let short = Duration::from_millis(5);
+        assert_eq!(Options::new().lock_timeout(short).lock_timeout, short);
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub struct RawMap {
     key: libc::key_t,
     read_only: bool,
     lock_timeout: Duration,
+    /// `Options::verify_reads`: reads check each record's checksum.
+    verify_reads: bool,
     seed: u64,
     /// `max_size` from the root header (0 = none).
     max_size: u64,
@@ -525,6 +527,7 @@ impl RawMap {
             key,
             read_only: opts.read_only,
             lock_timeout: opts.lock_timeout,
+            verify_reads: opts.verify_reads,
             seed,
             max_size: r.max_size.load(Ordering::Relaxed),
             sem,
@@ -802,6 +805,9 @@ impl RawMap {
                 None => t.find(key, h),
             })?,
         };
+        if self.verify_reads {
+            check_record(&g.table, found.as_ref())?;
+        }
         let value = found.map(|f| NonNull::from(g.table.value_of(&f)));
         Ok(value.map(|value| Ref { value, _pin: pin }))
     }
@@ -1652,6 +1658,9 @@ impl<'m> RawView<'m> {
             Some(o) => o.find(t, key, h),
             None => t.find(key, h),
         })?;
+        if self.map.verify_reads {
+            check_record(&self.gen().table, found.as_ref())?;
+        }
         Ok(found.map(|f| self.found_ref(&f, true)))
     }
 
@@ -1668,11 +1677,22 @@ impl<'m> RawView<'m> {
                 Some(o) => o.entry_at(t, i),
                 None => t.entry_at(i),
             })?;
+            if self.map.verify_reads {
+                check_record(&self.gen().table, found.as_ref())?;
+            }
             if let Some(f) = found {
                 out.push((self.found_ref(&f, false), self.found_ref(&f, true)));
             }
         }
         Ok(out)
+    }
+}
+
+/// With `Options::verify_reads`: the record's checksum must hold.
+fn check_record(t: &Table, found: Option<&Found>) -> Result<()> {
+    match found {
+        Some(f) if !t.record_intact(f) => Err(Error::corrupted("record checksum mismatch")),
+        _ => Ok(()),
     }
 }
 

@@ -159,6 +159,16 @@ impl HeapMap {
         Ok(r)
     }
 
+    /// Compaction as far as the table layer goes: a fresh heap table of the
+    /// same geometry, filled by `Table::load_from` (the copy a growing or
+    /// compacting `RawMap` write makes), checked with `verify` by callers.
+    /// The heap map has no generations, so nothing is published.
+    pub fn compact(&self) -> Result<HeapMap> {
+        let fresh = HeapMap::new(self.table.capacity(), self.table.arena_size(), self.seed)?;
+        fresh.table.load_from(&self.table, |_, _| false)?;
+        Ok(fresh)
+    }
+
     /// The consistency check `RawMap::verify` runs.
     pub fn verify(&self) -> crate::raw::verify::VerifyReport {
         self.table.verify(self.seed)

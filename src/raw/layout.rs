@@ -196,7 +196,11 @@ pub(crate) struct DataHeader {
     /// Commit marker: `(redo_offset << 1) | 1` while a committed redo log is
     /// being applied, 0 otherwise.
     pub(crate) commit: AtomicU64,
-    _reserved_counters: [AtomicU64; 2],
+    /// [`counters_check`] of `arena_used`, `live`, `tombstones` and
+    /// `garbage`, stored with them: a writer refuses counters that do not
+    /// match it (a scribbled header) instead of writing where they point.
+    pub(crate) counters_check: AtomicU64,
+    _reserved_counters: [AtomicU64; 1],
     /// The root this generation belongs to: `key << 32 | root shmid`
     /// (immutable; checked at open so a stray shmid is never accepted).
     pub(crate) owner: AtomicU64,
@@ -236,6 +240,8 @@ const _: () = assert!(offset_of!(DataHeader, garbage) == 96);
 #[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, commit) == 104);
 #[cfg(not(loom))]
+const _: () = assert!(offset_of!(DataHeader, counters_check) == 112);
+#[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, owner) == 128);
 
 /// One bucket: a seqlock word and three data words, all atomics.
@@ -264,9 +270,30 @@ const _: () = assert!(offset_of!(Slot, rec) == 16);
 #[cfg(not(loom))]
 const _: () = assert!(offset_of!(Slot, lens) == 24);
 
-/// Bytes of a record header in the arena: `key_len: u32, value_len: u32`
-/// (little-endian), then the key, padding to 16, the value, padding to 16.
-pub(crate) const RECORD_HEADER: u64 = 8;
+/// Bytes of a record header in the arena: `key_len: u32, value_len: u32,
+/// checksum: u64` (little-endian), then the key, zero padding to 16, the
+/// value, padding to 16. `checksum` is [`record_checksum`] of the bytes from
+/// the end of the header to the end of the value (key, zero padding, value).
+pub(crate) const RECORD_HEADER: u64 = 16;
+/// Offset of the checksum word in a record header.
+pub(crate) const RECORD_CHECKSUM_AT: u64 = 8;
+
+/// XXH3-64 (seed 0) of a record's key, zero padding and value, as one
+/// contiguous byte range (one call, no streaming state).
+#[inline]
+pub(crate) fn record_checksum(key_pad_value: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key_pad_value)
+}
+
+/// The header's `counters_check` for these counters: XXH3-64 (seed 0) of the
+/// four words, little-endian, in header order.
+pub(crate) fn counters_check(arena_used: u64, live: u64, tombstones: u64, garbage: u64) -> u64 {
+    let mut b = [0u8; 32];
+    for (i, w) in [arena_used, live, tombstones, garbage].iter().enumerate() {
+        b[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&b)
+}
 
 /// Bytes of a redo log header in the arena: eight little-endian u64 words
 /// `magic, count, target_view_seq, arena_used, live, tombstones, garbage,
@@ -277,17 +304,28 @@ pub(crate) const REDO_HEADER: u64 = 64;
 pub(crate) const REDO_ENTRY: u64 = 32;
 
 /// Rounds `x` up to the arena alignment.
+/// Callers pass values known to be far below `u64::MAX` (lengths and
+/// offsets already bounded); for values read from shared memory use
+/// [`checked_align_up`].
 pub(crate) const fn align_up(x: u64, to: u64) -> u64 {
     (x + to - 1) & !(to - 1)
+}
+
+/// [`align_up`], or `None` if it would wrap.
+pub(crate) const fn checked_align_up(x: u64, to: u64) -> Option<u64> {
+    match x.checked_add(to - 1) {
+        Some(y) => Some(y & !(to - 1)),
+        None => None,
+    }
 }
 
 /// Geometry of a data segment for `capacity` slots and `arena` bytes.
 pub(crate) fn data_geometry(capacity: u64, arena: u64) -> Option<(u64, u64, u64)> {
     let slots_offset = DATA_HEADER_SIZE as u64;
-    let arena_offset = align_up(
+    let arena_offset = checked_align_up(
         slots_offset.checked_add(capacity.checked_mul(SLOT_SIZE as u64)?)?,
         64,
-    );
+    )?;
     let total = arena_offset.checked_add(arena)?;
     Some((slots_offset, arena_offset, total))
 }
@@ -320,6 +358,7 @@ mod loom_zeroed {
                 tombstones: z(),
                 garbage: z(),
                 commit: z(),
+                counters_check: AtomicU64::new(counters_check(0, 0, 0, 0)),
                 _reserved_counters: std::array::from_fn(|_| z()),
                 owner: z(),
                 _reserved: std::array::from_fn(|_| z()),

@@ -6,8 +6,8 @@ use crate::sync::{fence, Ordering};
 use std::ptr::NonNull;
 
 use super::layout::{
-    align_up, data_geometry, DataHeader, Slot, ARENA_ALIGN, DATA_HEADER_SIZE, DATA_MAGIC,
-    LAYOUT_VERSION, RECORD_HEADER,
+    align_up, counters_check, data_geometry, record_checksum, DataHeader, Slot, ARENA_ALIGN,
+    DATA_HEADER_SIZE, DATA_MAGIC, LAYOUT_VERSION, RECORD_CHECKSUM_AT, RECORD_HEADER,
 };
 use super::slot::{Lens, Tag};
 use crate::error::{Error, Incompatible, Result};
@@ -53,6 +53,16 @@ pub(crate) const fn value_offset_in_record(key_len: u64) -> u64 {
 /// Arena bytes a record of these lengths occupies.
 pub(crate) const fn record_size(key_len: u64, value_len: u64) -> u64 {
     align_up(value_offset_in_record(key_len) + value_len, ARENA_ALIGN)
+}
+
+/// The header's counters as a writer may use them: validated against the
+/// check word and the table's geometry by [`Table::counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counters {
+    pub(crate) arena_used: u64,
+    pub(crate) live: u64,
+    pub(crate) tombstones: u64,
+    pub(crate) garbage: u64,
 }
 
 /// A view of one data segment. Holds raw pointers: its owner keeps the
@@ -110,6 +120,8 @@ impl Table {
         h.arena_offset.store(arena_offset, Ordering::Relaxed);
         h.arena_size.store(arena_size, Ordering::Relaxed);
         h.owner.store(owner, Ordering::Relaxed);
+        h.counters_check
+            .store(counters_check(0, 0, 0, 0), Ordering::Relaxed);
         h.magic.store(DATA_MAGIC, Ordering::Release);
         // SAFETY: forwarded from the caller.
         unsafe { Table::attach(base, len) }
@@ -260,6 +272,70 @@ impl Table {
     pub(crate) fn value_of(&self, f: &Found) -> &[u8] {
         self.bytes(f.value_off, f.value_len)
             .expect("locate checked bounds")
+    }
+
+    /// Whether the record's stored checksum matches its key and value
+    /// bytes (`Options::verify_reads`, `verify`). A located record's bytes
+    /// are in bounds (checked by `locate`); anything else reads as damaged.
+    #[inline]
+    pub(crate) fn record_intact(&self, f: &Found) -> bool {
+        let body_at = f.record + RECORD_HEADER;
+        let (Some(stored), Some(body)) = (
+            self.bytes(f.record + RECORD_CHECKSUM_AT, 8),
+            self.bytes(body_at, (f.value_off + f.value_len).saturating_sub(body_at)),
+        ) else {
+            return false;
+        };
+        let mut w = [0u8; 8];
+        w.copy_from_slice(stored);
+        record_checksum(body) == u64::from_le_bytes(w)
+    }
+
+    /// The header's counters, if they match their check word and the
+    /// geometry: `arena_used` inside the arena and 16-aligned, `garbage` at
+    /// most `arena_used`, `live + tombstones` at most the slots, and a
+    /// `view_seq` that can still advance. Every writer goes through this
+    /// before it uses a counter, so a scribbled header is `Corrupted`,
+    /// never an offset to write at or a size to loop on.
+    pub(crate) fn counters(&self) -> Result<Counters, &'static str> {
+        let h = self.header();
+        let c = Counters {
+            arena_used: h.arena_used.load(Ordering::Relaxed),
+            live: h.live.load(Ordering::Relaxed),
+            tombstones: h.tombstones.load(Ordering::Relaxed),
+            garbage: h.garbage.load(Ordering::Relaxed),
+        };
+        if h.counters_check.load(Ordering::Relaxed)
+            != counters_check(c.arena_used, c.live, c.tombstones, c.garbage)
+        {
+            return Err("data header counters do not match their check word");
+        }
+        if c.arena_used > self.arena_size
+            || c.arena_used % ARENA_ALIGN != 0
+            || c.garbage > c.arena_used
+            || c.live
+                .checked_add(c.tombstones)
+                .is_none_or(|n| n > self.capacity)
+        {
+            return Err("data header counters out of range");
+        }
+        if h.view_seq.load(Ordering::Relaxed) >= u64::MAX - 2 {
+            return Err("view sequence at its limit");
+        }
+        Ok(c)
+    }
+
+    /// Stores the counters and their check word (lock holder only).
+    pub(crate) fn store_counters(&self, c: Counters) {
+        let h = self.header();
+        h.arena_used.store(c.arena_used, Ordering::Relaxed);
+        h.live.store(c.live, Ordering::Relaxed);
+        h.tombstones.store(c.tombstones, Ordering::Relaxed);
+        h.garbage.store(c.garbage, Ordering::Relaxed);
+        h.counters_check.store(
+            counters_check(c.arena_used, c.live, c.tombstones, c.garbage),
+            Ordering::Relaxed,
+        );
     }
 
     /// Lock-free lookup: linear probing from `hash`, each slot read under

@@ -63,6 +63,9 @@ impl Table {
                 self.arena_size()
             ));
         }
+        if let Err(what) = self.counters() {
+            p.push(what.to_string());
+        }
         for i in 0..self.capacity() {
             let Some(s) = self.slot(i).read() else {
                 p.push(format!("slot {i}: stamp stays odd"));
@@ -79,16 +82,23 @@ impl Table {
                         }
                     };
                     let size = record_size(f.key_len, f.value_len);
-                    r.live_bytes += size;
-                    if f.record + size > r.arena_used {
+                    r.live_bytes = r.live_bytes.saturating_add(size);
+                    if f.record.saturating_add(size) > r.arena_used {
                         p.push(format!("slot {i}: record beyond arena_used"));
                     }
-                    let head = self.bytes(f.record, RECORD_HEADER).unwrap_or(&[0; 8]);
-                    let klen = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-                    let vlen = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+                    let mut head = [0u8; RECORD_HEADER as usize];
+                    if let Some(b) = self.bytes(f.record, RECORD_HEADER) {
+                        head.copy_from_slice(b);
+                    }
+                    let klen = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+                    let vlen = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
                     if u64::from(klen) != f.key_len || u64::from(vlen) != f.value_len {
                         p.push(format!(
                             "slot {i}: record header disagrees with the slot's lengths"
+                        ));
+                    } else if !self.record_intact(&f) {
+                        p.push(format!(
+                            "slot {i}: record checksum mismatch (key or value bytes damaged)"
                         ));
                     }
                     let key = self.key_of(&f);
@@ -130,7 +140,7 @@ impl Table {
         if r.live + r.tombstones > max_used(self.capacity()) {
             p.push("table above its load bound".to_string());
         }
-        if r.live_bytes + r.garbage_bytes != r.arena_used {
+        if r.live_bytes.checked_add(r.garbage_bytes) != Some(r.arena_used) {
             p.push(format!(
                 "live bytes {} + garbage {} != arena_used {}",
                 r.live_bytes, r.garbage_bytes, r.arena_used

@@ -10,11 +10,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use super::hooks::{reached, CrashPoint};
 use super::layout::{
-    align_up, data_geometry, ARENA_ALIGN, RECORD_HEADER, REDO_ENTRY, REDO_HEADER, REDO_MAGIC,
-    ROOT_SIZE,
+    checked_align_up, data_geometry, record_checksum, ARENA_ALIGN, RECORD_CHECKSUM_AT,
+    RECORD_HEADER, REDO_ENTRY, REDO_HEADER, REDO_MAGIC, ROOT_SIZE,
 };
 use super::slot::{Lens, SlotWord, Tag};
-use super::table::{record_size, value_offset_in_record, ReadErr, Table};
+use super::table::{record_size, value_offset_in_record, Counters, ReadErr, Table};
 use crate::error::{Error, Result};
 
 /// Longest key accepted, in bytes.
@@ -37,32 +37,42 @@ pub(crate) fn grow_geometry(
     bytes: u64,
     max_total: Option<u64>,
 ) -> Result<(u64, u64)> {
-    let slots_for = |n: u64| {
+    // Bounded: at most 60 doublings, then `None` (a key count no table
+    // can hold, e.g. from a scribbled `live`).
+    let slots_for = |n: u64| -> Option<u64> {
         let mut s = 16u64;
         while max_used(s) < n {
-            s *= 2;
+            s = s.checked_mul(2)?;
         }
-        s
+        Some(s)
     };
     let need_arena = bytes
         .saturating_add(REDO_RESERVE + REDO_HEADER + ARENA_ALIGN)
         .saturating_add(keys.saturating_mul(REDO_ENTRY));
-    let roomy = (
-        old_slots.max(slots_for(keys.saturating_mul(2))),
-        align_up(old_arena.max(need_arena.saturating_mul(2)), ARENA_ALIGN),
-    );
-    let tight = (slots_for(keys), align_up(need_arena, ARENA_ALIGN));
+    let roomy = slots_for(keys.saturating_mul(2)).and_then(|s| {
+        Some((
+            old_slots.max(s),
+            checked_align_up(old_arena.max(need_arena.saturating_mul(2)), ARENA_ALIGN)?,
+        ))
+    });
+    let tight = slots_for(keys).zip(checked_align_up(need_arena, ARENA_ALIGN));
     let mut smallest = u64::MAX;
-    for (s, a) in [roomy, tight] {
-        let total =
-            data_geometry(s, a).map_or(u64::MAX, |(_, _, t)| t.saturating_add(ROOT_SIZE as u64));
+    for (s, a) in [roomy, tight].into_iter().flatten() {
+        let Some(total) = data_geometry(s, a).and_then(|(_, _, t)| t.checked_add(ROOT_SIZE as u64))
+        else {
+            continue;
+        };
         smallest = smallest.min(total);
         if max_total.is_none_or(|m| total <= m) {
             return Ok((s, a));
         }
     }
     Err(Error::Full {
-        what: "max_size",
+        what: if max_total.is_some() {
+            "max_size"
+        } else {
+            "address space"
+        },
         needed: smallest,
         available: max_total.unwrap_or(0),
     })
@@ -124,6 +134,9 @@ struct Probe {
 
 /// The writer's staging area for one write (one call or one batch).
 pub(crate) struct Stager {
+    /// The header's counters when the write started, validated
+    /// ([`Table::counters`]); an `Err` refuses every operation.
+    base: std::result::Result<Counters, &'static str>,
     /// Next free arena byte; everything from `arena_used` up is unpublished.
     cursor: u64,
     /// Keys in the order they were first touched, and their final operation.
@@ -138,14 +151,24 @@ pub(crate) struct Stager {
 
 impl Stager {
     /// Starts a write. The caller holds the writer lock and has run recovery.
+    /// The header's counters are validated here once; if they are damaged,
+    /// every staging operation and the commit return `Corrupted` (nothing
+    /// is written).
     pub(crate) fn new(t: &Table) -> Stager {
+        let base = t.counters();
         Stager {
-            cursor: t.header().arena_used.load(Ordering::Relaxed),
+            cursor: base.map_or(0, |c| c.arena_used),
+            base,
             ops: Vec::new(),
             index: IdMap::default(),
             chain: Vec::new(),
             staged_garbage: 0,
         }
+    }
+
+    /// The validated counters the write started from.
+    fn base(&self) -> Result<Counters> {
+        self.base.map_err(Error::corrupted)
     }
 
     fn check_key(key: &[u8]) -> Result<()> {
@@ -167,9 +190,12 @@ impl Stager {
                 max: u32::MAX as usize,
             });
         }
-        let record = align_up(self.cursor, ARENA_ALIGN);
+        self.base()?;
+        let overflow = || Error::corrupted("arena cursor overflows");
+        let record = checked_align_up(self.cursor, ARENA_ALIGN).ok_or_else(overflow)?;
+        // key ≤ MAX_KEY_LEN and value ≤ u32::MAX: no overflow in the size.
         let size = record_size(key.len() as u64, value.len() as u64);
-        let end = record + size;
+        let end = record.checked_add(size).ok_or_else(overflow)?;
         let limit = t.arena_size().saturating_sub(REDO_RESERVE);
         if end > limit {
             return Err(Error::Full {
@@ -181,15 +207,32 @@ impl Stager {
         let lens = Lens::new(key.len() as u32, value.len() as u32);
         let mut head = [0u8; RECORD_HEADER as usize];
         head[..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-        head[4..].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        // SAFETY: [record, end) lies inside the arena (checked above) and at
-        // or above arena_used: unpublished bytes no reader follows an offset
-        // into, and we hold the writer lock so nobody else writes them.
+        head[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        let key_end = record + RECORD_HEADER + key.len() as u64;
+        let value_at = record + value_offset_in_record(key.len() as u64);
+        let zeros = [0u8; ARENA_ALIGN as usize];
+        let pad = &zeros[..(value_at - key_end) as usize];
+        // SAFETY: [record, end) lies inside the arena (checked above, and
+        // again by write_arena) and at or above arena_used: unpublished
+        // bytes no reader follows an offset into, and we hold the writer
+        // lock so nobody else writes them.
         unsafe {
-            Self::write_arena(t, record, &head);
-            Self::write_arena(t, record + RECORD_HEADER, key);
-            Self::write_arena(t, record + value_offset_in_record(key.len() as u64), value);
+            Self::write_arena(t, record + RECORD_HEADER, key)?;
+            Self::write_arena(t, key_end, pad)?;
+            Self::write_arena(t, value_at, value)?;
         }
+        // The checksum covers the key, its zero padding and the value as
+        // they now lie in the arena (one contiguous range).
+        let body = t
+            .bytes(
+                record + RECORD_HEADER,
+                value_at + value.len() as u64 - record - RECORD_HEADER,
+            )
+            .ok_or_else(overflow)?;
+        let sum = record_checksum(body);
+        head[RECORD_CHECKSUM_AT as usize..].copy_from_slice(&sum.to_le_bytes());
+        // SAFETY: as above.
+        unsafe { Self::write_arena(t, record, &head)? };
         self.cursor = end;
         self.set(key, Staged::Put { record, lens, hash });
         Ok(())
@@ -198,6 +241,7 @@ impl Stager {
     /// Stages removal of `key`; returns whether it was present.
     pub(crate) fn remove(&mut self, t: &Table, key: &[u8], hash: u64) -> Result<bool> {
         Self::check_key(key)?;
+        self.base()?;
         let present = self.get(t, key, hash)?.is_some();
         if present {
             self.set(key, Staged::Remove { hash });
@@ -259,15 +303,23 @@ impl Stager {
         }
     }
 
-    /// Copies `data` into the arena at `off`.
+    /// Copies `data` into the arena at `off`; `Corrupted` (and nothing
+    /// written) if the range is not inside the arena, whatever the caller
+    /// computed.
     ///
     /// # Safety
-    /// `[off, off + data.len())` is inside the arena and unpublished, and
-    /// the caller holds the writer lock.
-    unsafe fn write_arena(t: &Table, off: u64, data: &[u8]) {
-        // SAFETY: forwarded from the caller; `data` is process-local memory,
-        // so the ranges cannot overlap.
+    /// `[off, off + data.len())` is unpublished (no reader holds a reference
+    /// into it), and the caller holds the writer lock.
+    unsafe fn write_arena(t: &Table, off: u64, data: &[u8]) -> Result<()> {
+        match off.checked_add(data.len() as u64) {
+            Some(end) if end <= t.arena_size() => {}
+            _ => return Err(Error::corrupted("arena write out of bounds")),
+        }
+        // SAFETY: in bounds of the arena (checked above), unpublished and
+        // ours alone (forwarded from the caller); `data` is process-local
+        // memory, so the ranges cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), t.arena_ptr(off), data.len()) };
+        Ok(())
     }
 
     /// The slot image a planned or current slot has.
@@ -286,6 +338,7 @@ impl Stager {
     /// How this batch changes the number of keys and the live record bytes
     /// of `base` (the published table it started on).
     pub(crate) fn footprint(&self, base: &Table) -> Result<(i64, i64)> {
+        self.base()?;
         let (mut keys, mut bytes) = (0i64, 0i64);
         for (key, op) in &self.ops {
             let hash = match *op {
@@ -396,16 +449,15 @@ impl Stager {
         if self.ops.is_empty() {
             return Ok(None);
         }
+        let base = self.base()?;
         let h = t.header();
         let cap = t.capacity();
-        let mut live = h.live.load(Ordering::Relaxed);
-        let mut tombs = h.tombstones.load(Ordering::Relaxed);
-        // Counters come from shared memory: wrapping arithmetic here, and one
-        // sanity check of the results before anything is committed.
-        let mut garbage = h
-            .garbage
-            .load(Ordering::Relaxed)
-            .wrapping_add(self.staged_garbage);
+        let mut live = base.live;
+        let mut tombs = base.tombstones;
+        // Counters come from shared memory (validated, but a planted value
+        // could still disagree with the slots): wrapping arithmetic here,
+        // and one sanity check of the results before anything is committed.
+        let mut garbage = base.garbage.wrapping_add(self.staged_garbage);
         let mut plan: IdMap<Image> = IdMap::default();
         let mut removed = Vec::new();
 
@@ -505,12 +557,16 @@ impl Stager {
             return Err(Error::corrupted("header counters disagree with the slots"));
         }
         let arena_used = self.cursor;
-        let log = align_up(self.cursor, ARENA_ALIGN);
+        let overflow = || Error::corrupted("arena cursor overflows");
+        let log = checked_align_up(self.cursor, ARENA_ALIGN).ok_or_else(overflow)?;
         // The redo entries, in slot order.
         let mut entries: Vec<(u64, Image)> = plan.into_iter().collect();
         entries.sort_unstable_by_key(|e| e.0);
         let log_len = REDO_HEADER + REDO_ENTRY * entries.len() as u64;
-        if log + log_len > t.arena_size() {
+        if log
+            .checked_add(log_len)
+            .is_none_or(|end| end > t.arena_size())
+        {
             return Err(Error::Full {
                 what: "arena",
                 needed: log_len,
@@ -519,7 +575,9 @@ impl Stager {
         }
         reached(CrashPoint::AfterStage);
 
-        let target = (h.view_seq.load(Ordering::Relaxed) | 1) + 1;
+        let target = (h.view_seq.load(Ordering::Relaxed) | 1)
+            .checked_add(1)
+            .ok_or_else(|| Error::corrupted("view sequence at its limit"))?;
         let mut words: Vec<u64> = Vec::with_capacity((log_len / 8) as usize);
         words.extend_from_slice(&[
             REDO_MAGIC,
@@ -540,7 +598,7 @@ impl Stager {
         words[7] = redo_checksum(&words).to_le();
         // SAFETY: [log, log + log_len) is inside the arena (checked above)
         // and above every staged record: unpublished.
-        unsafe { Self::write_arena(t, log, le_bytes(&words)) };
+        unsafe { Self::write_arena(t, log, le_bytes(&words))? };
         reached(CrashPoint::AfterRedoLog);
         let redo = Redo {
             target,
@@ -693,10 +751,12 @@ impl Redo {
                     }
                 });
             }
-            h.arena_used.store(self.arena_used, Ordering::Relaxed);
-            h.live.store(self.live, Ordering::Relaxed);
-            h.tombstones.store(self.tombs, Ordering::Relaxed);
-            h.garbage.store(self.garbage, Ordering::Relaxed);
+            t.store_counters(Counters {
+                arena_used: self.arena_used,
+                live: self.live,
+                tombstones: self.tombs,
+                garbage: self.garbage,
+            });
             h.view_seq.store(self.target, Ordering::Release);
         }
         if crash_hooks {
@@ -736,20 +796,14 @@ impl Table {
                     available: self.arena_size() - cursor,
                 });
             }
-            let mut head = [0u8; RECORD_HEADER as usize];
-            head[..4].copy_from_slice(&(f.key_len as u32).to_le_bytes());
-            head[4..].copy_from_slice(&(f.value_len as u32).to_le_bytes());
-            // SAFETY: [cursor, cursor + size) is inside this table's arena
-            // (checked above), and the table is unpublished and ours alone.
-            unsafe {
-                Stager::write_arena(self, cursor, &head);
-                Stager::write_arena(self, cursor + RECORD_HEADER, src.key_of(&f));
-                Stager::write_arena(
-                    self,
-                    cursor + value_offset_in_record(f.key_len),
-                    src.value_of(&f),
-                );
-            }
+            // The whole record as it is (header with its checksum, key,
+            // padding, value), so a damaged record stays detectable.
+            let bytes = src
+                .bytes(f.record, size)
+                .ok_or_else(|| Error::corrupted("record out of arena bounds"))?;
+            // SAFETY: this table is unpublished and ours alone; write_arena
+            // checks the range against the arena.
+            unsafe { Stager::write_arena(self, cursor, bytes)? };
             let mut j = s.hash & mask;
             while self.slot(j).rec.load(Ordering::Relaxed) != SlotWord::EMPTY.0 {
                 j = (j + 1) & mask;
@@ -759,9 +813,13 @@ impl Table {
             cursor += size;
             live += 1;
         }
+        self.store_counters(Counters {
+            arena_used: cursor,
+            live,
+            tombstones: 0,
+            garbage: 0,
+        });
         let h = self.header();
-        h.arena_used.store(cursor, Ordering::Relaxed);
-        h.live.store(live, Ordering::Relaxed);
         h.view_seq.store(
             src.header().view_seq.load(Ordering::Relaxed) & !1,
             Ordering::Relaxed,
@@ -787,7 +845,10 @@ impl Table {
         if commit == 0 {
             let seq = h.view_seq.load(Ordering::Relaxed);
             if seq & 1 == 1 {
-                h.view_seq.store(seq + 1, Ordering::Release);
+                let next = seq
+                    .checked_add(1)
+                    .ok_or_else(|| Error::corrupted("view sequence at its limit"))?;
+                h.view_seq.store(next, Ordering::Release);
                 return Ok(true);
             }
             return Ok(false);
@@ -797,7 +858,8 @@ impl Table {
             // Planted bug: only close what is open, do not redo.
             self.close_odd_slots();
             let seq = h.view_seq.load(Ordering::Relaxed);
-            h.view_seq.store((seq | 1) + 1, Ordering::Release);
+            h.view_seq
+                .store((seq | 1).wrapping_add(1), Ordering::Release);
             h.commit.store(0, Ordering::Release);
             return Ok(true);
         }
@@ -826,5 +888,31 @@ impl Table {
     pub(crate) fn needs_recovery(&self) -> bool {
         self.header().commit.load(Ordering::Acquire) != 0
             || self.header().view_seq.load(Ordering::Relaxed) & 1 == 1
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A key count no table can hold (a scribbled `live`) is an error, in
+    /// bounded time: `slots_for` used to double until it wrapped to 0 and
+    /// then loop forever, holding the write lock.
+    #[test]
+    fn grow_geometry_refuses_impossible_key_counts() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = [u64::MAX, 1 << 62, (1 << 60) + 1]
+                .map(|keys| grow_geometry(16, 4096, keys, 0, None).is_err());
+            let _ = tx.send(r);
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("grow_geometry hung (or panicked) on a huge key count");
+        assert_eq!(r, [true; 3]);
+        // Huge byte counts saturate instead of wrapping.
+        assert!(grow_geometry(16, 4096, 1, u64::MAX, None).is_err());
+        assert!(grow_geometry(16, 4096, 1, u64::MAX - 100, Some(1 << 20)).is_err());
+        assert!(grow_geometry(16, 4096, 10, 1000, None).is_ok());
     }
 }
