@@ -1688,7 +1688,10 @@ impl<'m> RawView<'m> {
     }
 }
 
-/// With `Options::verify_reads`: the record's checksum must hold.
+/// With `Options::verify_reads`: the record's checksum must hold. Kept out
+/// of line so that the read path without it stays as it was.
+#[cold]
+#[inline(never)]
 fn check_record(t: &Table, found: Option<&Found>) -> Result<()> {
     match found {
         Some(f) if !t.record_intact(f) => Err(Error::corrupted("record checksum mismatch")),
