@@ -100,7 +100,7 @@ mod raw;
 mod raw_map;
 pub mod size;
 mod sync;
-mod sysv;
+mod sys;
 
 pub use error::{Error, Incompatible, Result};
 pub use hash::format_fingerprint;
@@ -133,7 +133,7 @@ pub mod __private {
     /// `FUTEX_WAKE` calls this process made (writers wake only when someone
     /// waits).
     pub fn futex_wakes() -> u64 {
-        crate::sysv::FUTEX_WAKES.load(std::sync::atomic::Ordering::Relaxed)
+        crate::sys::FUTEX_WAKES.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Byte offsets of root header fields.

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::raw::layout::{align_up, data_geometry, ARENA_ALIGN, MAX_NAME_LEN, ROOT_SIZE};
 use crate::raw::write::max_used;
 use crate::size::{Size, SizeError};
-use crate::sysv;
+use crate::sys;
 
 /// Where the map's SysV key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,11 +139,11 @@ impl Options {
         check_name(name)?;
         match &self.key {
             KeySource::Name => Ok(key_from_name(name)),
-            KeySource::Raw(k) if *k == sysv::IPC_PRIVATE => Err(Error::InvalidName(
+            KeySource::Raw(k) if *k == sys::IPC_PRIVATE => Err(Error::InvalidName(
                 "raw key 0 (IPC_PRIVATE) cannot name a map".into(),
             )),
             KeySource::Raw(k) => Ok(*k),
-            KeySource::Ftok(path, id) => sysv::ftok(path, *id, name),
+            KeySource::Ftok(path, id) => sys::ftok(path, *id, name),
         }
     }
 
@@ -245,8 +245,8 @@ mod tests {
     fn huge_timeouts_mean_forever() {
         let o = Options::new().lock_timeout(Duration::MAX);
         assert_eq!(o.lock_timeout, FOREVER);
-        assert!(crate::sysv::deadline_after(o.lock_timeout).is_some());
-        assert!(crate::sysv::deadline_after(Duration::MAX).is_none());
+        assert!(crate::sys::deadline_after(o.lock_timeout).is_some());
+        assert!(crate::sys::deadline_after(Duration::MAX).is_none());
         let short = Duration::from_millis(5);
         assert_eq!(Options::new().lock_timeout(short).lock_timeout, short);
     }

@@ -24,7 +24,7 @@ use crate::raw::table::{record_size, Found, ReadErr, Table};
 use crate::raw::verify::VerifyReport;
 use crate::raw::waiters;
 use crate::raw::write::{grow_geometry, Stager};
-use crate::sysv::{self, Attached, Removal, SemOpen, Semaphore, ShmInfo};
+use crate::sys::{self, Attached, Removal, SemOpen, Semaphore, ShmInfo};
 
 /// A zero-copy reference into the map's shared memory. It stays valid and
 /// unchanged for as long as it is held, also across generation switches:
@@ -342,9 +342,9 @@ impl RawMap {
         // marker left a root in which nothing can be trusted; the lock's
         // tag names that creator (the root's `shm_cpid`): remove the root.
         if sem.creating_root_pid().is_some() {
-            if let Ok(id) = sysv::shm_get(key, 0, 0, name)? {
+            if let Ok(id) = sys::shm_get(key, 0, 0, name)? {
                 if unmarked_root_of_dead_creator(key, id, sem, name)? {
-                    sysv::shm_remove(id)?;
+                    sys::shm_remove(id)?;
                 }
             }
         }
@@ -353,21 +353,21 @@ impl RawMap {
         let mut unmark = Undo(Some(|| {
             let _ = sem.unmark_creating_root(name);
         }));
-        let made = sysv::shm_get(key, ROOT_SIZE, flags, name);
+        let made = sys::shm_get(key, ROOT_SIZE, flags, name);
         let (root_id, fresh) = match made? {
             Ok(id) => (id, true),
             Err(_) => {
                 if let Some(f) = unmark.0.take() {
                     f();
                 }
-                match sysv::shm_get(key, 0, 0, name)? {
+                match sys::shm_get(key, 0, 0, name)? {
                     Ok(id) => (id, false),
                     Err(_) => return Err(Error::corrupted("root segment vanished during create")),
                 }
             }
         };
         let mut undo_root = Undo(fresh.then_some(move || {
-            let _ = sysv::shm_remove(root_id);
+            let _ = sys::shm_remove(root_id);
         }));
         let root_seg = Attached::attach(root_id, false, name)?;
         // SAFETY: the mapping lives until `root_seg` drops at the end of this fn.
@@ -388,7 +388,7 @@ impl RawMap {
                 RootState::Destroyed => {
                     check_stored_name(r, name)?;
                     discard_data_segments(r, pack_owner(key, root_id), false);
-                    sysv::shm_remove(root_id)?;
+                    sys::shm_remove(root_id)?;
                     drop(root_seg);
                     return RawMap::create_locked(
                         name,
@@ -424,10 +424,10 @@ impl RawMap {
         if let Some(f) = unmark.0.take() {
             f();
         }
-        let perms = sysv::shm_stat(root_id, name)?;
+        let perms = sys::shm_stat(root_id, name)?;
         let data_id = make_pending_segment(r, data_size, &perms, name)?;
         let mut undo_data = Undo(Some(move || {
-            let _ = sysv::shm_remove(data_id);
+            let _ = sys::shm_remove(data_id);
         }));
         let data_seg = Attached::attach(data_id, false, name)?;
         // SAFETY: a new segment is zero-filled, mapped by `data_seg` for the
@@ -452,7 +452,7 @@ impl RawMap {
     }
 
     fn open_existing(name: &str, key: libc::key_t, opts: &Options) -> Result<RawMap> {
-        let root_id = match sysv::shm_get(key, 0, 0, name)? {
+        let root_id = match sys::shm_get(key, 0, 0, name)? {
             Ok(id) => id,
             Err(_) => {
                 // No map; but say so if another program's set holds the key.
@@ -469,7 +469,7 @@ impl RawMap {
         // the returned map owns `root_seg` and never re-borrows `r`.
         let r: &RootHeader = unsafe { root::root_at(root_seg.base(), root_seg.len()) }
             .ok_or_else(|| foreign_segment(key, root_id, name))?;
-        let deadline = sysv::deadline_after(opts.lock_timeout);
+        let deadline = sys::deadline_after(opts.lock_timeout);
         loop {
             match root::state(r) {
                 RootState::Complete => break,
@@ -480,7 +480,7 @@ impl RawMap {
                 }
                 RootState::Creating => {
                     check_stored_name(r, name)?;
-                    if sysv::passed(deadline) {
+                    if sys::passed(deadline) {
                         return Err(Error::corrupted(format!(
                             "map {name:?} was never completely created (creator pid {} died?); \
                              open_or_create repairs it, destroy removes it",
@@ -496,12 +496,12 @@ impl RawMap {
                         .flatten()
                         .and_then(|s| s.creating_root_pid())
                         .is_some_and(|pid| {
-                            sysv::shm_stat(root_id, name).is_ok_and(|i| i.cpid == pid)
+                            sys::shm_stat(root_id, name).is_ok_and(|i| i.cpid == pid)
                         });
                     if !ours {
                         return Err(foreign_segment(key, root_id, name));
                     }
-                    if sysv::passed(deadline) {
+                    if sys::passed(deadline) {
                         return Err(Error::corrupted(format!(
                             "map {name:?} was never completely created (creator died?); \
                              open_or_create repairs it, destroy removes it"
@@ -562,7 +562,7 @@ impl RawMap {
             }
         }));
         let mut removed = false;
-        if let Ok(root_id) = sysv::shm_get(key, 0, 0, name)? {
+        if let Ok(root_id) = sys::shm_get(key, 0, 0, name)? {
             let (seg, writable) = match Attached::attach(root_id, false, name) {
                 Ok(seg) => (seg, true),
                 Err(Error::PermissionDenied { .. }) => {
@@ -580,7 +580,7 @@ impl RawMap {
                 },
                 state => {
                     check_stored_name(r, name)?;
-                    if !sysv::shm_stat(root_id, name)?.removable_by_me() {
+                    if !sys::shm_stat(root_id, name)?.removable_by_me() {
                         return Err(Error::PermissionDenied {
                             name: name.to_string(),
                             op: "shmctl(IPC_RMID)",
@@ -594,7 +594,7 @@ impl RawMap {
                     discard_data_segments(r, owner, false);
                 }
             }
-            sysv::shm_remove(root_id)?;
+            sys::shm_remove(root_id)?;
             removed = true;
         }
         if let Some(s) = &sem {
@@ -614,7 +614,7 @@ impl RawMap {
     /// process that may not remove the map.
     pub fn destroy(self) -> Result<()> {
         let _guard = self.lock()?;
-        if !sysv::shm_stat(self.root.shmid, &self.name)?.removable_by_me() {
+        if !sys::shm_stat(self.root.shmid, &self.name)?.removable_by_me() {
             return Err(Error::PermissionDenied {
                 name: self.name.clone(),
                 op: "shmctl(IPC_RMID)",
@@ -627,9 +627,9 @@ impl RawMap {
         {
             // This handle's own mapping (removing it twice is harmless).
             let pin = self.gens.pin();
-            let _ = sysv::shm_remove(pin.current().seg.shmid);
+            let _ = sys::shm_remove(pin.current().seg.shmid);
         }
-        sysv::shm_remove(self.root.shmid)?;
+        sys::shm_remove(self.root.shmid)?;
         self.sem.remove();
         Ok(())
     }
@@ -1022,7 +1022,7 @@ impl RawMap {
             if self.read_only {
                 std::thread::sleep(left.min(tick));
             } else {
-                sysv::futex_wait(&r.change_seq, seen, left.min(tick));
+                sys::futex_wait(&r.change_seq, seen, left.min(tick));
             }
         }
     }
@@ -1039,17 +1039,17 @@ impl RawMap {
             let owner = pack_owner(self.key, self.root.shmid);
             let (_, current_id) = unpack_current(r.current.load(Ordering::Acquire));
             prune_stale(r, owner, Some(current_id), true);
-            if root::stale_full(r) && !sysv::shm_stat(current_id, &self.name)?.removable_by_me() {
+            if root::stale_full(r) && !sys::shm_stat(current_id, &self.name)?.removable_by_me() {
                 return Err(Error::PermissionDenied {
                     name: self.name.clone(),
                     op: "retire a generation (the list of segments left for their owners is full)",
                 });
             }
         }
-        let root_info = sysv::shm_stat(self.root.shmid, &self.name)?;
+        let root_info = sys::shm_stat(self.root.shmid, &self.name)?;
         let id = make_pending_segment(r, size, &root_info, &self.name)?;
         let mut undo = Undo(Some(|| {
-            let _ = sysv::shm_remove(id);
+            let _ = sys::shm_remove(id);
             self.root().pending.store(0, Ordering::Release);
         }));
         let seg = Attached::attach(id, false, &self.name)?;
@@ -1168,7 +1168,7 @@ impl RawMap {
         // A committed write being applied counts as applied (as for `len`).
         let pending = self.applying_in(g);
         let h = g.table.header();
-        let info = sysv::shm_stat(g.seg.shmid, &self.name)?;
+        let info = sys::shm_stat(g.seg.shmid, &self.name)?;
         let value = self.sem.value();
         Ok(Stats {
             name: self.name.clone(),
@@ -1232,7 +1232,7 @@ fn unmarked_root_of_dead_creator(
     let Some(pid) = sem.creating_root_pid() else {
         return Ok(false);
     };
-    let info = sysv::shm_stat(id, name)?;
+    let info = sys::shm_stat(id, name)?;
     if info.cpid != pid || info.size != ROOT_SIZE as u64 || info.key != key {
         return Ok(false);
     }
@@ -1277,7 +1277,7 @@ fn make_pending_segment(r: &RootHeader, size: u64, root: &ShmInfo, name: &str) -
         Ordering::Release,
     );
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | root.mode as i32;
-    let made = sysv::shm_get(sysv::IPC_PRIVATE, size as usize, flags, name);
+    let made = sys::shm_get(sys::IPC_PRIVATE, size as usize, flags, name);
     let id = match made {
         Ok(Ok(id)) => id,
         Ok(Err(errno)) => {
@@ -1290,8 +1290,8 @@ fn make_pending_segment(r: &RootHeader, size: u64, root: &ShmInfo, name: &str) -
         }
     };
     r.pending.store(id as u64 + 1, Ordering::Release);
-    if let Err(e) = sysv::shm_set_owner(id, root.uid, root.gid, root.mode, name) {
-        let _ = sysv::shm_remove(id);
+    if let Err(e) = sys::shm_set_owner(id, root.uid, root.gid, root.mode, name) {
+        let _ = sys::shm_remove(id);
         r.pending.store(0, Ordering::Release);
         return Err(e);
     }
@@ -1313,7 +1313,7 @@ enum Ownership {
 /// Reads segment `id`'s data header: removal of a shmid read from a root
 /// needs this proof, because the kernel reuses shmids.
 fn segment_ownership(id: i32, owner: u64, blank_size: Option<u64>) -> Ownership {
-    let info = match sysv::shm_stat(id, "") {
+    let info = match sys::shm_stat(id, "") {
         Ok(i) => i,
         Err(Error::PermissionDenied { .. }) => return Ownership::Unknown,
         Err(_) => return Ownership::NotOurs,
@@ -1336,7 +1336,7 @@ fn segment_ownership(id: i32, owner: u64, blank_size: Option<u64>) -> Ownership 
     }
     // A writer killed before the header's magic store (RECORDED-BEFORE-BUILT).
     let blank = magic == 0 && (named || h.owner.load(Ordering::Relaxed) == 0);
-    if blank && info.key == sysv::IPC_PRIVATE && blank_size == Some(info.size) {
+    if blank && info.key == sys::IPC_PRIVATE && blank_size == Some(info.size) {
         return Ownership::Ours;
     }
     Ownership::NotOurs
@@ -1346,7 +1346,7 @@ fn segment_ownership(id: i32, owner: u64, blank_size: Option<u64>) -> Ownership 
 /// (another user's) and `record`, records it in the root's `stale` list for
 /// a process that may. Returns false if it is still there afterwards.
 fn retire_segment(r: &RootHeader, id: i32, record: bool) -> bool {
-    match sysv::shm_try_remove(id) {
+    match sys::shm_try_remove(id) {
         Removal::Removed | Removal::Gone => true,
         Removal::Denied => {
             if record {
@@ -1368,7 +1368,7 @@ fn discard_recorded(r: &RootHeader, owner: u64, keep: Option<i32>, clear: bool) 
     let pending = r.pending.load(Ordering::Acquire);
     let size = r.pending_size.load(Ordering::Relaxed);
     if pending & PENDING_CREATING != 0 {
-        for (id, sz) in sysv::unattached_private_segments_of(pending as u32) {
+        for (id, sz) in sys::unattached_private_segments_of(pending as u32) {
             if sz == size && Some(id) != keep && blank_or_owned(id, owner, size) {
                 retire_segment(r, id, clear);
             }
@@ -1545,7 +1545,7 @@ impl RawBatch<'_> {
             .map
             .new_generation(self.base.number + 1, slots, arena)?;
         let mut discard = Undo(Some(|| {
-            let _ = sysv::shm_remove(fresh.seg.shmid);
+            let _ = sys::shm_remove(fresh.seg.shmid);
             r.pending.store(0, Ordering::Release);
         }));
         // Keys the batch writes or removes are not copied: the replay below
@@ -1559,7 +1559,7 @@ impl RawBatch<'_> {
         discard.0 = None;
         drop(discard);
         if let Some(prev) = self.fresh.replace(fresh) {
-            sysv::shm_remove(prev.seg.shmid)?;
+            sys::shm_remove(prev.seg.shmid)?;
             r.retiring.store(0, Ordering::Release);
         }
         self.stager = stager;
@@ -1595,7 +1595,7 @@ impl Drop for RawBatch<'_> {
     fn drop(&mut self) {
         // An unpublished generation (the batch failed or panicked): remove it.
         if let Some(fresh) = self.fresh.take() {
-            let _ = sysv::shm_remove(fresh.seg.shmid);
+            let _ = sys::shm_remove(fresh.seg.shmid);
             self.map.root().pending.store(0, Ordering::Release);
         }
     }
@@ -1716,21 +1716,16 @@ pub struct MapListing {
 /// `/proc/sysvipc/shm` for root segments (attached read-only, checked by
 /// their magic). Maps this process may not read are listed with an error.
 pub fn list_maps() -> Result<Vec<MapListing>> {
-    let table = std::fs::read_to_string("/proc/sysvipc/shm").map_err(|e| Error::Os {
+    let rows = sys::sysvipc_shm().map_err(|e| Error::Os {
         op: "read /proc/sysvipc/shm",
         source: e,
     })?;
     let mut out = Vec::new();
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
-        let (Some(key), Some(shmid), Some(size)) = (num(0), num(1), num(3)) else {
-            continue;
-        };
-        if key == 0 || size != ROOT_SIZE as i64 {
+    for row in rows {
+        if row.key == 0 || row.size != ROOT_SIZE as u64 {
             continue;
         }
-        let (key, shmid) = (key as i32, shmid as i32);
+        let (key, shmid) = (row.key, row.shmid);
         let seg = match Attached::attach(shmid, true, "") {
             Ok(seg) => seg,
             Err(e @ Error::PermissionDenied { .. }) => {

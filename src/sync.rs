@@ -46,7 +46,8 @@ pub(crate) enum Weaken {
     /// Removal turns tombstones into EMPTY regardless of the next slot.
     TombstoneTrim,
     /// A plain get ignores the root's `applying` word (reads the slots as
-    /// they are while a batch is half applied).
+    /// they are while a batch is half applied). Planted by model 6 only.
+    #[allow(dead_code)]
     ApplyingWord,
     /// The pin reads the generation before publishing its slot (the order
     /// of the code before the hazard-slot scheme).

@@ -24,7 +24,7 @@ use std::ptr::{self, NonNull};
 
 use super::table::Table;
 use crate::sync::{fence, weakened, Arc, AtomicPtr, AtomicU64, AtomicUsize, Ordering, Weaken};
-use crate::sysv::Attached;
+use crate::sys::{membarrier, Attached};
 
 /// How a pin orders its slot store before re-reading `current`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +41,6 @@ pub(crate) enum BarrierMode {
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) const FORCE_FENCE_ENV: &str = "SHMKV_PIN_FENCE";
 
-#[cfg_attr(loom, allow(dead_code))]
-const MEMBARRIER_QUERY: libc::c_int = 0;
-#[cfg_attr(loom, allow(dead_code))]
-const MEMBARRIER_PRIVATE_EXPEDITED: libc::c_int = 8;
-#[cfg_attr(loom, allow(dead_code))]
-const MEMBARRIER_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 16;
-
 /// The mode, given whether it is forced, the result of the membarrier
 /// query and a registration attempt (called only if the query offers the
 /// command). A failed registration falls back to the fence.
@@ -57,7 +50,7 @@ pub(crate) fn choose_barrier(
     query: libc::c_long,
     register: impl FnOnce() -> libc::c_long,
 ) -> BarrierMode {
-    let offered = query > 0 && query & libc::c_long::from(MEMBARRIER_PRIVATE_EXPEDITED) != 0;
+    let offered = query > 0 && query & libc::c_long::from(membarrier::PRIVATE_EXPEDITED) != 0;
     if !force_fence && offered && register() == 0 {
         BarrierMode::Membarrier
     } else {
@@ -95,19 +88,11 @@ pub(crate) fn barrier_mode() -> BarrierMode {
 #[cold]
 fn init_barrier_mode() -> BarrierMode {
     let force = std::env::var_os(FORCE_FENCE_ENV).is_some_and(|v| v != "0" && !v.is_empty());
-    // SAFETY: membarrier with integer arguments only.
-    let query = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_QUERY, 0, 0) };
-    let mode = choose_barrier(force, query, || {
-        // SAFETY: as above.
-        unsafe {
-            libc::syscall(
-                libc::SYS_membarrier,
-                MEMBARRIER_REGISTER_PRIVATE_EXPEDITED,
-                0,
-                0,
-            )
-        }
-    });
+    let mode = choose_barrier(
+        force,
+        membarrier::query(),
+        membarrier::register_private_expedited,
+    );
     let code = match mode {
         BarrierMode::Membarrier => 1,
         BarrierMode::Fence => 2,
@@ -124,23 +109,12 @@ fn heavy_barrier() -> bool {
     #[cfg(not(loom))]
     if barrier_mode() == BarrierMode::Membarrier {
         for _ in 0..2 {
-            // SAFETY: membarrier with integer arguments only; registered.
-            let rc =
-                unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_PRIVATE_EXPEDITED, 0, 0) };
-            if rc == 0 {
+            if membarrier::private_expedited() == 0 {
                 return true;
             }
             // Registration is inherited by `fork` and never revoked; if it
             // was lost anyway, register again and retry once.
-            // SAFETY: as above.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_membarrier,
-                    MEMBARRIER_REGISTER_PRIVATE_EXPEDITED,
-                    0,
-                    0,
-                )
-            };
+            membarrier::register_private_expedited();
         }
         return false;
     }
@@ -1071,7 +1045,7 @@ mod tests {
 
     #[test]
     fn a_failed_membarrier_registration_selects_the_fence() {
-        let offered = libc::c_long::from(MEMBARRIER_PRIVATE_EXPEDITED | 1);
+        let offered = libc::c_long::from(crate::sys::membarrier::PRIVATE_EXPEDITED | 1);
         assert_eq!(
             choose_barrier(false, offered, || 0),
             BarrierMode::Membarrier

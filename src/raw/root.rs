@@ -43,7 +43,7 @@ pub(crate) fn init_identity(r: &RootHeader, name: &str, seed: u64, max_size: u64
     let pid = std::process::id();
     r.creator_pid.store(u64::from(pid), Ordering::Relaxed);
     r.creator_start.store(
-        crate::sysv::process_start_time(pid).unwrap_or(0),
+        crate::sys::process_start_time(pid).unwrap_or(0),
         Ordering::Relaxed,
     );
     for w in &r.stale {
@@ -67,7 +67,7 @@ pub(crate) fn creator_alive(r: &RootHeader) -> bool {
     let pid = r.creator_pid.load(Ordering::Relaxed);
     let start = r.creator_start.load(Ordering::Relaxed);
     match u32::try_from(pid) {
-        Ok(pid) if pid != 0 => crate::sysv::process_start_time(pid) == Some(start),
+        Ok(pid) if pid != 0 => crate::sys::process_start_time(pid) == Some(start),
         _ => false,
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::layout::RootHeader;
-use crate::sysv;
+use crate::sys;
 
 /// Bits of a waiter slot that hold the pid.
 const PID_SHIFT: u32 = 32;
@@ -79,7 +79,7 @@ pub(crate) fn publish_version(r: &RootHeader, version: u64) {
         return;
     }
     r.change_seq.store(v, Ordering::SeqCst);
-    if anyone_waits(r) && sysv::futex_wake_all(&r.change_seq) == 0 {
+    if anyone_waits(r) && sys::futex_wake_all(&r.change_seq) == 0 {
         reap_dead(r);
     }
 }
@@ -88,7 +88,7 @@ pub(crate) fn publish_version(r: &RootHeader, version: u64) {
 pub(crate) fn wake_all(r: &RootHeader) {
     r.change_seq.fetch_add(1, Ordering::SeqCst);
     if anyone_waits(r) {
-        sysv::futex_wake_all(&r.change_seq);
+        sys::futex_wake_all(&r.change_seq);
     }
 }
 
@@ -96,7 +96,7 @@ pub(crate) fn wake_all(r: &RootHeader) {
 fn reap_dead(r: &RootHeader) {
     for s in &r.waiter_slots {
         let w = s.load(Ordering::Relaxed);
-        if w != 0 && !sysv::process_alive((w >> PID_SHIFT) as u32) {
+        if w != 0 && !sys::process_alive((w >> PID_SHIFT) as u32) {
             let _ = s.compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed);
         }
     }
