@@ -99,6 +99,7 @@ pub mod options;
 mod raw;
 mod raw_map;
 pub mod size;
+mod stats;
 mod sync;
 mod sys;
 
@@ -107,10 +108,15 @@ pub use hash::format_fingerprint;
 pub use key::{Key, KeyBytes};
 pub use map::{Batch, Checkable, Loadable, ShmMap, Storable, View};
 pub use options::{key_from_name, Options};
+pub use raw::batch::RawBatch;
+pub use raw::lifecycle::{list_maps, MapListing};
+pub use raw::reference::{Entry, Ref};
 pub use raw::verify::VerifyReport;
+pub use raw::view::RawView;
 pub use raw::write::MAX_KEY_LEN;
-pub use raw_map::{list_maps, Entry, MapListing, RawBatch, RawMap, RawView, Ref, Stats};
+pub use raw_map::RawMap;
 pub use size::{Size, SizeError};
+pub use stats::Stats;
 
 /// Test support: crash points of the write protocol, the heap-backed table
 /// for fuzzing, and the layout offsets tests scribble on. Not part of the

@@ -13,7 +13,7 @@ use rkyv::{Archive, Deserialize, Portable, Serialize};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::options::Options;
-use crate::raw_map::{RawBatch, RawMap, RawView, Ref, Stats};
+use crate::{RawBatch, RawMap, RawView, Ref, Stats};
 
 /// A value type that can be stored: any type rkyv can serialize.
 pub trait Storable:

@@ -1,17 +1,25 @@
 //! Everything that touches raw shared memory: the layout, slot words, the
 //! seqlock, the table (read path), the write protocol and recovery.
 
+pub(crate) mod batch;
+pub(crate) mod engine;
 pub(crate) mod gens;
 pub(crate) mod heap;
 pub(crate) mod hooks;
 pub(crate) mod layout;
+pub(crate) mod lifecycle;
 #[cfg(all(test, loom))]
 mod loom_models;
+pub(crate) mod notify;
 pub(crate) mod overlay;
+pub(crate) mod read;
+pub(crate) mod reference;
+pub(crate) mod resize;
 pub(crate) mod root;
 pub(crate) mod seqlock;
 pub(crate) mod slot;
 pub(crate) mod table;
 pub(crate) mod verify;
+pub(crate) mod view;
 pub(crate) mod waiters;
 pub(crate) mod write;

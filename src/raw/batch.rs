@@ -1,0 +1,162 @@
+//! [`RawBatch`]: the operations of one atomic write, and moving a write to
+//! a new generation when the table or arena is full (migration).
+
+use std::sync::atomic::Ordering;
+
+use super::engine::{Engine, Undo};
+use super::gens::Generation;
+use super::layout::REDO_ENTRY;
+use super::table::{record_size, Table};
+use super::write::{grow_geometry, Stager};
+use crate::error::{Error, Result};
+use crate::hash::hash_key;
+use crate::sys::{self};
+
+/// The operations of one atomic write (see [`RawMap::write`]).
+pub struct RawBatch<'b> {
+    pub(super) map: &'b Engine,
+    /// The published generation the batch started on.
+    pub(super) base: &'b Generation,
+    /// A new generation the batch moved to (unpublished until commit).
+    pub(super) fresh: Option<Box<Generation>>,
+    pub(super) stager: Stager,
+}
+
+impl RawBatch<'_> {
+    pub(super) fn table(&self) -> &Table {
+        &self.fresh.as_deref().unwrap_or(self.base).table
+    }
+
+    /// Stages `key → value`.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let h = hash_key(self.map.seed, key);
+        let t = &self.fresh.as_deref().unwrap_or(self.base).table;
+        match self.stager.put(t, key, h, value) {
+            Err(Error::Full { .. }) => {
+                self.migrate(Some((key.len(), value.len())))?;
+                let t = &self.fresh.as_deref().unwrap_or(self.base).table;
+                self.stager.put(t, key, h, value)
+            }
+            r => r,
+        }
+    }
+
+    /// Stages removal of `key`; returns whether it was present (as this
+    /// batch sees the map).
+    pub fn remove(&mut self, key: &[u8]) -> Result<bool> {
+        let h = hash_key(self.map.seed, key);
+        let t = &self.fresh.as_deref().unwrap_or(self.base).table;
+        self.stager.remove(t, key, h)
+    }
+
+    /// The value of `key` as this batch sees the map (its own writes
+    /// included).
+    pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
+        let h = hash_key(self.map.seed, key);
+        self.stager.get(self.table(), key, h)
+    }
+
+    /// Whether `key` is present as this batch sees the map.
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Moves the batch to a new generation sized for the live entries, the
+    /// batch and `extra` (a record that did not fit), copying the live
+    /// entries and re-staging the batch there. Nothing is published yet.
+    pub(super) fn migrate(&mut self, extra: Option<(usize, usize)>) -> Result<()> {
+        let base = &self.base.table;
+        let h = base.header();
+        let live = h.live.load(Ordering::Relaxed);
+        let live_bytes = h
+            .arena_used
+            .load(Ordering::Relaxed)
+            .saturating_sub(h.garbage.load(Ordering::Relaxed));
+        let (dkeys, dbytes) = self.stager.footprint(base)?;
+        let (xn, xb) = extra.map_or((0, 0), |(k, v)| (1, record_size(k as u64, v as u64)));
+        let keys = (live as i64 + dkeys).max(0) as u64 + xn;
+        let bytes =
+            (live_bytes as i64 + dbytes).max(0) as u64 + xb + REDO_ENTRY * self.stager.op_count();
+        let max_total = (self.map.max_size != 0).then_some(self.map.max_size);
+        let (slots, arena) =
+            match grow_geometry(base.capacity(), base.arena_size(), keys, bytes, max_total) {
+                Ok(g) => g,
+                Err(e) => {
+                    // A record that does not fit even into an otherwise empty map.
+                    if let (Some((_, v)), Some(max)) = (extra, max_total) {
+                        if grow_geometry(16, 4096, 1, xb, max_total).is_err() {
+                            return Err(Error::ValueTooLarge {
+                                len: v,
+                                max: max as usize,
+                            });
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+        let r = self.map.root();
+        // A second move within one batch: the previous fresh generation is
+        // still recorded (as `retiring`) until it is removed below.
+        if let Some(prev) = &self.fresh {
+            r.retiring
+                .store(prev.seg.shmid as u64 + 1, Ordering::Release);
+        }
+        let fresh = self
+            .map
+            .new_generation(self.base.number + 1, slots, arena)?;
+        let mut discard = Undo(Some(|| {
+            let _ = sys::shm_remove(fresh.seg.shmid);
+            r.pending.store(0, Ordering::Release);
+        }));
+        // Keys the batch writes or removes are not copied: the replay below
+        // stages their final state.
+        fresh
+            .table
+            .load_from(base, |k, h| self.stager.touches(k, h))?;
+        let mut stager = Stager::new(&fresh.table);
+        let from = &self.fresh.as_deref().unwrap_or(self.base).table;
+        self.stager.replay(from, &mut stager, &fresh.table)?;
+        discard.0 = None;
+        drop(discard);
+        if let Some(prev) = self.fresh.replace(fresh) {
+            sys::shm_remove(prev.seg.shmid)?;
+            r.retiring.store(0, Ordering::Release);
+        }
+        self.stager = stager;
+        Ok(())
+    }
+
+    /// Commits the batch: in place, or by moving to a new generation when
+    /// the table or arena is full, then publishing it.
+    pub(super) fn commit(mut self) -> Result<()> {
+        let mut moves = 0;
+        loop {
+            let result = match self.fresh.as_deref() {
+                Some(fresh) => self.stager.commit(&fresh.table),
+                None => self.map.commit_in_place(&self.base.table, &self.stager),
+            };
+            match result {
+                Ok(_) => break,
+                Err(Error::Full { .. }) if moves < 2 => {
+                    moves += 1;
+                    self.migrate(None)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(fresh) = self.fresh.take() {
+            self.map.publish(self.base, fresh)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RawBatch<'_> {
+    fn drop(&mut self) {
+        // An unpublished generation (the batch failed or panicked): remove it.
+        if let Some(fresh) = self.fresh.take() {
+            let _ = sys::shm_remove(fresh.seg.shmid);
+            self.map.root().pending.store(0, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The read path of the engine: lock-free lookups in the generation in
+//! force, reads through a committed log while it is applied (`overlay`),
+//! stall handling (a writer slow or dead in the middle of an apply), views.
+
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::engine::{thread_mark, Engine, WriteGuard};
+use super::gens::Generation;
+use super::overlay::{Overlay, ReadState};
+use super::reference::{Entry, Ref};
+use super::table::{ReadErr, Table};
+use super::view::{check_record, RawView};
+use crate::error::{Error, Result};
+use crate::hash::hash_key;
+
+impl Engine {
+    /// Runs a lock-free read on generation `g`, handling stalls (a writer
+    /// slow or dead in the middle of applying a write) without ever waiting
+    /// forever.
+    #[inline]
+    pub(super) fn read_in<T>(
+        &self,
+        g: &Generation,
+        mut op: impl FnMut(&Table) -> Result<T, ReadErr>,
+    ) -> Result<T> {
+        match op(&g.table) {
+            Ok(v) => Ok(v),
+            Err(ReadErr::Corrupted(what)) => Err(Error::corrupted(what)),
+            Err(ReadErr::Stalled) => self.read_slow(g, op),
+        }
+    }
+
+    #[cold]
+    pub(super) fn read_slow<T>(
+        &self,
+        g: &Generation,
+        mut op: impl FnMut(&Table) -> Result<T, ReadErr>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        loop {
+            self.unstick(start)?;
+            match op(&g.table) {
+                Ok(v) => return Ok(v),
+                Err(ReadErr::Corrupted(what)) => return Err(Error::corrupted(what)),
+                Err(ReadErr::Stalled) => {}
+            }
+        }
+    }
+
+    /// A read while the root says a committed write is being applied: `op`
+    /// gets the write's log (if it is still pending in `g`) and must read
+    /// the after state through it (see `overlay`).
+    #[cold]
+    pub(super) fn read_applying<T>(
+        &self,
+        g: &Generation,
+        mut op: impl FnMut(&Table, Option<&Overlay>) -> Result<T, ReadErr>,
+    ) -> Result<T> {
+        self.read_in(g, |t| {
+            let state = self.read_state(g)?;
+            op(t, state.overlay.as_deref())
+        })
+    }
+
+    /// `Table::read_state` of `g`, with this process's cache of parsed logs.
+    pub(super) fn read_state(&self, g: &Generation) -> Result<ReadState, ReadErr> {
+        // Nothing committed is pending (the writer died before its commit
+        // store, or finished meanwhile): no lock, no log.
+        let h = g.table.header();
+        let seq = h.view_seq.load(Ordering::Acquire);
+        if seq & 1 == 0 && h.commit.load(Ordering::Acquire) == 0 {
+            return Ok(ReadState { seq, overlay: None });
+        }
+        let cached = self
+            .overlay_cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(w, _)| *w == g.word)
+            .map(|c| c.1.clone());
+        let state = g.table.read_state(cached.as_ref())?;
+        if let Some(o) = &state.overlay {
+            if cached.is_none_or(|c| !Arc::ptr_eq(&c, o)) {
+                *self
+                    .overlay_cache
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some((g.word, o.clone()));
+            }
+        }
+        Ok(state)
+    }
+
+    /// A read found a bucket odd for too long. If the write lock is free the
+    /// writer died: take the lock and recover. If it is held, back off. A
+    /// read-only handle cannot recover and only backs off. Gives up with
+    /// `LockTimeout` after the lock timeout.
+    pub(super) fn unstick(&self, start: Instant) -> Result<()> {
+        if start.elapsed() > self.lock_timeout {
+            return Err(Error::LockTimeout {
+                waited: start.elapsed(),
+                holder_pid: self.sem.last_pid(),
+            });
+        }
+        if !self.read_only && self.sem.value() == Some(1) && self.sem.try_acquire()? {
+            self.writer_thread.store(thread_mark(), Ordering::Relaxed);
+            let _guard = WriteGuard { map: self };
+            let pin = self.gens.pin();
+            let g = self.recover_locked(&pin)?;
+            if !g.table.needs_recovery() {
+                g.table.close_odd_slots();
+            }
+            self.notify(&pin);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+        Ok(())
+    }
+
+    /// The value stored under `key`, zero-copy.
+    #[inline]
+    pub(crate) fn get_ref(&self, key: &[u8]) -> Result<Option<Ref<'_, [u8]>>> {
+        let h = hash_key(self.seed, key);
+        let pin = self.gens.pin();
+        let g = self.current(&pin)?;
+        let fast = if self.root().applying.load(Ordering::Acquire) == 0 {
+            g.table.find(key, h)
+        } else {
+            Err(ReadErr::Stalled)
+        };
+        let found = match fast {
+            Ok(found) => found,
+            Err(ReadErr::Corrupted(what)) => return Err(Error::corrupted(what)),
+            // A write is being applied (also one that began after our look
+            // at `applying`, or whose writer died): read what it committed.
+            Err(ReadErr::Stalled) => self.read_applying(g, |t, o| match o {
+                Some(o) => o.find(t, key, h),
+                None => t.find(key, h),
+            })?,
+        };
+        if self.verify_reads {
+            check_record(&g.table, found.as_ref())?;
+        }
+        let value = found.map(|f| NonNull::from(g.table.value_of(&f)));
+        Ok(value.map(|value| Ref { value, _pin: pin }))
+    }
+
+    /// A copy of the value stored under `key`.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_ref(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Whether `key` is present.
+    pub(crate) fn contains_key(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.get_ref(key)?.is_some())
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        let pin = self.gens.pin();
+        let g = self.current_or_local(&pin);
+        if let Some(o) = self.applying_in(g) {
+            return o.redo.live as usize;
+        }
+        g.table.header().live.load(Ordering::Acquire) as usize
+    }
+
+    /// The committed write being applied to `g`, if the root says one is
+    /// (for counters: the after state's).
+    pub(super) fn applying_in(&self, g: &Generation) -> Option<Arc<Overlay>> {
+        if self.root().applying.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.read_state(g).ok()?.overlay
+    }
+
+    /// Whether the map has no entries.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The map's version: the number of writes committed so far. Any write
+    /// advances it; a reader can compare versions to detect changes.
+    pub(crate) fn version(&self) -> u64 {
+        let pin = self.gens.pin();
+        let g = self.current_or_local(&pin);
+        match self.applying_in(g) {
+            Some(o) => o.version(),
+            None => g.table.version(),
+        }
+    }
+
+    /// Every entry, as one consistent snapshot (see [`RawMap::view`]).
+    pub(crate) fn entries(&self) -> Result<Vec<Entry<'_>>> {
+        self.view(|v| v.entries())
+    }
+
+    /// Runs `f` over a consistent snapshot: no write is applied between the
+    /// first and the last read `f` makes. `f` may run more than once (when a
+    /// write raced with it); only the result of a consistent run is
+    /// returned. After many races it runs under the write lock.
+    pub(crate) fn view<'m, R>(&'m self, mut f: impl FnMut(&RawView<'m>) -> Result<R>) -> Result<R> {
+        const OPTIMISTIC_TRIES: u32 = 64;
+        let start = Instant::now();
+        let pin = self.gens.pin();
+        let mut tries = 0;
+        loop {
+            let g = self.current(&pin)?;
+            let state = match self.read_state(g) {
+                Ok(s) => s,
+                Err(ReadErr::Stalled) => {
+                    self.unstick(start)?;
+                    continue;
+                }
+                Err(ReadErr::Corrupted(w)) => return Err(Error::corrupted(w)),
+            };
+            let view = RawView {
+                map: self,
+                gen: NonNull::from(g),
+                pin: pin.clone(),
+                overlay: state.overlay,
+                seq: state.seq,
+            };
+            let r = f(&view);
+            if g.table.view_validate(state.seq) {
+                return r;
+            }
+            tries += 1;
+            if tries >= OPTIMISTIC_TRIES && !self.read_only {
+                let _guard = self.lock()?;
+                let g = self.recover_locked(&pin)?;
+                return f(&RawView {
+                    map: self,
+                    gen: NonNull::from(g),
+                    pin: pin.clone(),
+                    overlay: None,
+                    seq: g.table.header().view_seq.load(Ordering::Acquire),
+                });
+            }
+            if tries >= OPTIMISTIC_TRIES {
+                self.unstick(start)?;
+            }
+        }
+    }
+}
