@@ -1,0 +1,206 @@
+//! Unit tests of the generation manager: the barrier choice, pins under
+//! contention (with membarrier and with the fence fallback), reuse of exited
+//! threads' records, [`ForkLock`] exclusion, and a `fork` while locks and
+//! pins are held.
+
+use super::barrier::{barrier_mode, choose_barrier, BarrierMode, FORCE_FENCE_ENV};
+use super::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize as StdUsize, Ordering as O};
+use std::time::Duration;
+
+/// A stand-in generation.
+struct D(u64);
+
+impl Numbered for D {
+    fn number(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Drop for D {
+    fn drop(&mut self) {
+        // SAFETY: a valid, exclusively borrowed u64; volatile so that
+        // the poison is written although the memory is freed next.
+        unsafe { std::ptr::write_volatile(&mut self.0, u64::MAX) };
+    }
+}
+
+#[test]
+fn a_failed_membarrier_registration_selects_the_fence() {
+    let offered = libc::c_long::from(crate::sys::membarrier::PRIVATE_EXPEDITED | 1);
+    assert_eq!(
+        choose_barrier(false, offered, || 0),
+        BarrierMode::Membarrier
+    );
+    assert_eq!(choose_barrier(false, offered, || -1), BarrierMode::Fence);
+    assert_eq!(
+        choose_barrier(true, offered, || panic!("forced: no registration")),
+        BarrierMode::Fence
+    );
+    assert_eq!(
+        choose_barrier(false, -1, || panic!("not offered: no registration")),
+        BarrierMode::Fence
+    );
+    assert_eq!(
+        choose_barrier(false, 1, || panic!("not offered: no registration")),
+        BarrierMode::Fence
+    );
+}
+
+/// Pins, installs and reclaims from several threads; every generation a
+/// pin returns stays intact until the pin drops.
+fn hammer(gens: &Gens<D>) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !stop.load(O::Relaxed) {
+                    let p = gens.pin();
+                    let g = p.current();
+                    let n = g.0;
+                    let q = gens.pin();
+                    assert!(q.current().0 >= n);
+                    drop(q);
+                    let h = p.current();
+                    std::thread::yield_now();
+                    // Still intact (a reclaimed D is poisoned first).
+                    assert_eq!((g.0, h.0 >= n), (n, true));
+                }
+            });
+        }
+        for n in 2..2000 {
+            let _g = gens.lock_switch();
+            gens.install(Box::new(D(n)));
+        }
+        stop.store(true, O::Relaxed);
+    });
+    // An unpin racing with the last install's reclaim may have been
+    // missed by it (no fence on unpin); the next reclaim frees it.
+    gens.reclaim();
+    assert_eq!(gens.mapped(), 1);
+}
+
+/// Runs `test` in a child process of this test binary with `env`.
+fn rerun(test: &str, env: (&str, &str)) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(env.0, env.1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{test} failed in the child: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
+#[test]
+fn the_fence_fallback_pins_correctly() {
+    if std::env::var_os(FORCE_FENCE_ENV).is_none() {
+        rerun(
+            "raw::gens::tests::the_fence_fallback_pins_correctly",
+            (FORCE_FENCE_ENV, "1"),
+        );
+        return;
+    }
+    assert_eq!(barrier_mode(), BarrierMode::Fence);
+    hammer(&Gens::new(Box::new(D(1))));
+}
+
+#[test]
+fn pins_hold_under_contention() {
+    hammer(&Gens::new(Box::new(D(1))));
+}
+
+#[test]
+fn exited_threads_records_are_reused() {
+    let gens = std::sync::Arc::new(Gens::new(Box::new(D(1))));
+    for n in 0..50 {
+        // `join` returns after the thread's thread-locals are destroyed.
+        let g = gens.clone();
+        std::thread::spawn(move || drop(g.pin())).join().unwrap();
+        gens.install(Box::new(D(n + 2)));
+    }
+    assert!(gens.records().count() <= 2, "{}", gens.records().count());
+    assert_eq!(gens.mapped(), 1);
+}
+
+#[test]
+fn fork_lock_excludes() {
+    let lock = ForkLock::default();
+    let n = StdUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..2000 {
+                    let _g = lock.lock();
+                    let v = n.load(O::Relaxed);
+                    std::hint::spin_loop();
+                    n.store(v + 1, O::Relaxed);
+                }
+            });
+        }
+    });
+    assert_eq!(n.load(O::Relaxed), 8000);
+}
+
+/// A fork while one thread of the parent holds the switch and reclaim
+/// locks and another is pinned: the child takes both locks, reclaims
+/// past the stale pin and exits; a hang is ended by SIGALRM.
+#[test]
+fn a_fork_child_does_not_inherit_held_locks_or_pins() {
+    let gens = Gens::new(Box::new(D(1)));
+    let held = StdUsize::new(0);
+    let release = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _a = gens.lock_switch();
+            let _b = gens.reclaiming.lock();
+            held.fetch_add(1, O::SeqCst);
+            while !release.load(O::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        s.spawn(|| {
+            let p = gens.pin();
+            held.fetch_add(1, O::SeqCst);
+            while !release.load(O::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(p.current().0, 1);
+        });
+        while held.load(O::SeqCst) < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: the child only uses `gens` (and the allocator, which
+        // glibc makes fork-safe) and then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: plain integer argument.
+            unsafe { libc::alarm(10) };
+            let mut code = 0;
+            for n in 2..22 {
+                let _g = gens.lock_switch();
+                gens.install(Box::new(D(n)));
+                if gens.mapped() > 1 {
+                    code = 1;
+                }
+            }
+            // SAFETY: ends the child without unwinding into the harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        release.store(true, O::SeqCst);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child: exited {} with {}, signal {}",
+            libc::WIFEXITED(status),
+            libc::WEXITSTATUS(status),
+            libc::WTERMSIG(status)
+        );
+    });
+}
