@@ -142,29 +142,58 @@ pub mod __private {
         crate::sys::FUTEX_WAKES.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Byte offsets of root header fields.
+    /// `"SHMKVDT\x01"`: the magic of a data segment (to plant look-alikes).
+    pub const DATA_MAGIC: u64 = crate::raw::layout::DATA_MAGIC;
+    /// `"SHMKVRD\x01"`: the magic of a redo log (to plant a scribbled log).
+    pub const REDO_MAGIC: u64 = crate::raw::layout::REDO_MAGIC;
+
+    /// Byte offsets of root header fields, taken from the layout
+    /// (`offset_of!` on `RootHeader`), so that tests never hard-code them.
     pub mod root_offsets {
-        pub const MAGIC: usize = 0;
-        pub const LAYOUT_VERSION: usize = 8;
-        pub const HASH_ALGO: usize = 16;
-        pub const HASH_CANARY: usize = 32;
-        pub const FORMAT_FINGERPRINT: usize = 40;
-        pub const NAME_LEN: usize = 20;
-        pub const CURRENT: usize = 192;
+        use crate::raw::layout::RootHeader;
+        use std::mem::offset_of;
+
+        pub const MAGIC: usize = offset_of!(RootHeader, magic);
+        pub const LAYOUT_VERSION: usize = offset_of!(RootHeader, layout_version);
+        pub const HASH_ALGO: usize = offset_of!(RootHeader, hash_algo);
+        pub const HASH_CANARY: usize = offset_of!(RootHeader, hash_canary);
+        pub const FORMAT_FINGERPRINT: usize = offset_of!(RootHeader, format_fingerprint);
+        pub const NAME_LEN: usize = offset_of!(RootHeader, name_len);
+        pub const CURRENT: usize = offset_of!(RootHeader, current);
+        pub const APPLYING: usize = offset_of!(RootHeader, applying);
+        pub const PENDING: usize = offset_of!(RootHeader, pending);
+        pub const RETIRING: usize = offset_of!(RootHeader, retiring);
+        /// First word of the `stale` list ([`STALE_SLOTS`] words).
+        pub const STALE: usize = offset_of!(RootHeader, stale);
+        /// Words in the `stale` list.
+        pub const STALE_SLOTS: usize = crate::raw::layout::STALE_SLOTS;
+        /// Bytes of a root segment.
+        pub const SIZE: usize = crate::raw::layout::ROOT_SIZE;
     }
 
-    /// Byte offsets in a data segment: header words, and the parts of the
-    /// first slot and record tests scribble on.
+    /// Byte offsets in a data segment: header words (`offset_of!` on
+    /// `DataHeader`), and the parts of the first slot and record tests
+    /// scribble on.
     pub mod data_offsets {
-        pub const CAPACITY: usize = 32;
-        pub const ARENA_OFFSET: usize = 48;
-        pub const ARENA_SIZE: usize = 56;
-        pub const VIEW_SEQ: usize = 64;
-        pub const ARENA_USED: usize = 72;
-        pub const LIVE: usize = 80;
-        pub const TOMBSTONES: usize = 88;
-        pub const GARBAGE: usize = 96;
-        pub const COUNTERS_CHECK: usize = 112;
+        use crate::raw::layout::DataHeader;
+        use std::mem::offset_of;
+
+        pub const MAGIC: usize = offset_of!(DataHeader, magic);
+        pub const CAPACITY: usize = offset_of!(DataHeader, capacity);
+        pub const ARENA_OFFSET: usize = offset_of!(DataHeader, arena_offset);
+        pub const ARENA_SIZE: usize = offset_of!(DataHeader, arena_size);
+        pub const VIEW_SEQ: usize = offset_of!(DataHeader, view_seq);
+        pub const ARENA_USED: usize = offset_of!(DataHeader, arena_used);
+        pub const LIVE: usize = offset_of!(DataHeader, live);
+        pub const TOMBSTONES: usize = offset_of!(DataHeader, tombstones);
+        pub const GARBAGE: usize = offset_of!(DataHeader, garbage);
+        pub const COMMIT: usize = offset_of!(DataHeader, commit);
+        pub const COUNTERS_CHECK: usize = offset_of!(DataHeader, counters_check);
+        pub const OWNER: usize = offset_of!(DataHeader, owner);
+        /// Bytes of the data header (a data segment is at least this long).
+        pub const HEADER_SIZE: usize = crate::raw::layout::DATA_HEADER_SIZE;
+        /// Arena records (and redo logs) start at multiples of this.
+        pub const ARENA_ALIGN: u64 = crate::raw::layout::ARENA_ALIGN;
         /// Where the slots start.
         pub const SLOTS: usize = crate::raw::layout::DATA_HEADER_SIZE;
         /// Bytes of a slot.

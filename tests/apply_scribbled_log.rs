@@ -13,15 +13,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Cleanup;
+use common::{Cleanup, Segment};
+use shmkv::__private::{data_offsets, root_offsets, REDO_MAGIC};
 use shmkv::{Options, RawMap};
-
-const REDO_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVRD\x01");
-/// Byte offsets (DESIGN.md "Root segment", "DataHeader").
-const ROOT_APPLYING: usize = 200;
-const DATA_VIEW_SEQ: usize = 64;
-const DATA_ARENA_USED: usize = 72;
-const DATA_COMMIT: usize = 104;
 
 #[test]
 fn a_scribbled_committed_log_does_not_stall_reads_beyond_the_lock_timeout() {
@@ -33,18 +27,12 @@ fn a_scribbled_committed_log_does_not_stall_reads_beyond_the_lock_timeout() {
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     m.insert(b"k", b"v").unwrap();
     let s = m.stats().unwrap();
-    // SAFETY: a null address lets the kernel choose.
-    let data = unsafe { libc::shmat(s.data_shmid, std::ptr::null(), 0) }.cast::<u8>();
-    assert_ne!(data as isize, -1);
-    // SAFETY: as above.
-    let root = unsafe { libc::shmat(s.root_shmid, std::ptr::null(), 0) }.cast::<u8>();
-    assert_ne!(root as isize, -1);
-    let word = |p: *mut u8, off: usize| p.wrapping_add(off).cast::<u64>();
-    let arena = (256 + s.capacity as usize * 32).next_multiple_of(64);
-    // SAFETY: header words inside the mapping, 8-aligned; no writer runs.
-    let (view_seq, arena_used) =
-        unsafe { (*word(data, DATA_VIEW_SEQ), *word(data, DATA_ARENA_USED)) };
-    let log = arena_used.next_multiple_of(16);
+    let data = Segment::data_of(&s);
+    let root = Segment::attach(s.root_shmid);
+    let arena = data_offsets::arena(s.capacity);
+    let view_seq = data.read_u64(data_offsets::VIEW_SEQ);
+    let arena_used = data.read_u64(data_offsets::ARENA_USED);
+    let log = arena_used.next_multiple_of(data_offsets::ARENA_ALIGN);
     let header = [
         REDO_MAGIC,
         s.capacity, // the longest log parse accepts
@@ -55,16 +43,16 @@ fn a_scribbled_committed_log_does_not_stall_reads_beyond_the_lock_timeout() {
         0,
         0xdead_beef, // a checksum that does not hold
     ];
-    for (i, w) in header.iter().enumerate() {
-        // SAFETY: inside the arena (the log fits: checked by parse's bounds).
-        unsafe { *word(data, arena + log as usize + 8 * i) = w.to_le() };
-    }
+    // The log's header words, little-endian, one after the other (inside
+    // the arena: the log fits, checked by parse's bounds).
+    let bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
+    data.write_bytes(arena + log as usize, &bytes);
     let commit = (log << 1) | 1;
-    // SAFETY: header / root words, 8-aligned, inside the mappings.
-    unsafe {
-        *word(data, DATA_COMMIT) = commit;
-        *word(root, ROOT_APPLYING) = commit;
-    }
+    // Undone before asserting (the map is then intact), also on a panic.
+    let undo_commit = data.restore_words(&[data_offsets::COMMIT]);
+    let undo_applying = root.restore_words(&[root_offsets::APPLYING]);
+    data.write_u64(data_offsets::COMMIT, commit);
+    root.write_u64(root_offsets::APPLYING, commit);
 
     let ro = RawMap::open(&c.name, &c.opts.clone().read_only(true)).unwrap();
     let t = Instant::now();
@@ -76,13 +64,8 @@ fn a_scribbled_committed_log_does_not_stall_reads_beyond_the_lock_timeout() {
     eprintln!("len() = {n} took {len_took:?}; get took {get_took:?}: {got:?}");
 
     // Undo the scribble before asserting (the map is then intact).
-    // SAFETY: as above.
-    unsafe {
-        *word(data, DATA_COMMIT) = 0;
-        *word(root, ROOT_APPLYING) = 0;
-        libc::shmdt(data.cast());
-        libc::shmdt(root.cast());
-    }
+    drop((undo_commit, undo_applying));
+    drop((data, root));
     let bound = timeout + Duration::from_secs(1);
     assert!(
         len_took < bound && get_took < bound,

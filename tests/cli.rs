@@ -8,7 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Cleanup, KillOnDrop};
+use common::{Cleanup, KillOnDrop, Segment};
+use shmkv::__private::{data_offsets, root_offsets};
 use shmkv::{Options, RawMap, ShmMap};
 
 fn shmkv(args: &[&str]) -> Output {
@@ -159,15 +160,12 @@ fn error_paths_name_the_map_and_the_cause() {
 
     // An incompatible layout version.
     let stats = m.stats().unwrap();
-    // SAFETY: a null address lets the kernel choose.
-    let p = unsafe { libc::shmat(stats.root_shmid, std::ptr::null(), 0) }.cast::<u8>();
-    // SAFETY: offset 8 (layout version) is inside the 512-byte root.
-    unsafe { *p.add(8) ^= 0x10 };
+    let root = Segment::attach(stats.root_shmid);
+    let restore = root.restore(root_offsets::LAYOUT_VERSION, 1);
+    root.flip(root_offsets::LAYOUT_VERSION, 0x10);
     let (code, err) = fails(&["stat", &c.name]);
-    // SAFETY: as above.
-    unsafe { *p.add(8) ^= 0x10 };
-    // SAFETY: p came from shmat.
-    unsafe { libc::shmdt(p.cast()) };
+    drop(restore);
+    drop(root);
     assert_eq!(code, 1);
     assert!(
         err.contains("incompatible") && err.contains("layout version"),
@@ -176,16 +174,13 @@ fn error_paths_name_the_map_and_the_cause() {
 
     // verify finds problems: exit 3. Damage the first record's header.
     m.insert(b"k", b"v").unwrap();
-    // SAFETY: a null address lets the kernel choose.
-    let p = unsafe { libc::shmat(stats.data_shmid, std::ptr::null(), 0) }.cast::<u8>();
-    let arena = (256 + stats.capacity as usize * 32).next_multiple_of(64);
-    // SAFETY: inside the data segment; no writer runs.
-    unsafe { *p.add(arena) ^= 0x7 };
+    let data = Segment::data_of(&stats);
+    let arena = data_offsets::arena(stats.capacity);
+    let restore = data.restore(arena, 1);
+    data.flip(arena, 0x7);
     let (code, err) = fails(&["verify", &c.name]);
-    // SAFETY: as above.
-    unsafe { *p.add(arena) ^= 0x7 };
-    // SAFETY: p came from shmat.
-    unsafe { libc::shmdt(p.cast()) };
+    drop(restore);
+    drop(data);
     assert_eq!(code, 3, "{err}");
     assert!(ok(&["verify", &c.name]).starts_with("ok"));
 

@@ -10,13 +10,9 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use common::{arg, assert_removed, results, role, spawn, Cleanup};
+use common::{arg, assert_removed, crash_point, results, role, spawn, Cleanup};
 use shmkv::__private::{arm, CrashPoint};
 use shmkv::{Error, Options, RawMap};
-
-fn point(name: &str) -> CrashPoint {
-    CrashPoint::from_name(name).unwrap_or_else(|| panic!("unknown point {name}"))
-}
 
 fn before() -> BTreeMap<Vec<u8>, Vec<u8>> {
     (0..40u32)
@@ -84,7 +80,7 @@ fn crash_child_after(test: &str, name: &str, point: &str, skip: u64) {
 
 fn crasher_role() {
     let map = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
-    arm(point(&arg("POINT")), arg("SKIP").parse().unwrap());
+    arm(crash_point(&arg("POINT")), arg("SKIP").parse().unwrap());
     let _ = map.write(the_batch);
     println!("RESULT survived");
 }

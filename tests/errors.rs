@@ -8,8 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{arg, assert_removed, role, unique_name, Cleanup};
-use shmkv::__private::root_offsets;
+use common::{arg, assert_removed, role, unique_name, Cleanup, Segment};
+use shmkv::__private::{data_offsets, root_offsets};
 use shmkv::{key_from_name, Error, Incompatible, Options, RawMap, ShmMap, SizeError};
 
 #[test]
@@ -118,40 +118,12 @@ fn ftok_keys() {
     assert!(RawMap::create(&name, &Options::new().ftok(&dir, 7)).is_err());
 }
 
-/// Attaches the root segment of a map directly, to scribble on it.
-struct RawRoot {
-    p: *mut u8,
-}
-
-impl RawRoot {
-    fn attach(key: i32) -> RawRoot {
-        // SAFETY: plain integer arguments.
-        let id = unsafe { libc::shmget(key, 0, 0) };
-        assert!(id >= 0);
-        // SAFETY: a null address lets the kernel choose.
-        let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
-        assert_ne!(p as isize, -1);
-        RawRoot { p: p.cast() }
-    }
-    fn flip(&self, off: usize) {
-        // SAFETY: off < ROOT_SIZE lies inside the attached root; the test is the only writer.
-        unsafe { *self.p.add(off) ^= 0x40 };
-    }
-}
-
-impl Drop for RawRoot {
-    fn drop(&mut self) {
-        // SAFETY: p came from shmat and is detached once.
-        unsafe { libc::shmdt(self.p.cast()) };
-    }
-}
-
 #[test]
 fn corrupted_or_foreign_headers_are_refused() {
     let c = Cleanup::new("hdr");
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     m.insert(b"k", b"v").unwrap();
-    let root = RawRoot::attach(m.stats().unwrap().key);
+    let root = Segment::root_of(m.stats().unwrap().key);
     type Check = fn(&Error) -> bool;
     let cases: &[(usize, Check)] = &[
         // Without a shmkv magic nothing in the root is trusted.
@@ -172,13 +144,14 @@ fn corrupted_or_foreign_headers_are_refused() {
         (root_offsets::CURRENT, |e| matches!(e, Error::Corrupted(_))),
     ];
     for (off, want) in cases {
-        root.flip(*off);
+        // Restored before asserting, so that cleanup finds the data segment.
+        let restore = root.restore(*off, 1);
+        root.flip(*off, 0x40);
         let r = RawMap::open(
             &c.name,
             &c.opts.clone().lock_timeout(Duration::from_millis(100)),
         );
-        // Restore before asserting, so that cleanup finds the data segment.
-        root.flip(*off);
+        drop(restore);
         match r {
             Err(e) => assert!(want(&e), "offset {off}: {e:?}"),
             Ok(_) => panic!("offset {off}: corrupted header accepted"),
@@ -199,15 +172,10 @@ fn foreign_segment_at_the_key() {
     let name = unique_name("foreign");
     let key = key_from_name(&name);
     for size in [16usize, 4096] {
-        // SAFETY: plain integer arguments.
-        let id = unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
-        assert!(id >= 0);
-        // SAFETY: a null address lets the kernel choose.
-        let p = unsafe { libc::shmat(id, std::ptr::null(), 0) }.cast::<u8>();
-        // SAFETY: the segment is size bytes long and ours alone.
-        unsafe { std::ptr::write_bytes(p, 0xAB, size) };
-        // SAFETY: p came from shmat and is detached once.
-        unsafe { libc::shmdt(p.cast()) };
+        let seg = Segment::create(key, size, 0o600);
+        seg.write_bytes(0, &vec![0xAB; size]);
+        let id = seg.id();
+        drop(seg);
         for r in [
             RawMap::open(&name, &Options::new()),
             RawMap::create(&name, &Options::new()),
@@ -371,9 +339,7 @@ fn scribbled_segments_give_errors_not_crashes() {
         let opts = Options::new().lock_timeout(Duration::from_millis(20));
         let typed: ShmMap<u64, (u64, String, Vec<u32>)> = ShmMap::open(&name, &opts).unwrap();
         let s = typed.stats().unwrap();
-        // SAFETY: a null address lets the kernel choose.
-        let p = unsafe { libc::shmat(s.data_shmid, std::ptr::null(), 0) }.cast::<u8>();
-        assert_ne!(p as isize, -1);
+        let seg = Segment::data_of(&s);
         let len = s.segment_size as usize;
         let mut rng = 0x1234_5678_9abc_def1u64;
         let (mut errors, mut oks) = (0u64, 0u64);
@@ -387,11 +353,10 @@ fn scribbled_segments_give_errors_not_crashes() {
             } else {
                 (rng >> 8) as usize % len
             };
-            // SAFETY: off < len, inside the mapping; this process is the only
-            // writer while it scribbles (no writer runs).
-            let old = unsafe { *p.add(off) };
-            // SAFETY: as above.
-            unsafe { *p.add(off) = old ^ (1 << ((rng >> 40) % 8)) };
+            // This process is the only writer while it scribbles (no
+            // writer runs); the byte is put back when the round ends.
+            let _restore = seg.restore(off, 1);
+            seg.flip(off, 1 << ((rng >> 40) % 8));
             let outcome = (|| -> shmkv::Result<()> {
                 let m: ShmMap<u64, (u64, String, Vec<u32>)> = ShmMap::open(&name, &opts)?;
                 for k in 0..50u64 {
@@ -411,11 +376,8 @@ fn scribbled_segments_give_errors_not_crashes() {
                 ) => errors += 1,
                 Err(e) => panic!("unexpected error kind: {e:?}"),
             }
-            // SAFETY: as above.
-            unsafe { *p.add(off) = old };
         }
-        // SAFETY: p came from shmat.
-        unsafe { libc::shmdt(p.cast()) };
+        drop(seg);
         println!("RESULT oks={oks} errors={errors}");
         return;
     }
@@ -468,18 +430,15 @@ fn verify_reports_a_damaged_record() {
     }
     assert!(m.verify().unwrap().is_ok());
     let s = m.stats().unwrap();
-    // SAFETY: a null address lets the kernel choose.
-    let p = unsafe { libc::shmat(s.data_shmid, std::ptr::null(), 0) }.cast::<u8>();
-    assert_ne!(p as isize, -1);
-    let arena = (256 + s.capacity as usize * 32).next_multiple_of(64);
-    // The first record's header: key length 4 -> 5.
-    // SAFETY: inside the mapping; no writer runs.
-    unsafe { *p.add(arena) = 5 };
+    let seg = Segment::data_of(&s);
+    let arena = data_offsets::arena(s.capacity);
+    // The first record's header: key length (low byte of its first,
+    // little-endian word) 4 -> 5.
+    let restore = seg.restore(arena, 1);
+    seg.write_bytes(arena, &[5]);
     let report = m.verify().unwrap();
-    // SAFETY: as above.
-    unsafe { *p.add(arena) = 4 };
-    // SAFETY: p came from shmat.
-    unsafe { libc::shmdt(p.cast()) };
+    drop(restore);
+    drop(seg);
     assert!(!report.is_ok());
     assert!(
         report.problems.iter().any(|p| p.contains("record header")),

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use common::{arg, assert_removed, results, role, spawn, Cleanup, KillOnDrop};
-use shmkv::__private::{arm, CrashPoint};
+use common::{arg, assert_removed, crash_point, results, role, spawn, Cleanup, KillOnDrop};
+use shmkv::__private::arm;
 use shmkv::{Error, Options, RawMap, Size};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -360,13 +360,7 @@ fn max_size_is_enforced_and_nothing_is_lost() {
 fn writer_killed_during_resize_leaves_no_orphan() {
     if role().as_deref() == Some("resizer") {
         let m = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
-        arm(
-            match arg("POINT").as_str() {
-                "MidResize" => CrashPoint::MidResize,
-                _ => CrashPoint::AfterPublish,
-            },
-            0,
-        );
+        arm(crash_point(&arg("POINT")), 0);
         // Enough new keys to outgrow 16 slots.
         let _ = m.write(|b| (100..140u64).try_for_each(|k| b.insert(&k.to_le_bytes(), &[9; 50])));
         println!("RESULT survived");

@@ -11,50 +11,9 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::Cleanup;
+use common::{Cleanup, Segment};
 use shmkv::__private::data_offsets as off;
 use shmkv::{Error, Options, RawMap};
-
-/// The data segment of a map, attached directly to scribble on it.
-struct Seg {
-    p: *mut u8,
-    len: usize,
-}
-
-impl Seg {
-    fn attach(m: &RawMap) -> Seg {
-        let s = m.stats().unwrap();
-        // SAFETY: a null address lets the kernel choose.
-        let p = unsafe { libc::shmat(s.data_shmid, std::ptr::null(), 0) }.cast::<u8>();
-        assert_ne!(p as isize, -1, "shmat");
-        Seg {
-            p,
-            len: s.segment_size as usize,
-        }
-    }
-    fn get(&self, at: usize) -> u64 {
-        assert!(at + 8 <= self.len);
-        // SAFETY: in bounds (checked), 8-aligned header words; no writer runs.
-        unsafe { self.p.add(at).cast::<u64>().read_volatile() }
-    }
-    fn set(&self, at: usize, v: u64) {
-        assert!(at + 8 <= self.len);
-        // SAFETY: as in `get`.
-        unsafe { self.p.add(at).cast::<u64>().write_volatile(v) }
-    }
-    fn flip(&self, at: usize) {
-        assert!(at < self.len);
-        // SAFETY: in bounds (checked); no writer runs.
-        unsafe { *self.p.add(at) ^= 0x20 };
-    }
-}
-
-impl Drop for Seg {
-    fn drop(&mut self) {
-        // SAFETY: `p` came from shmat.
-        unsafe { libc::shmdt(self.p.cast()) };
-    }
-}
 
 /// Runs `f` on another thread; fails the test if it takes over 30 s (a
 /// hang holding the write lock) instead of waiting forever.
@@ -131,13 +90,10 @@ fn damaged_header_counters_refuse_writes_and_lose_nothing() {
         e
     };
     let before = snapshot(&m);
-    let seg = Seg::attach(&m);
-    let arena_size = seg.get(off::ARENA_SIZE);
+    let seg = Segment::data_of(&m.stats().unwrap());
+    let arena_size = seg.read_u64(off::ARENA_SIZE);
     let words = [off::ARENA_USED, off::LIVE, off::TOMBSTONES, off::GARBAGE];
-    let orig: Vec<u64> = words.iter().map(|&w| seg.get(w)).collect();
-    let orig_check = seg.get(off::COUNTERS_CHECK);
-    let orig_view = seg.get(off::VIEW_SEQ);
-    let used = orig[0];
+    let used = seg.read_u64(off::ARENA_USED);
     let cases: Vec<(usize, u64)> = vec![
         (off::ARENA_USED, u64::MAX - 3),
         (off::ARENA_USED, !15),
@@ -164,10 +120,20 @@ fn damaged_header_counters_refuse_writes_and_lose_nothing() {
                 continue;
             }
             for op in OPS {
-                seg.set(word, bad);
+                // Puts the counters, check word and view_seq back when the
+                // case ends (also when it fails).
+                let _restore = seg.restore_words(&[
+                    off::ARENA_USED,
+                    off::LIVE,
+                    off::TOMBSTONES,
+                    off::GARBAGE,
+                    off::COUNTERS_CHECK,
+                    off::VIEW_SEQ,
+                ]);
+                seg.write_u64(word, bad);
                 if reseal {
-                    let v: Vec<u64> = words.iter().map(|&w| seg.get(w)).collect();
-                    seg.set(
+                    let v: Vec<u64> = words.iter().map(|&w| seg.read_u64(w)).collect();
+                    seg.write_u64(
                         off::COUNTERS_CHECK,
                         off::counters_check(v[0], v[1], v[2], v[3]),
                     );
@@ -187,11 +153,6 @@ fn damaged_header_counters_refuse_writes_and_lose_nothing() {
                 for (k, v) in &before {
                     assert_eq!(m.get(k).unwrap().as_deref(), Some(&v[..]), "{what}");
                 }
-                for (&w, &o) in words.iter().zip(&orig) {
-                    seg.set(w, o);
-                }
-                seg.set(off::COUNTERS_CHECK, orig_check);
-                seg.set(off::VIEW_SEQ, orig_view);
                 tried += 1;
             }
         }
@@ -216,16 +177,16 @@ fn damaged_geometry_words_are_refused_at_open() {
     for i in 0..20 {
         m.insert(&key(i), &value(i)).unwrap();
     }
-    let seg = Seg::attach(&m);
+    let seg = Segment::data_of(&m.stats().unwrap());
     for (word, bad) in [
         (off::CAPACITY, u64::MAX),
-        (off::CAPACITY, seg.get(off::CAPACITY) * 2),
+        (off::CAPACITY, seg.read_u64(off::CAPACITY) * 2),
         (off::ARENA_SIZE, !15),
-        (off::ARENA_SIZE, seg.get(off::ARENA_SIZE) + 16),
+        (off::ARENA_SIZE, seg.read_u64(off::ARENA_SIZE) + 16),
         (off::ARENA_OFFSET, 0),
     ] {
-        let orig = seg.get(word);
-        seg.set(word, bad);
+        let _restore = seg.restore_words(&[word]);
+        seg.write_u64(word, bad);
         let r = RawMap::open(&c.name, &c.opts);
         assert!(
             matches!(r, Err(Error::Corrupted(_))),
@@ -235,7 +196,6 @@ fn damaged_geometry_words_are_refused_at_open() {
         for i in 0..20 {
             assert_eq!(m.get(&key(i)).unwrap(), Some(value(i)));
         }
-        seg.set(word, orig);
     }
     let m2 = RawMap::open(&c.name, &c.opts).unwrap();
     assert!(m2.verify().unwrap().is_ok());
@@ -286,10 +246,10 @@ fn a_scribbled_value_byte_is_detected() {
     assert_eq!(checked.get(&k).unwrap().as_deref(), Some(&v[..]));
     assert!(m.verify().unwrap().is_ok());
     let s = m.stats().unwrap();
-    let seg = Seg::attach(&m);
+    let seg = Segment::data_of(&s);
     // The first record of a fresh map is at the start of the arena.
     let at = off::arena(s.capacity) + off::value_in_record(k.len()) + 10;
-    seg.flip(at);
+    seg.flip(at, 0x20);
 
     let report = m.verify().unwrap();
     assert!(
@@ -337,8 +297,8 @@ fn typed_reads_check_the_checksum() {
     m.insert("a", &"a value long enough to be out of line".to_string())
         .unwrap();
     let s = m.stats().unwrap();
-    let seg = Seg::attach(m.raw());
-    seg.flip(off::arena(s.capacity) + off::value_in_record(1) + 3);
+    let seg = Segment::data_of(&s);
+    seg.flip(off::arena(s.capacity) + off::value_in_record(1) + 3, 0x20);
     assert!(matches!(m.get_archived("a"), Err(Error::Corrupted(_))));
     assert!(matches!(m.get("a"), Err(Error::Corrupted(_))));
     assert!(matches!(m.view(|v| v.get("a")), Err(Error::Corrupted(_))));

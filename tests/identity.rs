@@ -8,7 +8,8 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{arg, assert_removed, role, unique_name, Cleanup};
+use common::{arg, assert_removed, role, unique_name, Cleanup, Segment};
+use shmkv::__private::{data_offsets, root_offsets};
 use shmkv::{key_from_name, Error, Options, RawMap};
 
 /// Tests of this binary run one at a time: a child forked by one test holds
@@ -20,8 +21,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-const ROOT_SIZE: usize = 512;
-
 /// A segment made by "another program" at a key; removed on drop.
 struct ForeignShm {
     id: i32,
@@ -30,34 +29,15 @@ struct ForeignShm {
 
 impl ForeignShm {
     fn new(key: i32, size: usize, fill: impl Fn(usize) -> u8) -> ForeignShm {
-        // SAFETY: plain integer arguments.
-        let id = unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
-        assert!(id >= 0, "shmget: {}", std::io::Error::last_os_error());
-        let s = ForeignShm { id, size };
-        let p = s.attach();
-        for i in 0..size {
-            // SAFETY: i < size, inside the mapping; only this test writes.
-            unsafe { *p.add(i) = fill(i) };
-        }
-        // SAFETY: p came from shmat.
-        unsafe { libc::shmdt(p.cast()) };
-        s
-    }
-
-    fn attach(&self) -> *mut u8 {
-        // SAFETY: a null address lets the kernel choose.
-        let p = unsafe { libc::shmat(self.id, std::ptr::null(), 0) };
-        assert_ne!(p as isize, -1, "foreign segment {} vanished", self.id);
-        p.cast()
+        let seg = Segment::create(key, size, 0o600);
+        seg.write_bytes(0, &(0..size).map(fill).collect::<Vec<u8>>());
+        ForeignShm { id: seg.id(), size }
     }
 
     fn content(&self) -> Vec<u8> {
-        let p = self.attach();
-        // SAFETY: the mapping is `size` bytes long; nobody writes meanwhile.
-        let v = unsafe { std::slice::from_raw_parts(p, self.size) }.to_vec();
-        // SAFETY: p came from shmat.
-        unsafe { libc::shmdt(p.cast()) };
-        v
+        let seg = Segment::try_attach(self.id, false)
+            .unwrap_or_else(|e| panic!("foreign segment {} vanished: {e}", self.id));
+        seg.read_bytes(0, self.size)
     }
 
     fn exists_at(&self, key: i32) -> bool {
@@ -168,14 +148,18 @@ fn foreign_segments_at_the_key_are_left_alone() {
     let _serial = serial();
     type Fill = fn(usize) -> u8;
     let cases: &[(&str, usize, Fill)] = &[
-        ("all zero, root size", ROOT_SIZE, |_| 0),
-        ("zero first word then junk, root size", ROOT_SIZE, |i| {
-            if i < 8 {
-                0
-            } else {
-                (i * 7 + 3) as u8
-            }
-        }),
+        ("all zero, root size", root_offsets::SIZE, |_| 0),
+        (
+            "zero first word then junk, root size",
+            root_offsets::SIZE,
+            |i| {
+                if i < 8 {
+                    0
+                } else {
+                    (i * 7 + 3) as u8
+                }
+            },
+        ),
         ("zero first word then junk, 4096", 4096, |i| {
             if i < 8 {
                 0
@@ -183,7 +167,7 @@ fn foreign_segments_at_the_key_are_left_alone() {
                 (i * 13 + 1) as u8
             }
         }),
-        ("non-zero junk, root size", ROOT_SIZE, |i| {
+        ("non-zero junk, root size", root_offsets::SIZE, |i| {
             (i * 31 + 17) as u8 | 1
         }),
     ];
@@ -262,7 +246,13 @@ fn root_left_without_marker_by_a_dead_creator_is_repaired() {
             };
             assert_eq!(libc::semop(id, &mut sb, 1), 0);
             assert_eq!(libc::semctl(id, 1, libc::SETVAL, 0x4B57), 0);
-            assert!(libc::shmget(key, ROOT_SIZE, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) >= 0);
+            assert!(
+                libc::shmget(
+                    key,
+                    root_offsets::SIZE,
+                    libc::IPC_CREAT | libc::IPC_EXCL | 0o600
+                ) >= 0
+            );
         }
         println!("RESULT made");
         return;
@@ -335,7 +325,7 @@ fn destroy_tells_handles_still_open() {
 }
 
 /// Data segments made by this process whose header names this map (owner
-/// word `key << 32 | root shmid` at byte 128).
+/// word `key << 32 | root shmid`).
 fn segments_of_map(key: i32, root_shmid: i32) -> Vec<i32> {
     let owner = (u64::from(key as u32) << 32) | u64::from(root_shmid as u32);
     let me = std::process::id().to_string();
@@ -345,21 +335,14 @@ fn segments_of_map(key: i32, root_shmid: i32) -> Vec<i32> {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(4) == Some(&me.as_str()) && f[3].parse::<usize>().ok()? >= 256)
+            (f.get(4) == Some(&me.as_str())
+                && f[3].parse::<usize>().ok()? >= data_offsets::HEADER_SIZE)
                 .then(|| f[1].parse::<i32>().ok())
                 .flatten()
         })
         .filter(|&id| {
-            // SAFETY: a null address lets the kernel choose; read-only.
-            let p = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
-            if p as isize == -1 {
-                return false;
-            }
-            // SAFETY: the segment is at least 256 bytes; offset 128 is 8-aligned.
-            let w = unsafe { std::ptr::read_volatile(p.cast::<u8>().add(128).cast::<u64>()) };
-            // SAFETY: p came from shmat.
-            unsafe { libc::shmdt(p) };
-            w == owner
+            Segment::try_attach(id, false)
+                .is_ok_and(|seg| seg.read_u64(data_offsets::OWNER) == owner)
         })
         .collect()
 }
@@ -494,19 +477,13 @@ fn os_errors_carry_std_io_errors() {
 }
 
 /// The root as a `destroy` leaves it when it dies right after marking the
-/// map: the data segment in force recorded in `retiring` (offset 264),
-/// `current` (offset 192) = the reserved DESTROYED word (all ones).
+/// map: the data segment in force recorded in `retiring`, `current` = the
+/// reserved DESTROYED word (all ones).
 fn mark_destroyed_by_hand(root_shmid: i32, data_shmid: i32) {
-    // SAFETY: a null address lets the kernel choose.
-    let p = unsafe { libc::shmat(root_shmid, std::ptr::null(), 0) }.cast::<u8>();
-    assert_ne!(p as isize, -1);
-    // SAFETY: both offsets are 8-aligned words inside the 512-byte root; the
-    // test's own handles only read them.
-    unsafe {
-        std::ptr::write_volatile(p.add(264).cast::<u64>(), data_shmid as u64 + 1);
-        std::ptr::write_volatile(p.add(192).cast::<u64>(), u64::MAX);
-        libc::shmdt(p.cast());
-    }
+    // The test's own handles only read these words.
+    let root = Segment::attach(root_shmid);
+    root.write_u64(root_offsets::RETIRING, data_shmid as u64 + 1);
+    root.write_u64(root_offsets::CURRENT, u64::MAX);
 }
 
 #[test]
@@ -544,27 +521,19 @@ fn a_destroy_that_died_after_marking_is_finished() {
 
 /// Writes one word of a map's root (test scribbling: simulates a shmid the
 /// kernel reused for another program's segment after shmkv recorded it).
+/// No writer runs meanwhile.
 fn poke_root(root_shmid: i32, offset: usize, value: u64) {
-    // SAFETY: a null address lets the kernel choose.
-    let p = unsafe { libc::shmat(root_shmid, std::ptr::null(), 0) }.cast::<u8>();
-    assert_ne!(p as isize, -1);
-    // SAFETY: offset is an 8-aligned word inside the 512-byte root; no
-    // writer runs meanwhile.
-    unsafe {
-        std::ptr::write_volatile(p.add(offset).cast::<u64>(), value);
-        libc::shmdt(p.cast());
-    }
+    Segment::attach(root_shmid).write_u64(offset, value);
 }
-
-const CURRENT: usize = 192;
-const PENDING: usize = 256;
-const RETIRING: usize = 264;
 
 #[test]
 fn recorded_shmids_are_removed_only_if_their_header_names_the_map() {
     let _serial = serial();
     // `pending` and `retiring` are read by every writer's recovery.
-    for (what, offset) in [("pending", PENDING), ("retiring", RETIRING)] {
+    for (what, offset) in [
+        ("pending", root_offsets::PENDING),
+        ("retiring", root_offsets::RETIRING),
+    ] {
         let c = Cleanup::new("reused-shmid");
         let m = RawMap::create(&c.name, &c.opts).unwrap();
         let foreign = ForeignShm::new(libc::IPC_PRIVATE, 4096, |i| (i * 5 + 1) as u8);
@@ -586,8 +555,16 @@ fn recorded_shmids_are_removed_only_if_their_header_names_the_map() {
     let s = m.stats().unwrap();
     drop(m);
     let foreign = ForeignShm::new(libc::IPC_PRIVATE, 4096, |i| (i * 3 + 2) as u8);
-    poke_root(s.root_shmid, RETIRING, s.data_shmid as u64 + 1);
-    poke_root(s.root_shmid, CURRENT, (1u64 << 32) | foreign.id as u64);
+    poke_root(
+        s.root_shmid,
+        root_offsets::RETIRING,
+        s.data_shmid as u64 + 1,
+    );
+    poke_root(
+        s.root_shmid,
+        root_offsets::CURRENT,
+        (1u64 << 32) | foreign.id as u64,
+    );
     assert!(RawMap::destroy_by_name(&c.name, &c.opts).unwrap());
     assert!(
         perms_of(foreign.id).is_some(),

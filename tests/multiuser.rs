@@ -12,7 +12,8 @@ mod common;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use common::{arg, assert_removed, role, Cleanup};
+use common::{arg, assert_removed, role, Cleanup, Segment};
+use shmkv::__private::{data_offsets, root_offsets, DATA_MAGIC};
 use shmkv::{Error, Options, RawMap};
 
 /// uid/gid/mode of a segment (`IPC_STAT`), `None` if it is gone.
@@ -287,32 +288,19 @@ fn group_members_keep_access_after_another_members_growth() {
 /// A root-owned segment that looks like a retired data segment of the map
 /// (data magic, `owner` word), so that only its owner may remove it.
 fn fake_retired_segment(owner: u64) -> i32 {
-    // SAFETY: plain integer arguments.
-    let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o666) };
-    assert!(id >= 0);
-    // SAFETY: a null address lets the kernel choose.
-    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) }.cast::<u8>();
-    assert_ne!(p as isize, -1);
-    // SAFETY: offsets 0 and 128 are 8-aligned words inside the 4096 bytes.
-    unsafe {
-        std::ptr::write(p.cast::<u64>(), u64::from_le_bytes(*b"SHMKVDT\x01"));
-        std::ptr::write(p.add(128).cast::<u64>(), owner);
-        libc::shmdt(p.cast());
-    }
-    id
+    let seg = Segment::create(libc::IPC_PRIVATE, 4096, 0o666);
+    seg.write_u64(data_offsets::MAGIC, DATA_MAGIC);
+    seg.write_u64(data_offsets::OWNER, owner);
+    seg.id()
 }
 
-/// Writes the root's `stale` list (10 words at offset 296).
+/// Writes the root's `stale` list (`STALE_SLOTS` words); no writer runs.
 fn set_stale_list(root_shmid: i32, ids: &[i32]) {
-    // SAFETY: a null address lets the kernel choose.
-    let p = unsafe { libc::shmat(root_shmid, std::ptr::null(), 0) }.cast::<u8>();
-    assert_ne!(p as isize, -1);
+    assert!(ids.len() <= root_offsets::STALE_SLOTS);
+    let root = Segment::attach(root_shmid);
     for (i, id) in ids.iter().enumerate() {
-        // SAFETY: 296 + 8 * i < 376, inside the root; no writer runs.
-        unsafe { std::ptr::write_volatile(p.add(296 + 8 * i).cast::<u64>(), *id as u64 + 1) };
+        root.write_u64(root_offsets::STALE + 8 * i, *id as u64 + 1);
     }
-    // SAFETY: p came from shmat.
-    unsafe { libc::shmdt(p.cast()) };
 }
 
 #[test]

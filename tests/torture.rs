@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{arg, assert_removed, results, role, spawn, Cleanup, KillOnDrop};
-use shmkv::__private::{arm, CrashPoint};
+use common::{arg, assert_removed, crash_point, results, role, spawn, Cleanup, KillOnDrop};
+use shmkv::__private::arm;
 use shmkv::{Options, RawMap};
 
 const KEYS: u64 = 300;
@@ -125,8 +125,7 @@ fn writer_role() {
     let mut rng: u64 = arg("SEED").parse().unwrap();
     let mut seq: u64 = arg("SEQ").parse().unwrap();
     if let Ok(p) = std::env::var("POINT") {
-        let point = CrashPoint::from_name(&p).unwrap_or_else(|| panic!("no crash point {p}"));
-        arm(point, next(&mut rng) % 20);
+        arm(crash_point(&p), next(&mut rng) % 20);
     }
     loop {
         let choice = next(&mut rng) % 100;

@@ -116,3 +116,183 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A SysV segment attached directly by a test, to read or scribble on its
+/// bytes (the one place tests call `shmat`). Every offset a test passes
+/// comes from `shmkv::__private::{root_offsets, data_offsets}` (the layout's
+/// `offset_of!`), never a literal. Detached on drop; the segment itself is
+/// not removed.
+pub struct Segment {
+    p: *mut u8,
+    len: usize,
+    id: i32,
+    writable: bool,
+}
+
+impl Segment {
+    /// Attaches segment `shmid` read-write; panics if it cannot.
+    pub fn attach(shmid: i32) -> Segment {
+        Segment::try_attach(shmid, true).unwrap_or_else(|e| panic!("shmat of segment {shmid}: {e}"))
+    }
+
+    /// Attaches segment `shmid` read-only or read-write.
+    pub fn try_attach(shmid: i32, writable: bool) -> std::io::Result<Segment> {
+        // SAFETY: shmid_ds is plain data; all-zero is a valid value.
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: ds is a valid, writable shmid_ds.
+        if unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = if writable { 0 } else { libc::SHM_RDONLY };
+        // SAFETY: a null address lets the kernel choose.
+        let p = unsafe { libc::shmat(shmid, std::ptr::null(), flags) };
+        if p as isize == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Segment {
+            p: p.cast(),
+            len: ds.shm_segsz,
+            id: shmid,
+            writable,
+        })
+    }
+
+    /// Makes a new segment of `size` bytes at `key` (`IPC_PRIVATE` for
+    /// none) with `mode`, as "another program" would, and attaches it. The
+    /// caller removes it.
+    pub fn create(key: i32, size: usize, mode: i32) -> Segment {
+        let flags = libc::IPC_CREAT | libc::IPC_EXCL | mode;
+        // SAFETY: plain integer arguments.
+        let id = unsafe { libc::shmget(key, size, flags) };
+        assert!(id >= 0, "shmget: {}", std::io::Error::last_os_error());
+        Segment::attach(id)
+    }
+
+    /// The root segment of the map at SysV key `key`.
+    pub fn root_of(key: i32) -> Segment {
+        // SAFETY: plain integer arguments.
+        let id = unsafe { libc::shmget(key, 0, 0) };
+        assert!(id >= 0, "no segment at key {key:#x}");
+        Segment::attach(id)
+    }
+
+    /// The data segment in force of the map `stats` describe.
+    pub fn data_of(stats: &Stats) -> Segment {
+        Segment::attach(stats.data_shmid)
+    }
+
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn check(&self, off: usize, n: usize, write: bool) {
+        assert!(
+            off.checked_add(n).is_some_and(|end| end <= self.len),
+            "bytes {off}..+{n} outside segment {} of {} bytes",
+            self.id,
+            self.len
+        );
+        assert!(
+            !write || self.writable,
+            "segment {} attached read-only",
+            self.id
+        );
+    }
+
+    /// The little-endian word at `off` (8-aligned).
+    pub fn read_u64(&self, off: usize) -> u64 {
+        self.check(off, 8, false);
+        assert_eq!(off % 8, 0, "unaligned word at {off}");
+        // SAFETY: in bounds and aligned (checked); a volatile load of a
+        // mapped word (other processes may write it: a test reads words no
+        // writer is changing meanwhile).
+        unsafe { self.p.add(off).cast::<u64>().read_volatile() }
+    }
+
+    /// Stores `v` at `off` (8-aligned).
+    pub fn write_u64(&self, off: usize, v: u64) {
+        self.check(off, 8, true);
+        assert_eq!(off % 8, 0, "unaligned word at {off}");
+        // SAFETY: in bounds, aligned, writable mapping (checked); scribbling
+        // is the point of the test.
+        unsafe { self.p.add(off).cast::<u64>().write_volatile(v) }
+    }
+
+    /// `n` bytes from `off`.
+    pub fn read_bytes(&self, off: usize, n: usize) -> Vec<u8> {
+        self.check(off, n, false);
+        // SAFETY: in bounds (checked); byte loads need no alignment.
+        (0..n)
+            .map(|i| unsafe { self.p.add(off + i).read_volatile() })
+            .collect()
+    }
+
+    /// Stores `bytes` at `off`.
+    pub fn write_bytes(&self, off: usize, bytes: &[u8]) {
+        self.check(off, bytes.len(), true);
+        for (i, &b) in bytes.iter().enumerate() {
+            // SAFETY: in bounds, writable mapping (checked).
+            unsafe { self.p.add(off + i).write_volatile(b) };
+        }
+    }
+
+    /// XORs the byte at `off` with `mask`.
+    pub fn flip(&self, off: usize, mask: u8) {
+        let b = self.read_bytes(off, 1)[0];
+        self.write_bytes(off, &[b ^ mask]);
+    }
+
+    /// Saves the `n` bytes at `off` now and puts them back when the guard
+    /// drops (also when the test panics, so that the map stays one
+    /// `destroy` can remove).
+    pub fn restore(&self, off: usize, n: usize) -> Restore<'_> {
+        self.check(off, n, true);
+        Restore {
+            seg: self,
+            saved: vec![(off, self.read_bytes(off, n))],
+        }
+    }
+
+    /// [`restore`](Self::restore) of the words at `offs`.
+    pub fn restore_words(&self, offs: &[usize]) -> Restore<'_> {
+        for &o in offs {
+            self.check(o, 8, true);
+        }
+        Restore {
+            seg: self,
+            saved: offs.iter().map(|&o| (o, self.read_bytes(o, 8))).collect(),
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `p` came from shmat and is detached once.
+        unsafe { libc::shmdt(self.p.cast()) };
+    }
+}
+
+/// Bytes of a [`Segment`] put back as they were when it drops.
+pub struct Restore<'a> {
+    seg: &'a Segment,
+    saved: Vec<(usize, Vec<u8>)>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        for (off, bytes) in self.saved.iter().rev() {
+            self.seg.write_bytes(*off, bytes);
+        }
+    }
+}
+
+/// The crash point named like its variant (`"MidApply"`), through the
+/// library's own `CrashPoint::from_name`; panics on an unknown name.
+pub fn crash_point(name: &str) -> shmkv::__private::CrashPoint {
+    shmkv::__private::CrashPoint::from_name(name)
+        .unwrap_or_else(|| panic!("unknown crash point {name}"))
+}
