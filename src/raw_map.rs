@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::hash::{hash_key, random_seed};
 use crate::options::Options;
 use crate::raw::gens::{Generation, Gens, Pin};
+use crate::raw::geometry::{grow_geometry, MIN_ARENA, MIN_SLOTS};
 use crate::raw::hooks::{reached, CrashPoint};
 use crate::raw::layout::{
     data_geometry, pack_current, pack_owner, unpack_current, DataHeader, RootHeader,
@@ -23,7 +24,7 @@ use crate::raw::root::{self, RootState};
 use crate::raw::table::{record_size, Found, ReadErr, Table};
 use crate::raw::verify::VerifyReport;
 use crate::raw::waiters;
-use crate::raw::write::{grow_geometry, Stager};
+use crate::raw::write::Stager;
 use crate::sys::{self, Attached, Removal, SemOpen, Semaphore, ShmInfo};
 
 /// A zero-copy reference into the map's shared memory. It stays valid and
@@ -1524,7 +1525,7 @@ impl RawBatch<'_> {
                 Err(e) => {
                     // A record that does not fit even into an otherwise empty map.
                     if let (Some((_, v)), Some(max)) = (extra, max_total) {
-                        if grow_geometry(16, 4096, 1, xb, max_total).is_err() {
+                        if grow_geometry(MIN_SLOTS, MIN_ARENA, 1, xb, max_total).is_err() {
                             return Err(Error::ValueTooLarge {
                                 len: v,
                                 max: max as usize,
