@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::raw::geometry::max_used;
 use crate::raw::layout::{align_up, data_geometry, ARENA_ALIGN, MAX_NAME_LEN, ROOT_SIZE};
-use crate::raw::write::max_used;
 use crate::size::{Size, SizeError};
 use crate::sys;
 

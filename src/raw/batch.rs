@@ -5,9 +5,10 @@ use std::sync::atomic::Ordering;
 
 use super::engine::{Engine, Undo};
 use super::gens::Generation;
+use super::geometry::{grow_geometry, MIN_ARENA, MIN_SLOTS};
 use super::layout::REDO_ENTRY;
 use super::table::{record_size, Table};
-use super::write::{grow_geometry, Stager};
+use super::write::Stager;
 use crate::error::{Error, Result};
 use crate::hash::hash_key;
 use crate::sys::{self};
@@ -84,7 +85,7 @@ impl RawBatch<'_> {
                 Err(e) => {
                     // A record that does not fit even into an otherwise empty map.
                     if let (Some((_, v)), Some(max)) = (extra, max_total) {
-                        if grow_geometry(16, 4096, 1, xb, max_total).is_err() {
+                        if grow_geometry(MIN_SLOTS, MIN_ARENA, 1, xb, max_total).is_err() {
                             return Err(Error::ValueTooLarge {
                                 len: v,
                                 max: max as usize,

@@ -9,8 +9,9 @@ use loom::sync::Arc;
 use loom::thread;
 
 use super::gens::{Gens, Numbered};
+use super::redo::Redo;
 use super::table::{LoomTable, ReadErr};
-use super::write::{Redo, Stager};
+use super::write::Stager;
 use crate::sync::{AtomicU64, Ordering, Weaken};
 
 /// Runs a loom model and prints how many executions it explored.

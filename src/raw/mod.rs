@@ -1,18 +1,25 @@
 //! Everything that touches raw shared memory: the layout, slot words, the
-//! seqlock, the table (read path), the write protocol and recovery.
+//! seqlock, the table (read path), the header's counters, the write
+//! protocol (staging, the redo log, sizing), recovery and the copy into a
+//! new generation.
 
 pub(crate) mod batch;
+pub(crate) mod counters;
 pub(crate) mod engine;
 pub(crate) mod gens;
+pub(crate) mod geometry;
 pub(crate) mod heap;
 pub(crate) mod hooks;
 pub(crate) mod layout;
 pub(crate) mod lifecycle;
 #[cfg(all(test, loom))]
 mod loom_models;
+pub(crate) mod migrate;
 pub(crate) mod notify;
 pub(crate) mod overlay;
 pub(crate) mod read;
+pub(crate) mod recovery;
+pub(crate) mod redo;
 pub(crate) mod reference;
 pub(crate) mod resize;
 pub(crate) mod root;

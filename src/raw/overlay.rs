@@ -10,10 +10,10 @@
 
 use std::sync::Arc;
 
+use super::redo::{Image, Redo};
 use super::seqlock::SPIN_LIMIT;
 use super::slot::Tag;
 use super::table::{Found, ReadErr, Table};
-use super::write::{Image, Redo};
 use crate::sync::{fence, Ordering};
 
 /// A committed, validated redo log of one generation, as readers use it.

@@ -1,6 +1,12 @@
-//! One table generation: the data segment's header, slots and arena, with
-//! the lock-free read path. Works over any memory region (a SysV segment or
-//! a heap buffer); the writer side is in [`super::write`].
+//! One table generation: the view of a data segment's header, slots and
+//! arena (creating and attaching it), and the lock-free read path over it
+//! (DESIGN.md "Read protocol": seqlock reads, VALIDATE-BEFORE-FOLLOW,
+//! PUBLISHED-IMMUTABLE). Works over any memory region (a SysV segment or a
+//! heap buffer). The rest of `impl Table` is by concern: the header's
+//! counters in [`super::counters`], reads through a committed log in
+//! [`super::overlay`], recovery in [`super::recovery`], the copy into a new
+//! generation in [`super::migrate`], `verify` in [`super::verify`]; the
+//! writer's staging is [`super::write`].
 
 use crate::sync::{fence, Ordering};
 use std::ptr::NonNull;
@@ -53,16 +59,6 @@ pub(crate) const fn value_offset_in_record(key_len: u64) -> u64 {
 /// Arena bytes a record of these lengths occupies.
 pub(crate) const fn record_size(key_len: u64, value_len: u64) -> u64 {
     align_up(value_offset_in_record(key_len) + value_len, ARENA_ALIGN)
-}
-
-/// The header's counters as a writer may use them: validated against the
-/// check word and the table's geometry by [`Table::counters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Counters {
-    pub(crate) arena_used: u64,
-    pub(crate) live: u64,
-    pub(crate) tombstones: u64,
-    pub(crate) garbage: u64,
 }
 
 /// A view of one data segment. Holds raw pointers: its owner keeps the
@@ -289,53 +285,6 @@ impl Table {
         let mut w = [0u8; 8];
         w.copy_from_slice(stored);
         record_checksum(body) == u64::from_le_bytes(w)
-    }
-
-    /// The header's counters, if they match their check word and the
-    /// geometry: `arena_used` inside the arena and 16-aligned, `garbage` at
-    /// most `arena_used`, `live + tombstones` at most the slots, and a
-    /// `view_seq` that can still advance. Every writer goes through this
-    /// before it uses a counter, so a scribbled header is `Corrupted`,
-    /// never an offset to write at or a size to loop on.
-    pub(crate) fn counters(&self) -> Result<Counters, &'static str> {
-        let h = self.header();
-        let c = Counters {
-            arena_used: h.arena_used.load(Ordering::Relaxed),
-            live: h.live.load(Ordering::Relaxed),
-            tombstones: h.tombstones.load(Ordering::Relaxed),
-            garbage: h.garbage.load(Ordering::Relaxed),
-        };
-        if h.counters_check.load(Ordering::Relaxed)
-            != counters_check(c.arena_used, c.live, c.tombstones, c.garbage)
-        {
-            return Err("data header counters do not match their check word");
-        }
-        if c.arena_used > self.arena_size
-            || c.arena_used % ARENA_ALIGN != 0
-            || c.garbage > c.arena_used
-            || c.live
-                .checked_add(c.tombstones)
-                .is_none_or(|n| n > self.capacity)
-        {
-            return Err("data header counters out of range");
-        }
-        if h.view_seq.load(Ordering::Relaxed) >= u64::MAX - 2 {
-            return Err("view sequence at its limit");
-        }
-        Ok(c)
-    }
-
-    /// Stores the counters and their check word (lock holder only).
-    pub(crate) fn store_counters(&self, c: Counters) {
-        let h = self.header();
-        h.arena_used.store(c.arena_used, Ordering::Relaxed);
-        h.live.store(c.live, Ordering::Relaxed);
-        h.tombstones.store(c.tombstones, Ordering::Relaxed);
-        h.garbage.store(c.garbage, Ordering::Relaxed);
-        h.counters_check.store(
-            counters_check(c.arena_used, c.live, c.tombstones, c.garbage),
-            Ordering::Relaxed,
-        );
     }
 
     /// Lock-free lookup: linear probing from `hash`, each slot read under

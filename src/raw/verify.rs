@@ -2,10 +2,10 @@
 
 use crate::sync::Ordering;
 
+use super::geometry::max_used;
 use super::layout::RECORD_HEADER;
 use super::slot::Tag;
 use super::table::{record_size, Table};
-use super::write::max_used;
 use crate::hash::hash_key;
 
 /// What `verify` found. `problems` is empty for a consistent map.
