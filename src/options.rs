@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::raw::geometry::max_used;
+use crate::raw::geometry::{max_used, MIN_ARENA, MIN_SLOTS};
 use crate::raw::layout::{align_up, data_geometry, ARENA_ALIGN, MAX_NAME_LEN, ROOT_SIZE};
 use crate::size::{Size, SizeError};
 use crate::sys;
@@ -156,7 +156,7 @@ impl Options {
                 self.capacity
             )));
         }
-        let mut slots = 16u64;
+        let mut slots = MIN_SLOTS;
         while max_used(slots) < self.capacity {
             slots *= 2;
         }
@@ -164,10 +164,10 @@ impl Options {
             Some(s) => s.bytes(),
             None => (self.capacity.saturating_mul(256)).max(64 << 10),
         };
-        if arena < 4096 {
-            return Err(bad(format!("arena of {arena} bytes (minimum 4kb)")));
+        if arena < MIN_ARENA {
+            return Err(bad(format!("arena of {arena} bytes (minimum {MIN_ARENA})")));
         }
-        let arena = align_up(arena.min(u64::MAX - 4096), ARENA_ALIGN);
+        let arena = align_up(arena.min(u64::MAX - MIN_ARENA), ARENA_ALIGN);
         let (_, _, total) =
             data_geometry(slots, arena).ok_or_else(|| bad("size overflows".into()))?;
         let with_root = total

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::redo::{Image, Redo};
+use super::redo::{Image, Redo, REDO_CHECKSUM_WORD};
 use super::seqlock::SPIN_LIMIT;
 use super::slot::Tag;
 use super::table::{Found, ReadErr, Table};
@@ -41,9 +41,6 @@ pub(crate) struct ReadState {
     /// The committed write being applied, if any: reads go through it.
     pub(crate) overlay: Option<Arc<Overlay>>,
 }
-
-/// Offset in words of the checksum in a redo log header.
-const CHECKSUM_WORD: u64 = 7;
 
 impl Table {
     /// The state a consistent read starts from: `view_seq` and, if a
@@ -103,7 +100,7 @@ impl Table {
 
     /// The checksum word of the log `commit` names, if in bounds.
     fn log_checksum(&self, commit: u64) -> Option<u64> {
-        let off = (commit >> 1).checked_add(CHECKSUM_WORD * 8)?;
+        let off = (commit >> 1).checked_add(REDO_CHECKSUM_WORD * 8)?;
         if off.checked_add(8)? > self.arena_size() || off % 8 != 0 {
             return None;
         }

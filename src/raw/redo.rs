@@ -13,6 +13,9 @@ use super::layout::{REDO_ENTRY, REDO_HEADER, REDO_MAGIC};
 use super::slot::{Lens, SlotWord, Tag};
 use super::table::Table;
 
+/// Index of the checksum word in a redo log header (see `layout::REDO_HEADER`).
+pub(crate) const REDO_CHECKSUM_WORD: u64 = 7;
+
 /// A planned slot image: the three data words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Image {
@@ -106,7 +109,7 @@ impl Redo {
         for w in &mut words {
             *w = w.to_le();
         }
-        words[7] = redo_checksum(&words).to_le();
+        words[REDO_CHECKSUM_WORD as usize] = redo_checksum(&words).to_le();
         let redo = Redo {
             target,
             arena_used: after.arena_used,
@@ -114,7 +117,7 @@ impl Redo {
             tombs: after.tombstones,
             garbage: after.garbage,
             entries,
-            checksum: u64::from_le(words[7]),
+            checksum: u64::from_le(words[REDO_CHECKSUM_WORD as usize]),
         };
         (redo, words)
     }
@@ -133,7 +136,7 @@ impl Redo {
         let words = load_words(t, log, (REDO_HEADER + count * REDO_ENTRY) / 8)
             .ok_or("redo log out of bounds")?;
         let le: Vec<u64> = words.iter().map(|w| w.to_le()).collect();
-        if redo_checksum(&le) != words[7] {
+        if redo_checksum(&le) != words[REDO_CHECKSUM_WORD as usize] {
             return Err("redo log checksum mismatch".into());
         }
         let redo = Redo {
@@ -155,7 +158,7 @@ impl Redo {
                     )
                 })
                 .collect(),
-            checksum: words[7],
+            checksum: words[REDO_CHECKSUM_WORD as usize],
         };
         if redo.target & 1 != 0
             || redo.target == 0
