@@ -36,9 +36,14 @@
 //!   while it is held.
 //! - Every write — a single `insert`/`remove` or a whole
 //!   [`write`](ShmMap::write) batch — is atomic and crash-safe: if the writer
-//!   is killed at any instruction, the next process that takes the lock (or a
-//!   reader that finds the map stuck) restores the state before or after the
-//!   write. A [`view`](ShmMap::view) sees all of a batch or none of it.
+//!   is killed at any instruction, the next process that takes the lock
+//!   restores the state before or after the write. A
+//!   [`view`](ShmMap::view) sees all of a batch or none of it, and so do
+//!   plain gets: once a get of a thread returned part of a batch, its later
+//!   gets see all of it. From the moment a write is committed, readers
+//!   (read-only ones included) read its result through its redo log, also
+//!   when its writer died half-way through applying it: no reader waits for
+//!   a dead writer or sees half of its write.
 //! - Keys are hashed with XXH3-64 over their bytes with a per-map seed stored
 //!   in the segment; the rkyv format is fingerprinted. A process whose build
 //!   disagrees gets [`Error::Incompatible`] instead of wrong answers.
@@ -51,8 +56,11 @@
 //!   [`Options::max_size`] bounds the total; past it writes fail with
 //!   [`Error::Full`] and nothing stored is lost.
 //! - [`RawMap::version`] counts committed writes;
-//!   [`RawMap::wait_for_change`] sleeps in the kernel (a futex in the
-//!   segment) until it moves.
+//!   [`RawMap::wait_for_change`] waits until it moves: a read-write handle
+//!   sleeps in the kernel (a futex in the segment; writers make the wake
+//!   system call only when someone sleeps), a read-only handle, which may not
+//!   write the segment, polls every millisecond. It returns
+//!   [`Error::NotFound`] once the map is destroyed.
 //!
 //! # Multi-process use
 //!
@@ -67,11 +75,25 @@
 //! Every failure is an [`Error`] variant: missing or existing maps,
 //! permissions, full table or arena (nothing stored is lost), oversized keys
 //! and values, lock timeouts (with the holder's pid), incompatible or
-//! corrupted segments. A reader that finds a bucket locked by a writer that
-//! died takes the lock and recovers; a read-only handle cannot, and waits at
-//! most the lock timeout, then returns [`Error::LockTimeout`] naming the
-//! holder's pid. [`RawMap::verify`] checks a map completely, and the `shmkv`
-//! command-line tool lists, inspects, dumps, loads and watches maps.
+//! corrupted segments, objects of another program at the map's key
+//! ([`Error::KeyInUse`]: shmkv never removes or writes what it cannot prove
+//! is its own). A writer that died leaves nothing for readers to wait for
+//! (see above); only a segment scribbled on by another process can leave a
+//! bucket locked with no committed write behind it, and then a read-write
+//! reader takes the free lock and repairs it, a read-only one waits at most
+//! the lock timeout and returns [`Error::LockTimeout`].
+//! [`RawMap::verify`] checks a map completely, and the `shmkv` command-line
+//! tool lists, inspects, dumps, loads and watches maps.
+//!
+//! # Whom a map trusts
+//!
+//! Processes that may write the map (its mode's write bits) are trusted not
+//! to scribble on it: one that does can make reads return wrong values or
+//! errors, and writes fail with [`Error::Corrupted`], but it cannot make
+//! another process's `get`, `get_ref`, `view` or validated typed read touch
+//! memory outside the map, crash or hang (every offset is bounds-checked,
+//! every wait bounded); `get_archived_unchecked` trusts the bytes and has no
+//! such protection. Processes that may only read cannot affect anyone.
 //!
 //! Every record carries an XXH3-64 checksum of its key and value.
 //! `verify` checks all of them; with [`Options::verify_reads`] every read

@@ -24,12 +24,12 @@ pub struct RawMap {
 }
 
 impl RawMap {
-    /// Creates a new map; [`Error::AlreadyExists`] if one is there.
+    /// Creates a new map; [`Error::AlreadyExists`](crate::Error::AlreadyExists) if one is there.
     pub fn create(name: &str, opts: &Options) -> Result<RawMap> {
         Engine::create(name, opts).map(|e| RawMap { e })
     }
 
-    /// Opens an existing map; [`Error::NotFound`] if there is none.
+    /// Opens an existing map; [`Error::NotFound`](crate::Error::NotFound) if there is none.
     pub fn open(name: &str, opts: &Options) -> Result<RawMap> {
         Engine::open(name, opts).map(|e| RawMap { e })
     }
@@ -47,10 +47,10 @@ impl RawMap {
     /// Only objects that are provably this map's are removed: the lock is
     /// taken first (with the lock timeout), a root is removed only if it
     /// carries a shmkv marker and the stored name is `name`
-    /// ([`Error::NameMismatch`] otherwise), each data segment only if its
+    /// ([`Error::NameMismatch`](crate::Error::NameMismatch) otherwise), each data segment only if its
     /// header names this root, and the semaphore set only if it is
     /// recognisably shmkv's. Objects of another program at the key give
-    /// [`Error::KeyInUse`] and are left alone.
+    /// [`Error::KeyInUse`](crate::Error::KeyInUse) and are left alone.
     pub fn destroy_by_name(name: &str, opts: &Options) -> Result<bool> {
         Engine::destroy_by_name(name, opts)
     }
@@ -58,10 +58,10 @@ impl RawMap {
     /// Removes the map from the kernel: its segments and its lock. Takes
     /// the write lock first (so no writer is publishing a new generation)
     /// and marks the map destroyed in the root's `current` word, so every
-    /// handle still open gets [`Error::NotFound`] on its next operation.
+    /// handle still open gets [`Error::NotFound`](crate::Error::NotFound) on its next operation.
     /// Segments stay mapped in processes that have them until they drop
-    /// their handles. Refused with [`Error::ReadOnly`] on a read-only
-    /// handle and with [`Error::PermissionDenied`] (nothing changed) for a
+    /// their handles. Refused with [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only
+    /// handle and with [`Error::PermissionDenied`](crate::Error::PermissionDenied) (nothing changed) for a
     /// process that may not remove the map.
     pub fn destroy(self) -> Result<()> {
         self.e.destroy()
@@ -114,7 +114,7 @@ impl RawMap {
         self.e.write(|b| b.remove(key))
     }
 
-    /// Every entry, as one consistent snapshot (see [`RawMap::view`]).
+    /// Every entry, as one consistent snapshot (see [`RawMap::view`](crate::RawMap::view)).
     pub fn entries(&self) -> Result<Vec<Entry<'_>>> {
         self.e.entries()
     }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::hash::hash_key;
 use crate::sys::{self};
 
-/// The operations of one atomic write (see [`RawMap::write`]).
+/// The operations of one atomic write (see [`RawMap::write`](crate::RawMap::write)).
 pub struct RawBatch<'b> {
     pub(super) map: &'b Engine,
     /// The published generation the batch started on.

@@ -192,7 +192,7 @@ impl Engine {
         }
     }
 
-    /// Every entry, as one consistent snapshot (see [`RawMap::view`]).
+    /// Every entry, as one consistent snapshot (see [`RawMap::view`](crate::RawMap::view)).
     pub(crate) fn entries(&self) -> Result<Vec<Entry<'_>>> {
         self.view(|v| v.entries())
     }

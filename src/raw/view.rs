@@ -11,7 +11,7 @@ use super::table::{Found, ReadErr, Table};
 use crate::error::{Error, Result};
 use crate::hash::hash_key;
 
-/// Consistent multi-key reads (see [`RawMap::view`]).
+/// Consistent multi-key reads (see [`RawMap::view`](crate::RawMap::view)).
 pub struct RawView<'m> {
     pub(super) map: &'m Engine,
     /// The generation the view reads (kept mapped by `pin`).
