@@ -68,6 +68,7 @@ impl RawMap {
     }
 
     /// The map's name.
+    #[inline]
     pub fn name(&self) -> &str {
         self.e.name()
     }
@@ -79,27 +80,32 @@ impl RawMap {
     }
 
     /// A copy of the value stored under `key`.
+    #[inline]
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.e.get(key)
     }
 
     /// Whether `key` is present.
+    #[inline]
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
         self.e.contains_key(key)
     }
 
     /// Number of entries.
+    #[inline]
     pub fn len(&self) -> usize {
         self.e.len()
     }
 
     /// Whether the map has no entries.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.e.is_empty()
     }
 
     /// The map's version: the number of writes committed so far. Any write
     /// advances it; a reader can compare versions to detect changes.
+    #[inline]
     pub fn version(&self) -> u64 {
         self.e.version()
     }

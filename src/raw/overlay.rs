@@ -10,9 +10,8 @@
 
 use std::sync::Arc;
 
-use super::redo::{Image, Redo, REDO_CHECKSUM_WORD};
-use super::seqlock::SPIN_LIMIT;
-use super::slot::Tag;
+use super::redo::{Redo, REDO_CHECKSUM_WORD};
+use super::seqlock::{SlotRead, SPIN_LIMIT};
 use super::table::{Found, ReadErr, Table};
 use crate::sync::{fence, Ordering};
 
@@ -126,50 +125,26 @@ impl Overlay {
 
     /// Slot `i` as it is after the write: from the log if the write changes
     /// it, else from the table (under its seqlock).
-    fn image(&self, t: &Table, i: u64) -> Result<Image, ReadErr> {
+    fn image(&self, t: &Table, i: u64) -> Result<SlotRead, ReadErr> {
         let e = &self.redo.entries;
         if let Ok(k) = e.binary_search_by_key(&i, |(slot, _)| *slot) {
-            return Ok(e[k].1);
+            let img = e[k].1;
+            return Ok(SlotRead {
+                hash: img.hash,
+                rec: img.rec,
+                lens: img.lens,
+            });
         }
-        let s = t.slot(i).read().ok_or(ReadErr::Stalled)?;
-        Ok(Image {
-            hash: s.hash,
-            rec: s.rec,
-            lens: s.lens,
-        })
+        t.slot(i).read().ok_or(ReadErr::Stalled)
     }
 
     /// [`Table::find`] in the after state.
     pub(crate) fn find(&self, t: &Table, key: &[u8], hash: u64) -> Result<Option<Found>, ReadErr> {
-        let mask = t.capacity() - 1;
-        let mut i = hash & mask;
-        for _ in 0..t.capacity() {
-            let img = self.image(t, i)?;
-            match img.rec.tag() {
-                Some(Tag::EMPTY) => return Ok(None),
-                Some(Tag::FULL) => {
-                    if img.hash == hash && img.lens.key_len() == key.len() as u64 {
-                        let f = t.locate(i, img.rec.offset(), img.lens)?;
-                        if t.key_of(&f) == key {
-                            return Ok(Some(f));
-                        }
-                    }
-                }
-                Some(_) => {}
-                None => return Err(ReadErr::Corrupted("invalid slot tag")),
-            }
-            i = (i + 1) & mask;
-        }
-        Ok(None)
+        t.probe(key, hash, |i| self.image(t, i))
     }
 
     /// [`Table::entry_at`] in the after state.
     pub(crate) fn entry_at(&self, t: &Table, i: u64) -> Result<Option<Found>, ReadErr> {
-        let img = self.image(t, i)?;
-        match img.rec.tag() {
-            Some(Tag::FULL) => t.locate(i, img.rec.offset(), img.lens).map(Some),
-            Some(_) => Ok(None),
-            None => Err(ReadErr::Corrupted("invalid slot tag")),
-        }
+        t.entry_of(i, self.image(t, i)?)
     }
 }

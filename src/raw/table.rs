@@ -15,6 +15,7 @@ use super::layout::{
     align_up, counters_check, data_geometry, record_checksum, DataHeader, Slot, ARENA_ALIGN,
     DATA_HEADER_SIZE, DATA_MAGIC, LAYOUT_VERSION, RECORD_CHECKSUM_AT, RECORD_HEADER,
 };
+use super::seqlock::SlotRead;
 use super::slot::{Lens, Tag};
 use crate::error::{Error, Incompatible, Result};
 
@@ -291,9 +292,24 @@ impl Table {
     /// its seqlock; the offset is followed only after the read validated.
     #[inline]
     pub(crate) fn find(&self, key: &[u8], hash: u64) -> Result<Option<Found>, ReadErr> {
+        self.probe(key, hash, |i| self.slot(i).read().ok_or(ReadErr::Stalled))
+    }
+
+    /// Linear probing from `hash` over slot images that `image` gives (the
+    /// table's own under their seqlocks, or the state after a committed
+    /// write, see `overlay`): the key's record, `None` at an EMPTY slot or
+    /// after `capacity` slots. Offsets are followed only after `locate`
+    /// bounds-checked them (VALIDATE-BEFORE-FOLLOW).
+    #[inline(always)]
+    pub(crate) fn probe(
+        &self,
+        key: &[u8],
+        hash: u64,
+        mut image: impl FnMut(u64) -> Result<SlotRead, ReadErr>,
+    ) -> Result<Option<Found>, ReadErr> {
         let mut i = hash & self.mask;
         for _ in 0..self.capacity {
-            let s = self.slot(i).read().ok_or(ReadErr::Stalled)?;
+            let s = image(i)?;
             match s.rec.tag() {
                 Some(Tag::EMPTY) => return Ok(None),
                 Some(Tag::FULL) => {
@@ -314,7 +330,11 @@ impl Table {
 
     /// Reads slot `i` under its seqlock: the record if the slot is FULL.
     pub(crate) fn entry_at(&self, i: u64) -> Result<Option<Found>, ReadErr> {
-        let s = self.slot(i).read().ok_or(ReadErr::Stalled)?;
+        self.entry_of(i, self.slot(i).read().ok_or(ReadErr::Stalled)?)
+    }
+
+    /// The record of slot `i` with image `s`, if it is FULL.
+    pub(crate) fn entry_of(&self, i: u64, s: SlotRead) -> Result<Option<Found>, ReadErr> {
         match s.rec.tag() {
             Some(Tag::FULL) => self.locate(i, s.rec.offset(), s.lens).map(Some),
             Some(_) => Ok(None),
