@@ -20,7 +20,7 @@ pub struct RawBatch<'b> {
     pub(super) base: &'b Generation,
     /// A new generation the batch moved to (unpublished until commit).
     pub(super) fresh: Option<Box<Generation>>,
-    pub(super) stager: Stager,
+    pub(super) stager: Stager<'b>,
 }
 
 impl RawBatch<'_> {
@@ -113,8 +113,8 @@ impl RawBatch<'_> {
         // stages their final state.
         fresh
             .table
-            .load_from(base, |k, h| self.stager.touches(k, h))?;
-        let mut stager = Stager::new(&fresh.table);
+            .load_from(self.stager.lock(), base, |k, h| self.stager.touches(k, h))?;
+        let mut stager = Stager::new(&fresh.table, self.stager.lock());
         let from = &self.fresh.as_deref().unwrap_or(self.base).table;
         self.stager.replay(from, &mut stager, &fresh.table)?;
         discard.0 = None;

@@ -7,6 +7,7 @@
 use crate::sync::Ordering;
 
 use super::layout::{counters_check, ARENA_ALIGN};
+use super::lock::WriteLock;
 use super::table::Table;
 
 /// The header's counters as a writer may use them: validated against the
@@ -55,7 +56,7 @@ impl Table {
     }
 
     /// Stores the counters and their check word (lock holder only).
-    pub(crate) fn store_counters(&self, c: Counters) {
+    pub(crate) fn store_counters(&self, _lock: &WriteLock, c: Counters) {
         let h = self.header();
         h.arena_used.store(c.arena_used, Ordering::Relaxed);
         h.live.store(c.live, Ordering::Relaxed);

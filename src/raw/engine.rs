@@ -17,6 +17,7 @@ use super::batch::RawBatch;
 use super::gens::{Generation, Gens, Pin};
 use super::hooks::{reached, CrashPoint};
 use super::layout::{pack_owner, unpack_current, RootHeader, CURRENT_DESTROYED};
+use super::lock::WriteLock;
 use super::overlay::Overlay;
 use super::resize::discard_recorded;
 use super::root;
@@ -66,7 +67,29 @@ pub(super) fn thread_mark() -> usize {
 /// Holds the write lock; releases it on drop, after finishing any committed
 /// write that a panic interrupted (scope guard).
 pub(super) struct WriteGuard<'m> {
-    pub(super) map: &'m Engine,
+    map: &'m Engine,
+    lock: WriteLock,
+}
+
+impl<'m> WriteGuard<'m> {
+    /// The guard of a lock the caller just took.
+    ///
+    /// # Safety
+    /// The calling thread holds `map`'s semaphore (acquired, not yet
+    /// released) and nothing else will release it.
+    pub(super) unsafe fn new(map: &'m Engine) -> WriteGuard<'m> {
+        map.writer_thread.store(thread_mark(), Ordering::Relaxed);
+        WriteGuard {
+            map,
+            // SAFETY: the caller holds the map's semaphore (forwarded).
+            lock: unsafe { WriteLock::assume_held() },
+        }
+    }
+
+    /// The proof that this thread holds the lock.
+    pub(super) fn token(&self) -> &WriteLock {
+        &self.lock
+    }
 }
 
 impl Drop for WriteGuard<'_> {
@@ -77,7 +100,7 @@ impl Drop for WriteGuard<'_> {
             let pin = self.map.gens.pin();
             let t = &pin.current().table;
             if t.needs_recovery() {
-                let _ = t.recover();
+                let _ = t.recover(&self.lock);
             }
             self.map.root().applying.store(0, Ordering::Release);
         }
@@ -218,14 +241,18 @@ impl Engine {
             },
             e => e,
         })?;
-        self.writer_thread.store(thread_mark(), Ordering::Relaxed);
-        Ok(WriteGuard { map: self })
+        // SAFETY: the semaphore was just acquired by this thread.
+        Ok(unsafe { WriteGuard::new(self) })
     }
 
     /// With the lock held: removes segments a dead resize left behind,
     /// switches to the generation in force and finishes any committed
     /// write. Returns the generation to write to.
-    pub(super) fn recover_locked<'p>(&self, pin: &'p Pin<'_>) -> Result<&'p Generation> {
+    pub(super) fn recover_locked<'p>(
+        &self,
+        pin: &'p Pin<'_>,
+        lock: &WriteLock,
+    ) -> Result<&'p Generation> {
         let r = self.root();
         let (_, current_id) = unpack_current(r.current.load(Ordering::Acquire));
         discard_recorded(
@@ -235,7 +262,7 @@ impl Engine {
             true,
         );
         let g = self.current(pin)?;
-        g.table.recover()?;
+        g.table.recover(lock)?;
         r.applying.store(0, Ordering::Release);
         Ok(g)
     }
@@ -263,8 +290,8 @@ impl Engine {
         f: impl FnOnce(&mut RawBatch<'_>) -> Result<R>,
     ) -> Result<R> {
         let pin = self.gens.pin();
-        let _guard = self.lock()?;
-        let base = self.recover_locked(&pin)?;
+        let guard = self.lock()?;
+        let base = self.recover_locked(&pin, guard.token())?;
         // Staging overwrites arena bytes above `arena_used`, where the last
         // write's log lay; readers that parsed that log validate it with
         // `view_seq`, which that write moved on before: this fence orders
@@ -274,7 +301,7 @@ impl Engine {
             map: self,
             base,
             fresh: None,
-            stager: Stager::new(&base.table),
+            stager: Stager::new(&base.table, guard.token()),
         };
         if compact || base.table.wants_compaction() {
             batch.migrate(None)?;
@@ -290,7 +317,7 @@ impl Engine {
     /// the commit store and cleared after the apply: readers that see it
     /// read the after state through the log (`overlay`), so no read sees
     /// part of the write, also if this process dies half-way.
-    pub(super) fn commit_in_place(&self, t: &Table, stager: &Stager) -> Result<bool> {
+    pub(super) fn commit_in_place(&self, t: &Table, stager: &Stager<'_>) -> Result<bool> {
         let Some((word, redo)) = stager.prepare(t)? else {
             return Ok(false);
         };
@@ -302,7 +329,7 @@ impl Engine {
         // and are not left asleep if this process dies while applying.
         waiters::publish_version(r, redo.target >> 1);
         reached(CrashPoint::AfterCommit);
-        redo.apply(t, true);
+        redo.apply(t, stager.lock(), true);
         r.applying.store(0, Ordering::Release);
         Ok(true)
     }
@@ -326,8 +353,8 @@ impl Engine {
                 std::thread::sleep(Duration::from_millis(1));
             } else {
                 let pin = self.gens.pin();
-                let _guard = self.lock()?;
-                self.recover_locked(&pin)?;
+                let guard = self.lock()?;
+                self.recover_locked(&pin, guard.token())?;
             }
         }
     }

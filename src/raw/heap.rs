@@ -62,6 +62,7 @@ unsafe impl Sync for HeapRegion {}
 use crate::error::{Error, Result};
 use crate::hash::hash_key;
 use crate::raw::layout::data_geometry;
+use crate::raw::lock::WriteLock;
 use crate::raw::table::{ReadErr, Table};
 use crate::raw::write::Stager;
 
@@ -73,6 +74,9 @@ pub struct HeapMap {
     table: Table,
     region: HeapRegion,
     seed: u64,
+    /// The writer's token: a heap table has no lock, its handle is the only
+    /// writer.
+    lock: WriteLock,
     /// Not `Sync`: `image` reads the bytes plainly while only this thread writes.
     _single_thread: std::marker::PhantomData<std::cell::Cell<()>>,
 }
@@ -80,7 +84,7 @@ pub struct HeapMap {
 /// The operations of one write on a [`HeapMap`].
 pub struct HeapBatch<'a> {
     t: &'a Table,
-    stager: Stager,
+    stager: Stager<'a>,
     seed: u64,
 }
 
@@ -119,6 +123,9 @@ impl HeapMap {
             table,
             region,
             seed,
+            // SAFETY: the region is this map's alone and the map is not
+            // `Sync`: only the thread that owns it writes the table.
+            lock: unsafe { WriteLock::assume_held() },
             _single_thread: std::marker::PhantomData,
         })
     }
@@ -134,6 +141,9 @@ impl HeapMap {
             table,
             region,
             seed,
+            // SAFETY: the region is this map's alone and the map is not
+            // `Sync`: only the thread that owns it writes the table.
+            lock: unsafe { WriteLock::assume_held() },
             _single_thread: std::marker::PhantomData,
         })
     }
@@ -148,10 +158,10 @@ impl HeapMap {
 
     /// Runs recovery, then `f`, then commits what it staged.
     pub fn write<R>(&self, f: impl FnOnce(&mut HeapBatch<'_>) -> Result<R>) -> Result<R> {
-        self.table.recover()?;
+        self.table.recover(&self.lock)?;
         let mut b = HeapBatch {
             t: &self.table,
-            stager: Stager::new(&self.table),
+            stager: Stager::new(&self.table, &self.lock),
             seed: self.seed,
         };
         let r = f(&mut b)?;
@@ -165,7 +175,9 @@ impl HeapMap {
     /// The heap map has no generations, so nothing is published.
     pub fn compact(&self) -> Result<HeapMap> {
         let fresh = HeapMap::new(self.table.capacity(), self.table.arena_size(), self.seed)?;
-        fresh.table.load_from(&self.table, |_, _| false)?;
+        fresh
+            .table
+            .load_from(&fresh.lock, &self.table, |_, _| false)?;
         Ok(fresh)
     }
 
@@ -176,7 +188,7 @@ impl HeapMap {
 
     /// Recovery as the next lock holder would run it.
     pub fn recover(&self) -> Result<bool> {
-        self.table.recover()
+        self.table.recover(&self.lock)
     }
 
     /// The value of `key`.

@@ -9,10 +9,18 @@ use loom::sync::Arc;
 use loom::thread;
 
 use super::gens::{Gens, Numbered};
+use super::lock::WriteLock;
 use super::redo::Redo;
 use super::table::{LoomTable, ReadErr};
 use super::write::Stager;
 use crate::sync::{AtomicU64, Ordering, Weaken};
+
+/// The writer's token in the models: each model has one writer at a time
+/// (the writer thread, or the recoverer after the writer stopped), as the
+/// write lock guarantees in the library.
+// SAFETY: every model runs at most one writer of its table at a time (see
+// each model); the token is only used by that writer.
+static WRITER: WriteLock = unsafe { WriteLock::assume_held() };
 
 /// Runs a loom model and prints how many executions it explored.
 /// A weakening planted by `loom_weakenings_are_caught` runs the model in a
@@ -39,7 +47,7 @@ fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
 
 /// Writes `key → value` with the full write protocol (single writer).
 fn put(t: &super::table::Table, key: &[u8], hash: u64, value: &[u8]) {
-    let mut s = Stager::new(t);
+    let mut s = Stager::new(t, &WRITER);
     s.put(t, key, hash, value).unwrap();
     s.commit(t).unwrap();
 }
@@ -48,7 +56,7 @@ fn put(t: &super::table::Table, key: &[u8], hash: u64, value: &[u8]) {
 /// threads start: they write only unpublished memory under the writer lock.
 /// Returns the commit word.
 fn prepare(t: &super::table::Table, puts: &[(&[u8], u64, &[u8])], removes: &[(&[u8], u64)]) -> u64 {
-    let mut s = Stager::new(t);
+    let mut s = Stager::new(t, &WRITER);
     for (k, h, v) in puts {
         s.put(t, k, *h, v).unwrap();
     }
@@ -61,7 +69,7 @@ fn prepare(t: &super::table::Table, puts: &[(&[u8], u64, &[u8])], removes: &[(&[
 /// Steps 6–8, the part that races with readers: commit store, apply, clear.
 fn commit_and_apply(t: &super::table::Table, word: u64) {
     t.header().commit.store(word, Ordering::Release);
-    Redo::parse(t, word).unwrap().apply(t, false);
+    Redo::parse(t, word).unwrap().apply(t, &WRITER, false);
 }
 
 /// Model 1: a reader against a writer updating the same key. The reader
@@ -141,7 +149,7 @@ fn loom_insert_into_a_tombstone_never_hides_a_present_key() {
             put(t, b"B", 0, b"b");
             put(t, b"A", 0, b"a");
             put(t, b"D", 0, b"d");
-            let mut s = Stager::new(t);
+            let mut s = Stager::new(t, &WRITER);
             assert!(s.remove(t, b"B", 0).unwrap());
             assert!(s.remove(t, b"D", 0).unwrap());
             s.put(t, b"C", 0, b"c").unwrap();
@@ -202,7 +210,7 @@ fn loom_plain_gets_see_a_batch_whole() {
         let applying = Arc::new(AtomicU64::new(0));
         {
             let t = &lt.table;
-            let mut s = Stager::new(t);
+            let mut s = Stager::new(t, &WRITER);
             s.put(t, b"X", 1, b"x1").unwrap();
             s.put(t, b"Y", 2, b"y1").unwrap();
             s.commit(t).unwrap();
@@ -236,7 +244,7 @@ fn loom_view_sees_all_or_none_of_a_batch() {
         let lt = Arc::new(LoomTable::new(4, 2048));
         {
             let t = &lt.table;
-            let mut s = Stager::new(t);
+            let mut s = Stager::new(t, &WRITER);
             s.put(t, b"X", 1, b"x1").unwrap();
             s.put(t, b"Y", 2, b"y1").unwrap();
             s.commit(t).unwrap();
@@ -368,13 +376,13 @@ fn loom_recovery_after_a_writer_stops() {
         let lt = Arc::new(LoomTable::new(4, 4096));
         let t = &lt.table;
         {
-            let mut s = Stager::new(t);
+            let mut s = Stager::new(t, &WRITER);
             s.put(t, b"X", 1, b"x1").unwrap();
             s.put(t, b"Y", 2, b"y1").unwrap();
             s.commit(t).unwrap();
         }
         // The first writer: commit, apply one slot, start the second, stop.
-        let mut s = Stager::new(t);
+        let mut s = Stager::new(t, &WRITER);
         s.put(t, b"X", 1, b"x2").unwrap();
         s.put(t, b"Y", 2, b"y2").unwrap();
         let word = s.prepare(t).unwrap().unwrap().0;
@@ -384,7 +392,8 @@ fn loom_recovery_after_a_writer_stops() {
         h.view_seq
             .store(h.view_seq.load(Ordering::Relaxed) | 1, Ordering::Relaxed);
         let (i0, img0) = &redo.entries[0];
-        t.slot(*i0).write(img0.hash, img0.rec, img0.lens, || {});
+        t.slot(*i0)
+            .write(&WRITER, img0.hash, img0.rec, img0.lens, || {});
         let (i1, _) = &redo.entries[1];
         let seq = &t.slot(*i1).seq;
         seq.store(seq.load(Ordering::Relaxed) | 1, Ordering::Relaxed);
@@ -392,7 +401,7 @@ fn loom_recovery_after_a_writer_stops() {
         let recoverer = {
             let lt = lt.clone();
             thread::spawn(move || {
-                lt.table.recover().unwrap();
+                lt.table.recover(&WRITER).unwrap();
             })
         };
         if let Some((x, y)) = view_xy(&lt.table) {

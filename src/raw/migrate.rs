@@ -9,6 +9,7 @@ use crate::sync::Ordering;
 
 use super::counters::Counters;
 use super::geometry::max_used;
+use super::lock::WriteLock;
 use super::slot::{SlotWord, Tag};
 use super::table::{record_size, ReadErr, Table};
 use super::write::Stager;
@@ -27,7 +28,12 @@ impl Table {
     /// this table, which must be new and unpublished (no reader can see it, so slots are written without
     /// a redo log: a crash leaves a segment that recovery removes). Also
     /// carries the version over.
-    pub(crate) fn load_from(&self, src: &Table, skip: impl Fn(&[u8], u64) -> bool) -> Result<()> {
+    pub(crate) fn load_from(
+        &self,
+        lock: &WriteLock,
+        src: &Table,
+        skip: impl Fn(&[u8], u64) -> bool,
+    ) -> Result<()> {
         let (mut cursor, mut live) = (0u64, 0u64);
         let mask = self.capacity() - 1;
         for i in 0..src.capacity() {
@@ -66,16 +72,19 @@ impl Table {
                 j = (j + 1) & mask;
             }
             self.slot(j)
-                .write(s.hash, SlotWord::full(cursor), s.lens, || {});
+                .write(lock, s.hash, SlotWord::full(cursor), s.lens, || {});
             cursor += size;
             live += 1;
         }
-        self.store_counters(Counters {
-            arena_used: cursor,
-            live,
-            tombstones: 0,
-            garbage: 0,
-        });
+        self.store_counters(
+            lock,
+            Counters {
+                arena_used: cursor,
+                live,
+                tombstones: 0,
+                garbage: 0,
+            },
+        );
         let h = self.header();
         h.view_seq.store(
             src.header().view_seq.load(Ordering::Relaxed) & !1,

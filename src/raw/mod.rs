@@ -12,6 +12,7 @@ pub(crate) mod heap;
 pub(crate) mod hooks;
 pub(crate) mod layout;
 pub(crate) mod lifecycle;
+pub(crate) mod lock;
 #[cfg(all(test, loom))]
 mod loom_models;
 pub(crate) mod migrate;

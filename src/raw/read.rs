@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::engine::{thread_mark, Engine, WriteGuard};
+use super::engine::{Engine, WriteGuard};
 use super::gens::Generation;
 use super::overlay::{Overlay, ReadState};
 use super::reference::{Entry, Ref};
@@ -105,12 +105,12 @@ impl Engine {
             });
         }
         if !self.read_only && self.sem.value() == Some(1) && self.sem.try_acquire()? {
-            self.writer_thread.store(thread_mark(), Ordering::Relaxed);
-            let _guard = WriteGuard { map: self };
+            // SAFETY: `try_acquire` just took the semaphore for this thread.
+            let guard = unsafe { WriteGuard::new(self) };
             let pin = self.gens.pin();
-            let g = self.recover_locked(&pin)?;
+            let g = self.recover_locked(&pin, guard.token())?;
             if !g.table.needs_recovery() {
-                g.table.close_odd_slots();
+                g.table.close_odd_slots(guard.token());
             }
             self.notify(&pin);
             return Ok(());
@@ -229,8 +229,8 @@ impl Engine {
             }
             tries += 1;
             if tries >= OPTIMISTIC_TRIES && !self.read_only {
-                let _guard = self.lock()?;
-                let g = self.recover_locked(&pin)?;
+                let guard = self.lock()?;
+                let g = self.recover_locked(&pin, guard.token())?;
                 return f(&RawView {
                     map: self,
                     gen: NonNull::from(g),

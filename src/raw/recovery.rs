@@ -6,6 +6,7 @@
 
 use crate::sync::{weakened, Ordering, Weaken};
 
+use super::lock::WriteLock;
 use super::redo::Redo;
 use super::table::Table;
 use crate::error::{Error, Result};
@@ -15,7 +16,7 @@ impl Table {
     /// committed redo log is applied again (idempotent), an uncommitted one
     /// is ignored (its bytes are above `arena_used`). Returns whether
     /// anything was repaired. The caller holds the writer lock.
-    pub(crate) fn recover(&self) -> Result<bool> {
+    pub(crate) fn recover(&self, lock: &WriteLock) -> Result<bool> {
         let h = self.header();
         let commit = h.commit.load(Ordering::Acquire);
         if commit == 0 {
@@ -32,14 +33,14 @@ impl Table {
         let redo = Redo::parse(self, commit).map_err(Error::corrupted)?;
         if weakened(Weaken::Recovery) {
             // Planted bug: only close what is open, do not redo.
-            self.close_odd_slots();
+            self.close_odd_slots(lock);
             let seq = h.view_seq.load(Ordering::Relaxed);
             h.view_seq
                 .store((seq | 1).wrapping_add(1), Ordering::Release);
             h.commit.store(0, Ordering::Release);
             return Ok(true);
         }
-        redo.apply(self, false);
+        redo.apply(self, lock, false);
         Ok(true)
     }
 
@@ -47,7 +48,7 @@ impl Table {
     /// does: the segment was scribbled on). Called under the lock when a
     /// reader stalled and recovery found nothing to redo, so that readers
     /// see (bounds-checked) data instead of stalling forever.
-    pub(crate) fn close_odd_slots(&self) -> u64 {
+    pub(crate) fn close_odd_slots(&self, _lock: &WriteLock) -> u64 {
         let mut closed = 0;
         for i in 0..self.capacity() {
             let seq = &self.slot(i).seq;

@@ -10,6 +10,7 @@ use crate::sync::{fence, weakened, Ordering, Weaken};
 use super::counters::Counters;
 use super::hooks::{reached, CrashPoint};
 use super::layout::{REDO_ENTRY, REDO_HEADER, REDO_MAGIC};
+use super::lock::WriteLock;
 use super::slot::{Lens, SlotWord, Tag};
 use super::table::Table;
 
@@ -190,7 +191,7 @@ impl Redo {
     /// Applies the log: view sequence odd, each slot under its seqlock,
     /// counters, view sequence even (= target), commit marker cleared.
     /// Idempotent; `crash_hooks` enables the test crash points.
-    pub(crate) fn apply(&self, t: &Table, crash_hooks: bool) {
+    pub(crate) fn apply(&self, t: &Table, lock: &WriteLock, crash_hooks: bool) {
         let h = t.header();
         if h.view_seq.load(Ordering::Relaxed) != self.target {
             if !weakened(Weaken::ViewSeq) {
@@ -198,18 +199,21 @@ impl Redo {
                 fence(Ordering::Release);
             }
             for (i, img) in &self.entries {
-                t.slot(*i).write(img.hash, img.rec, img.lens, || {
+                t.slot(*i).write(lock, img.hash, img.rec, img.lens, || {
                     if crash_hooks {
                         reached(CrashPoint::MidApply);
                     }
                 });
             }
-            t.store_counters(Counters {
-                arena_used: self.arena_used,
-                live: self.live,
-                tombstones: self.tombs,
-                garbage: self.garbage,
-            });
+            t.store_counters(
+                lock,
+                Counters {
+                    arena_used: self.arena_used,
+                    live: self.live,
+                    tombstones: self.tombs,
+                    garbage: self.garbage,
+                },
+            );
             h.view_seq.store(self.target, Ordering::Release);
         }
         if crash_hooks {

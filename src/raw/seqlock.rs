@@ -6,6 +6,7 @@
 use crate::sync::{fence, weakened, Ordering, Weaken};
 
 use super::layout::Slot;
+use super::lock::WriteLock;
 use super::slot::{Lens, SlotWord};
 
 /// How many times a reader retries a bucket that is odd (being written)
@@ -55,7 +56,14 @@ impl Slot {
     /// Writes the slot under its seqlock. Only the lock holder calls this.
     /// A slot left odd by a dead writer is completed: its stamp is already
     /// odd, so it is kept and only the closing even store is made.
-    pub(crate) fn write(&self, hash: u64, rec: SlotWord, lens: Lens, crash_mid: impl FnOnce()) {
+    pub(crate) fn write(
+        &self,
+        _lock: &WriteLock,
+        hash: u64,
+        rec: SlotWord,
+        lens: Lens,
+        crash_mid: impl FnOnce(),
+    ) {
         let s = self.seq.load(Ordering::Relaxed);
         let odd = s | 1;
         self.seq.store(odd, Ordering::Relaxed);

@@ -188,13 +188,15 @@ impl Table {
         unsafe { self.header.as_ref() }
     }
 
+    /// Slot `i` (an index is taken modulo the capacity, so every index is
+    /// in bounds: a checked index in the manner of hashbrown's buckets).
     #[inline]
     pub(crate) fn slot(&self, i: u64) -> &Slot {
         debug_assert!(i < self.capacity);
-        // SAFETY: i < capacity, and attach checked that capacity slots fit
-        // inside the mapping. Slots are 8-byte aligned atomics; only shared
-        // references are formed.
-        unsafe { &*self.slots.as_ptr().add(i as usize) }
+        // SAFETY: `i & mask < capacity`, and attach checked that capacity
+        // slots fit inside the mapping. Slots are 8-byte aligned atomics;
+        // only shared references are formed.
+        unsafe { &*self.slots.as_ptr().add((i & self.mask) as usize) }
     }
 
     pub(crate) fn capacity(&self) -> u64 {
@@ -213,10 +215,18 @@ impl Table {
         self.segment_size
     }
 
-    /// Raw pointer to arena byte `off` (no bounds check).
-    pub(crate) fn arena_ptr(&self, off: u64) -> *mut u8 {
-        // SAFETY: callers bounds-check `off` against arena_size first; the
-        // arena lies inside the mapping (checked at attach).
+    /// Raw pointer to arena byte `off`.
+    ///
+    /// # Safety
+    /// `off <= arena_size` (the pointer stays inside the mapping). Reading
+    /// or writing through it has its own conditions: published bytes are
+    /// never written (PUBLISHED-IMMUTABLE), unpublished ones only by the
+    /// lock holder, and bytes another process may write are read only with
+    /// atomic loads and validated (VALIDATE-BEFORE-FOLLOW).
+    pub(crate) unsafe fn arena_ptr(&self, off: u64) -> *mut u8 {
+        debug_assert!(off <= self.arena_size);
+        // SAFETY: `off <= arena_size` (the caller's contract), and the arena
+        // lies inside the mapping (checked at attach).
         unsafe { self.arena.as_ptr().add(off as usize) }
     }
 

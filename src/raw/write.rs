@@ -20,6 +20,7 @@ use super::layout::{
     checked_align_up, record_checksum, ARENA_ALIGN, RECORD_CHECKSUM_AT, RECORD_HEADER, REDO_ENTRY,
     REDO_HEADER,
 };
+use super::lock::WriteLock;
 use super::redo::{le_bytes, Image, Redo};
 use super::slot::{Lens, SlotWord, Tag};
 use super::table::{record_size, value_offset_in_record, ReadErr, Table};
@@ -69,7 +70,9 @@ struct Probe {
 }
 
 /// The writer's staging area for one write (one call or one batch).
-pub(crate) struct Stager {
+pub(crate) struct Stager<'l> {
+    /// The writer's proof that it holds the lock (commits apply with it).
+    lock: &'l WriteLock,
     /// The header's counters when the write started, validated
     /// ([`Table::counters`]); an `Err` refuses every operation.
     base: std::result::Result<Counters, &'static str>,
@@ -85,14 +88,15 @@ pub(crate) struct Stager {
     staged_garbage: u64,
 }
 
-impl Stager {
+impl<'l> Stager<'l> {
     /// Starts a write. The caller holds the writer lock and has run recovery.
     /// The header's counters are validated here once; if they are damaged,
     /// every staging operation and the commit return `Corrupted` (nothing
     /// is written).
-    pub(crate) fn new(t: &Table) -> Stager {
+    pub(crate) fn new(t: &Table, lock: &'l WriteLock) -> Stager<'l> {
         let base = t.counters();
         Stager {
+            lock,
             cursor: base.map_or(0, |c| c.arena_used),
             base,
             ops: Vec::new(),
@@ -100,6 +104,11 @@ impl Stager {
             chain: Vec::new(),
             staged_garbage: 0,
         }
+    }
+
+    /// The writer's lock token (for the copy into a new generation).
+    pub(crate) fn lock(&self) -> &'l WriteLock {
+        self.lock
     }
 
     /// The validated counters the write started from.
@@ -310,7 +319,7 @@ impl Stager {
     /// Stages this batch's operations again into `into` (over table `to`),
     /// reading staged records from `from`. Used when a batch moves to a new
     /// generation.
-    pub(crate) fn replay(&self, from: &Table, into: &mut Stager, to: &Table) -> Result<()> {
+    pub(crate) fn replay(&self, from: &Table, into: &mut Stager<'_>, to: &Table) -> Result<()> {
         for (key, op) in &self.ops {
             match *op {
                 Staged::Put { record, lens, hash } => {
@@ -373,7 +382,7 @@ impl Stager {
         };
         t.header().commit.store(word, Ordering::Release);
         reached(CrashPoint::AfterCommit);
-        redo.apply(t, true);
+        redo.apply(t, self.lock, true);
         Ok(true)
     }
 
