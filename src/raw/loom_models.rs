@@ -72,6 +72,19 @@ fn commit_and_apply(t: &super::table::Table, word: u64) {
     Redo::parse(t, word).unwrap().apply(t, &WRITER, false);
 }
 
+/// A table holding X → x1 and Y → y1, and the commit word of a staged
+/// batch that sets X → x2 and Y → y2 (models 3 and 6).
+fn xy_and_a_batch() -> (Arc<LoomTable>, u64) {
+    let lt = Arc::new(LoomTable::new(4, 2048));
+    let t = &lt.table;
+    let mut s = Stager::new(t, &WRITER);
+    s.put(t, b"X", 1, b"x1").unwrap();
+    s.put(t, b"Y", 2, b"y1").unwrap();
+    s.commit(t).unwrap();
+    let word = prepare(t, &[(b"X", 1, b"x2"), (b"Y", 2, b"y2")], &[]);
+    (lt, word)
+}
+
 /// Model 1: a reader against a writer updating the same key. The reader
 /// sees the old or the new value, never a mix of slot words (which would
 /// make it follow a wrong offset or length).
@@ -206,16 +219,8 @@ fn get_committed(
 #[test]
 fn loom_plain_gets_see_a_batch_whole() {
     model("loom_plain_gets_see_a_batch_whole", || {
-        let lt = Arc::new(LoomTable::new(4, 2048));
+        let (lt, word) = xy_and_a_batch();
         let applying = Arc::new(AtomicU64::new(0));
-        {
-            let t = &lt.table;
-            let mut s = Stager::new(t, &WRITER);
-            s.put(t, b"X", 1, b"x1").unwrap();
-            s.put(t, b"Y", 2, b"y1").unwrap();
-            s.commit(t).unwrap();
-        }
-        let word = prepare(&lt.table, &[(b"X", 1, b"x2"), (b"Y", 2, b"y2")], &[]);
         let w = {
             let (lt, applying) = (lt.clone(), applying.clone());
             thread::spawn(move || {
@@ -241,15 +246,7 @@ fn loom_plain_gets_see_a_batch_whole() {
 #[test]
 fn loom_view_sees_all_or_none_of_a_batch() {
     model("loom_view_sees_all_or_none_of_a_batch", || {
-        let lt = Arc::new(LoomTable::new(4, 2048));
-        {
-            let t = &lt.table;
-            let mut s = Stager::new(t, &WRITER);
-            s.put(t, b"X", 1, b"x1").unwrap();
-            s.put(t, b"Y", 2, b"y1").unwrap();
-            s.commit(t).unwrap();
-        }
-        let word = prepare(&lt.table, &[(b"X", 1, b"x2"), (b"Y", 2, b"y2")], &[]);
+        let (lt, word) = xy_and_a_batch();
         let w = {
             let lt = lt.clone();
             thread::spawn(move || commit_and_apply(&lt.table, word))
