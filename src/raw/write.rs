@@ -86,6 +86,8 @@ pub(crate) struct Stager<'l> {
     chain: Vec<usize>,
     /// Bytes of records staged and then superseded within this batch.
     staged_garbage: u64,
+    /// Where a record is built before it is stored (reused).
+    scratch: Vec<u8>,
 }
 
 impl<'l> Stager<'l> {
@@ -103,6 +105,7 @@ impl<'l> Stager<'l> {
             index: IdMap::default(),
             chain: Vec::new(),
             staged_garbage: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -150,34 +153,29 @@ impl<'l> Stager<'l> {
             });
         }
         let lens = Lens::new(key.len() as u32, value.len() as u32);
-        let mut head = [0u8; RECORD_HEADER as usize];
-        head[..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-        head[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        let key_end = record + RECORD_HEADER + key.len() as u64;
-        let value_at = record + value_offset_in_record(key.len() as u64);
-        let zeros = [0u8; ARENA_ALIGN as usize];
-        let pad = &zeros[..(value_at - key_end) as usize];
+        // The whole record is built here (zero padding included), then
+        // stored word by word: a reader of a committed redo log that lay
+        // here may still be loading these words (LOG-IMMUTABLE-WHILE-
+        // COMMITTED: it discards what it read), so they are atomic stores.
+        let value_at = value_offset_in_record(key.len() as u64) as usize;
+        let buf = &mut self.scratch;
+        buf.clear();
+        buf.resize(size as usize, 0);
+        buf[..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        buf[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        let key_at = RECORD_HEADER as usize;
+        buf[key_at..key_at + key.len()].copy_from_slice(key);
+        buf[value_at..value_at + value.len()].copy_from_slice(value);
+        // The checksum covers the key, its zero padding and the value (one
+        // contiguous range).
+        let sum = record_checksum(&buf[key_at..value_at + value.len()]);
+        let at = RECORD_CHECKSUM_AT as usize;
+        buf[at..at + 8].copy_from_slice(&sum.to_le_bytes());
         // SAFETY: [record, end) lies inside the arena (checked above, and
-        // again by write_arena) and at or above arena_used: unpublished
-        // bytes no reader follows an offset into, and we hold the writer
-        // lock so nobody else writes them.
-        unsafe {
-            Self::write_arena(t, record + RECORD_HEADER, key)?;
-            Self::write_arena(t, key_end, pad)?;
-            Self::write_arena(t, value_at, value)?;
-        }
-        // The checksum covers the key, its zero padding and the value as
-        // they now lie in the arena (one contiguous range).
-        let body = t
-            .bytes(
-                record + RECORD_HEADER,
-                value_at + value.len() as u64 - record - RECORD_HEADER,
-            )
-            .ok_or_else(overflow)?;
-        let sum = record_checksum(body);
-        head[RECORD_CHECKSUM_AT as usize..].copy_from_slice(&sum.to_le_bytes());
-        // SAFETY: as above.
-        unsafe { Self::write_arena(t, record, &head)? };
+        // again by write_arena_words) and at or above arena_used:
+        // unpublished bytes no reader follows an offset into, and we hold
+        // the writer lock so nobody else writes them.
+        unsafe { Self::write_arena_words(t, record, buf)? };
         self.cursor = end;
         self.set(key, Staged::Put { record, lens, hash });
         Ok(())
@@ -250,7 +248,9 @@ impl<'l> Stager<'l> {
 
     /// Copies `data` into the arena at `off`; `Corrupted` (and nothing
     /// written) if the range is not inside the arena, whatever the caller
-    /// computed.
+    /// computed. A plain copy: only for a table no reader can see yet (a new
+    /// generation being filled by `load_from`); staging into the
+    /// generation in force uses [`Stager::write_arena_words`].
     ///
     /// # Safety
     /// `[off, off + data.len())` is unpublished (no reader holds a reference
@@ -264,6 +264,36 @@ impl<'l> Stager<'l> {
         // ours alone (forwarded from the caller); `data` is process-local
         // memory, so the ranges cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), t.arena_ptr(off), data.len()) };
+        Ok(())
+    }
+
+    /// Stores `data` (a whole number of 8-byte words) into the arena at
+    /// `off` (8-aligned) with atomic word stores; `Corrupted` (and nothing
+    /// written) if the range is not inside the arena or not word-aligned.
+    /// For staging into the generation in force, whose unpublished bytes a
+    /// reader of the last committed log may still load (atomically).
+    ///
+    /// # Safety
+    /// `[off, off + data.len())` is unpublished (no reader holds a reference
+    /// into it), and the caller holds the writer lock.
+    pub(super) unsafe fn write_arena_words(t: &Table, off: u64, data: &[u8]) -> Result<()> {
+        match off.checked_add(data.len() as u64) {
+            Some(end) if end <= t.arena_size() && off % 8 == 0 && data.len() % 8 == 0 => {}
+            _ => return Err(Error::corrupted("arena write out of bounds")),
+        }
+        for (i, w) in data.chunks_exact(8).enumerate() {
+            let word = u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
+            // SAFETY: in bounds of the arena and 8-aligned (checked above;
+            // the arena starts 64-aligned); unpublished and written by us
+            // alone (forwarded from the caller); an atomic store, so a
+            // reader's racing atomic load is no data race.
+            unsafe {
+                std::sync::atomic::AtomicU64::from_ptr(
+                    t.arena_ptr(off + 8 * i as u64).cast::<u64>(),
+                )
+                .store(word, std::sync::atomic::Ordering::Relaxed)
+            };
+        }
         Ok(())
     }
 
@@ -532,7 +562,7 @@ impl<'l> Stager<'l> {
         let (redo, words) = Redo::build(target, after, entries);
         // SAFETY: [log, log + log_len) is inside the arena (checked above)
         // and above every staged record: unpublished (ONE-COMMIT-POINT).
-        unsafe { Self::write_arena(t, log, le_bytes(&words))? };
+        unsafe { Self::write_arena_words(t, log, le_bytes(&words))? };
         reached(CrashPoint::AfterRedoLog);
         Ok(Some(((log << 1) | 1, redo)))
     }
