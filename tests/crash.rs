@@ -229,11 +229,9 @@ fn next_writer_recovers_a_committed_write() {
 
 /// /proc/sysvipc/shm rows created by `pid`.
 fn segments_created_by(pid: u32) -> usize {
-    std::fs::read_to_string("/proc/sysvipc/shm")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|l| l.split_whitespace().nth(4) == Some(&pid.to_string()))
+    common::sysv_segments()
+        .iter()
+        .filter(|r| r.cpid == pid)
         .count()
 }
 

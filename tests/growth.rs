@@ -30,14 +30,10 @@ fn sysv_mappings() -> usize {
 
 /// Sizes of the live segments created by `pid` (from /proc/sysvipc/shm).
 fn segments_of(pid: u32) -> Vec<u64> {
-    std::fs::read_to_string("/proc/sysvipc/shm")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f[4] == pid.to_string()).then(|| f[3].parse().unwrap())
-        })
+    common::sysv_segments()
+        .iter()
+        .filter(|r| r.cpid == pid)
+        .map(|r| r.size)
         .collect()
 }
 

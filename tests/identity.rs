@@ -328,18 +328,10 @@ fn destroy_tells_handles_still_open() {
 /// word `key << 32 | root shmid`).
 fn segments_of_map(key: i32, root_shmid: i32) -> Vec<i32> {
     let owner = (u64::from(key as u32) << 32) | u64::from(root_shmid as u32);
-    let me = std::process::id().to_string();
-    std::fs::read_to_string("/proc/sysvipc/shm")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(4) == Some(&me.as_str())
-                && f[3].parse::<usize>().ok()? >= data_offsets::HEADER_SIZE)
-                .then(|| f[1].parse::<i32>().ok())
-                .flatten()
-        })
+    common::sysv_segments()
+        .iter()
+        .filter(|r| r.cpid == std::process::id() && r.size >= data_offsets::HEADER_SIZE as u64)
+        .map(|r| r.shmid)
         .filter(|&id| {
             Segment::try_attach(id, false)
                 .is_ok_and(|seg| seg.read_u64(data_offsets::OWNER) == owner)

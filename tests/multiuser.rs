@@ -33,11 +33,7 @@ fn perms(shmid: i32) -> Option<(u32, u32, u32)> {
 
 /// Whether /proc/sysvipc/shm still lists `shmid`.
 fn listed(shmid: i32) -> bool {
-    std::fs::read_to_string("/proc/sysvipc/shm")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .any(|l| l.split_whitespace().nth(1) == Some(&shmid.to_string()))
+    common::sysv_segments().iter().any(|r| r.shmid == shmid)
 }
 
 /// Tests of this binary run one at a time: a child forked by one test holds

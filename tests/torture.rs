@@ -380,15 +380,9 @@ fn writers_killed_at_random_lose_nothing() {
     m.destroy().unwrap();
     assert_removed(&s);
     // No segment made by any writer (or by us) is left.
-    let left: Vec<String> = std::fs::read_to_string("/proc/sysvipc/shm")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let cpid: u32 = l.split_whitespace().nth(4).unwrap().parse().unwrap();
-            writer_pids.contains(&cpid)
-        })
-        .map(str::to_string)
+    let left: Vec<common::ShmRow> = common::sysv_segments()
+        .into_iter()
+        .filter(|r| writer_pids.contains(&r.cpid))
         .collect();
     assert!(left.is_empty(), "leaked segments: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();

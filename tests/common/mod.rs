@@ -296,3 +296,35 @@ pub fn crash_point(name: &str) -> shmkv::__private::CrashPoint {
     shmkv::__private::CrashPoint::from_name(name)
         .unwrap_or_else(|| panic!("unknown crash point {name}"))
 }
+
+/// One row of `/proc/sysvipc/shm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmRow {
+    pub key: i32,
+    pub shmid: i32,
+    pub size: u64,
+    pub cpid: u32,
+    pub nattch: u64,
+}
+
+/// Every SysV segment on the machine (the one parser of the table that the
+/// tests use).
+pub fn sysv_segments() -> Vec<ShmRow> {
+    std::fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            // key shmid perms size cpid lpid nattch ...
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let num = |i: usize| f[i].parse::<i64>().unwrap();
+            ShmRow {
+                key: num(0) as i32,
+                shmid: num(1) as i32,
+                size: num(3) as u64,
+                cpid: num(4) as u32,
+                nattch: num(6) as u64,
+            }
+        })
+        .collect()
+}
