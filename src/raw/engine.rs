@@ -8,6 +8,8 @@
 //! notification in `notify.rs`.
 //!
 //! [`RawMap`]: crate::RawMap
+//! [`RawView`]: crate::RawView
+//! [`Ref`]: crate::Ref
 
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use crate::sys::{self, Attached, Semaphore};
 
 /// A map in SysV shared memory with byte keys and byte values.
 ///
-/// Values are returned as 16-byte aligned byte slices ([`Ref`]). All methods
+/// Values are returned as 16-byte aligned byte slices ([`Ref`](crate::Ref)). All methods
 /// take `&self`: the handle can be shared between threads; writes from
 /// several threads or processes are serialised by the map's lock.
 #[derive(Debug)]
@@ -269,7 +271,7 @@ impl Engine {
 
     /// Runs `f` with the write lock held and applies everything it staged
     /// as one atomic write: other processes see all of it or none of it (in
-    /// a [`view`](RawMap::view)), and a crash at any point leaves the map
+    /// a [`view`](crate::RawMap::view)), and a crash at any point leaves the map
     /// before or after the whole batch. If `f` returns `Err` or panics,
     /// nothing is applied. If the table or the arena is too small, the
     /// write moves to a new, larger generation (see DESIGN.md "Growth").
@@ -336,7 +338,7 @@ impl Engine {
 
     /// A full consistency check of the generation in force: header, every
     /// slot, every record, counters. Reads one consistent snapshot (like
-    /// [`view`](RawMap::view)); costs O(capacity).
+    /// [`view`](crate::RawMap::view)); costs O(capacity).
     /// A committed write still being applied is not a problem: a writable
     /// handle finishes it first (taking the lock), a read-only one waits up
     /// to the lock timeout for its writer and then reports it.

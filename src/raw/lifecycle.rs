@@ -165,12 +165,12 @@ pub fn list_maps() -> Result<Vec<MapListing>> {
 }
 
 impl Engine {
-    /// Creates a new map; [`Error::AlreadyExists`](crate::Error::AlreadyExists) if one is there.
+    /// Creates a new map; [`Error::AlreadyExists`] if one is there.
     pub(crate) fn create(name: &str, opts: &Options) -> Result<Engine> {
         Engine::connect(name, opts, Mode::Create)
     }
 
-    /// Opens an existing map; [`Error::NotFound`](crate::Error::NotFound) if there is none.
+    /// Opens an existing map; [`Error::NotFound`] if there is none.
     pub(crate) fn open(name: &str, opts: &Options) -> Result<Engine> {
         Engine::connect(name, opts, Mode::Open)
     }
@@ -433,10 +433,10 @@ impl Engine {
     /// Only objects that are provably this map's are removed: the lock is
     /// taken first (with the lock timeout), a root is removed only if it
     /// carries a shmkv marker and the stored name is `name`
-    /// ([`Error::NameMismatch`](crate::Error::NameMismatch) otherwise), each data segment only if its
+    /// ([`Error::NameMismatch`] otherwise), each data segment only if its
     /// header names this root, and the semaphore set only if it is
     /// recognisably shmkv's. Objects of another program at the key give
-    /// [`Error::KeyInUse`](crate::Error::KeyInUse) and are left alone.
+    /// [`Error::KeyInUse`] and are left alone.
     pub(crate) fn destroy_by_name(name: &str, opts: &Options) -> Result<bool> {
         let key = opts.key_for(name)?;
         let sem = Semaphore::find(key, name)?;
@@ -495,10 +495,10 @@ impl Engine {
     /// Removes the map from the kernel: its segments and its lock. Takes
     /// the write lock first (so no writer is publishing a new generation)
     /// and marks the map destroyed in the root's `current` word, so every
-    /// handle still open gets [`Error::NotFound`](crate::Error::NotFound) on its next operation.
+    /// handle still open gets [`Error::NotFound`] on its next operation.
     /// Segments stay mapped in processes that have them until they drop
-    /// their handles. Refused with [`Error::ReadOnly`](crate::Error::ReadOnly) on a read-only
-    /// handle and with [`Error::PermissionDenied`](crate::Error::PermissionDenied) (nothing changed) for a
+    /// their handles. Refused with [`Error::ReadOnly`] on a read-only
+    /// handle and with [`Error::PermissionDenied`] (nothing changed) for a
     /// process that may not remove the map.
     pub(crate) fn destroy(self) -> Result<()> {
         let _guard = self.lock()?;

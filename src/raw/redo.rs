@@ -70,7 +70,8 @@ fn load_words(t: &Table, off: u64, n: u64) -> Option<Vec<u64>> {
     let words = (0..n)
         .map(|i| {
             // SAFETY: [off, end) is inside the arena (checked above) and
-            // 8-aligned (the arena starts 64-aligned, `off % 8 == 0`); only
+            // 8-aligned (the arena starts at least 8-aligned: 64 in a segment, 8 in a
+            // loom table; `off % 8 == 0`); only
             // atomic loads are made, so a concurrent writer is no data race
             // on our side (VALIDATE-BEFORE-FOLLOW: callers check the words).
             let w = unsafe {

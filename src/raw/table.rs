@@ -188,8 +188,8 @@ impl Table {
         unsafe { self.header.as_ref() }
     }
 
-    /// Slot `i` (an index is taken modulo the capacity, so every index is
-    /// in bounds: a checked index in the manner of hashbrown's buckets).
+    /// Slot `i`; callers pass `i < capacity` (asserted in debug builds).
+    /// The index is masked as well, so even a wrong one stays in bounds.
     #[inline]
     pub(crate) fn slot(&self, i: u64) -> &Slot {
         debug_assert!(i < self.capacity);

@@ -284,7 +284,7 @@ impl<'l> Stager<'l> {
         for (i, w) in data.chunks_exact(8).enumerate() {
             let word = u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
             // SAFETY: in bounds of the arena and 8-aligned (checked above;
-            // the arena starts 64-aligned); unpublished and written by us
+            // the arena starts at least 8-aligned); unpublished and written by us
             // alone (forwarded from the caller); an atomic store, so a
             // reader's racing atomic load is no data race.
             unsafe {
