@@ -155,8 +155,8 @@ pub mod __private {
         }
     }
 
-    pub use crate::raw::heap::{HeapBatch, HeapMap, HeapRegion};
     pub use crate::raw::hooks::{arm, CrashPoint};
+    pub use crate::raw::provider::HeapKernel;
 
     /// `FUTEX_WAKE` calls this process made (writers wake only when someone
     /// waits).

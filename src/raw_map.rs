@@ -9,9 +9,11 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::options::Options;
 use crate::raw::engine::Engine;
+use crate::raw::provider::{Provider, SysV};
 use crate::raw::verify::VerifyReport;
 use crate::stats::Stats;
 use crate::{Entry, RawBatch, RawView, Ref};
+use std::sync::Arc;
 
 /// A map in SysV shared memory with byte keys and byte values.
 ///
@@ -26,18 +28,18 @@ pub struct RawMap {
 impl RawMap {
     /// Creates a new map; [`Error::AlreadyExists`](crate::Error::AlreadyExists) if one is there.
     pub fn create(name: &str, opts: &Options) -> Result<RawMap> {
-        Engine::create(name, opts).map(|e| RawMap { e })
+        RawMap::create_in(Arc::new(SysV), name, opts)
     }
 
     /// Opens an existing map; [`Error::NotFound`](crate::Error::NotFound) if there is none.
     pub fn open(name: &str, opts: &Options) -> Result<RawMap> {
-        Engine::open(name, opts).map(|e| RawMap { e })
+        RawMap::open_in(Arc::new(SysV), name, opts)
     }
 
     /// Opens the map, creating it first if it does not exist. Safe against
     /// other processes doing the same at the same time.
     pub fn open_or_create(name: &str, opts: &Options) -> Result<RawMap> {
-        Engine::open_or_create(name, opts).map(|e| RawMap { e })
+        RawMap::open_or_create_in(Arc::new(SysV), name, opts)
     }
 
     /// Removes every kernel object of the map named `name` without opening
@@ -52,7 +54,7 @@ impl RawMap {
     /// recognisably shmkv's. Objects of another program at the key give
     /// [`Error::KeyInUse`](crate::Error::KeyInUse) and are left alone.
     pub fn destroy_by_name(name: &str, opts: &Options) -> Result<bool> {
-        Engine::destroy_by_name(name, opts)
+        Engine::destroy_by_name(&SysV, name, opts)
     }
 
     /// Removes the map from the kernel: its segments and its lock. Takes
@@ -65,6 +67,30 @@ impl RawMap {
     /// process that may not remove the map.
     pub fn destroy(self) -> Result<()> {
         self.e.destroy()
+    }
+
+    /// [`create`](RawMap::create) over a provider.
+    pub(crate) fn create_in(p: Arc<dyn Provider>, name: &str, opts: &Options) -> Result<RawMap> {
+        Engine::create(p, name, opts).map(|e| RawMap { e })
+    }
+
+    /// [`open`](RawMap::open) over a provider.
+    pub(crate) fn open_in(p: Arc<dyn Provider>, name: &str, opts: &Options) -> Result<RawMap> {
+        Engine::open(p, name, opts).map(|e| RawMap { e })
+    }
+
+    /// [`open_or_create`](RawMap::open_or_create) over a provider.
+    pub(crate) fn open_or_create_in(
+        p: Arc<dyn Provider>,
+        name: &str,
+        opts: &Options,
+    ) -> Result<RawMap> {
+        Engine::open_or_create(p, name, opts).map(|e| RawMap { e })
+    }
+
+    /// [`destroy_by_name`](RawMap::destroy_by_name) over a provider.
+    pub(crate) fn destroy_by_name_in(p: &dyn Provider, name: &str, opts: &Options) -> Result<bool> {
+        Engine::destroy_by_name(p, name, opts)
     }
 
     /// The map's name.

@@ -11,7 +11,6 @@ use super::table::{record_size, Table};
 use super::write::Stager;
 use crate::error::{Error, Result};
 use crate::hash::hash_key;
-use crate::sys::{self};
 
 /// The operations of one atomic write (see [`RawMap::write`](crate::RawMap::write)).
 pub struct RawBatch<'b> {
@@ -99,14 +98,13 @@ impl RawBatch<'_> {
         // A second move within one batch: the previous fresh generation is
         // still recorded (as `retiring`) until it is removed below.
         if let Some(prev) = &self.fresh {
-            r.retiring
-                .store(prev.seg.shmid as u64 + 1, Ordering::Release);
+            r.retiring.store(prev.seg.id as u64 + 1, Ordering::Release);
         }
         let fresh = self
             .map
             .new_generation(self.base.number + 1, slots, arena)?;
         let mut discard = Undo(Some(|| {
-            let _ = sys::shm_remove(fresh.seg.shmid);
+            let _ = self.map.provider.remove(fresh.seg.id);
             r.pending.store(0, Ordering::Release);
         }));
         // Keys the batch writes or removes are not copied: the replay below
@@ -120,7 +118,7 @@ impl RawBatch<'_> {
         discard.0 = None;
         drop(discard);
         if let Some(prev) = self.fresh.replace(fresh) {
-            sys::shm_remove(prev.seg.shmid)?;
+            self.map.provider.remove(prev.seg.id)?;
             r.retiring.store(0, Ordering::Release);
         }
         self.stager = stager;
@@ -156,7 +154,7 @@ impl Drop for RawBatch<'_> {
     fn drop(&mut self) {
         // An unpublished generation (the batch failed or panicked): remove it.
         if let Some(fresh) = self.fresh.take() {
-            let _ = sys::shm_remove(fresh.seg.shmid);
+            let _ = self.map.provider.remove(fresh.seg.id);
             self.map.root().pending.store(0, Ordering::Release);
         }
     }

@@ -21,6 +21,7 @@ use super::hooks::{reached, CrashPoint};
 use super::layout::{pack_owner, unpack_current, RootHeader, CURRENT_DESTROYED};
 use super::lock::WriteLock;
 use super::overlay::Overlay;
+use super::provider::{Lock, Provider, Segment};
 use super::resize::discard_recorded;
 use super::root;
 use super::table::Table;
@@ -29,7 +30,6 @@ use super::waiters;
 use super::write::Stager;
 use crate::error::{Error, Result};
 use crate::stats::Stats;
-use crate::sys::{self, Attached, Semaphore};
 
 /// A map in SysV shared memory with byte keys and byte values.
 ///
@@ -47,9 +47,11 @@ pub(crate) struct Engine {
     pub(super) seed: u64,
     /// `max_size` from the root header (0 = none).
     pub(super) max_size: u64,
-    pub(super) sem: Semaphore,
+    /// Where the map's segments and lock come from (SysV or heap).
+    pub(super) provider: Arc<dyn Provider>,
+    pub(super) sem: Lock,
     pub(super) gens: Gens,
-    pub(super) root: Attached,
+    pub(super) root: Segment,
     /// Process-local: the thread (address of a thread-local) holding the
     /// write lock through this handle, 0 if none. Detects nested writes.
     pub(super) writer_thread: AtomicUsize,
@@ -124,6 +126,7 @@ impl<F: FnMut()> Drop for Undo<F> {
 
 /// Attaches and validates the data segment a `current` word names.
 pub(super) fn attach_generation(
+    p: &dyn Provider,
     word: u64,
     key: i32,
     root_id: i32,
@@ -135,7 +138,7 @@ pub(super) fn attach_generation(
         return Err(Error::corrupted("root names no data segment"));
     }
     let bad = |e: Error| Error::corrupted(format!("data segment {data_id} named by the root: {e}"));
-    let seg = Attached::attach(data_id, read_only, name).map_err(|e| match e {
+    let seg = p.attach(data_id, read_only, name).map_err(|e| match e {
         e @ Error::PermissionDenied { .. } => e,
         e => bad(e),
     })?;
@@ -158,6 +161,7 @@ pub(super) fn attach_generation(
 /// Attaches the generation the root names now. It may be switched (and its
 /// segment removed) while we attach: then retry with the new word.
 pub(super) fn attach_current(
+    p: &dyn Provider,
     r: &RootHeader,
     key: i32,
     root_id: i32,
@@ -171,7 +175,7 @@ pub(super) fn attach_current(
                 name: name.to_string(),
             });
         }
-        match attach_generation(word, key, root_id, read_only, name) {
+        match attach_generation(p, word, key, root_id, read_only, name) {
             Ok(g) => return Ok(g),
             Err(_) if r.current.load(Ordering::Acquire) != word => continue,
             Err(e) => return Err(e),
@@ -219,9 +223,10 @@ impl Engine {
             return Ok(());
         }
         let g = attach_current(
+            &*self.provider,
             self.root(),
             self.key,
-            self.root.shmid,
+            self.root.id,
             self.read_only,
             &self.name,
         )?;
@@ -258,8 +263,9 @@ impl Engine {
         let r = self.root();
         let (_, current_id) = unpack_current(r.current.load(Ordering::Acquire));
         discard_recorded(
+            &*self.provider,
             r,
-            pack_owner(self.key, self.root.shmid),
+            pack_owner(self.key, self.root.id),
             Some(current_id),
             true,
         );
@@ -368,7 +374,7 @@ impl Engine {
         // A committed write being applied counts as applied (as for `len`).
         let pending = self.applying_in(g);
         let h = g.table.header();
-        let info = sys::shm_stat(g.seg.shmid, &self.name)?;
+        let info = self.provider.stat(g.seg.id, &self.name)?;
         let value = self.sem.value();
         Ok(Stats {
             name: self.name.clone(),
@@ -387,9 +393,9 @@ impl Engine {
             attached: info.nattch,
             lock_held: value == Some(0),
             lock_pid: self.sem.last_pid(),
-            root_shmid: self.root.shmid,
-            data_shmid: g.seg.shmid,
-            semid: self.sem.semid,
+            root_shmid: self.root.id,
+            data_shmid: g.seg.id,
+            semid: self.sem.id(),
             mapped_generations: self.gens.mapped(),
             stale_segments: root::stale_list(self.root()),
         })

@@ -11,6 +11,7 @@ use super::hooks::{reached, CrashPoint};
 use super::layout::{
     pack_current, pack_owner, unpack_current, RootHeader, CURRENT_DESTROYED, ROOT_MAGIC, ROOT_SIZE,
 };
+use super::provider::{LockOpen, LockSet, Provider, SysV};
 use super::resize::{discard_data_segments, discard_recorded, make_pending_segment};
 use super::root::{self, RootState};
 use super::table::Table;
@@ -19,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::hash::random_seed;
 use crate::options::Options;
 use crate::stats::Stats;
-use crate::sys::{self, Attached, SemOpen, Semaphore};
+use crate::sys;
+use std::sync::Arc;
 
 /// How `connect` treats a map that is or is not there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,19 +59,20 @@ pub(super) fn check_stored_name(r: &RootHeader, name: &str) -> Result<()> {
 /// that creator's pid and has a root's size, and its first word is still
 /// zero. Nothing else in it is read.
 pub(super) fn unmarked_root_of_dead_creator(
+    p: &dyn Provider,
     key: libc::key_t,
     id: i32,
-    sem: &Semaphore,
+    sem: &dyn LockSet,
     name: &str,
 ) -> Result<bool> {
     let Some(pid) = sem.creating_root_pid() else {
         return Ok(false);
     };
-    let info = sys::shm_stat(id, name)?;
+    let info = p.stat(id, name)?;
     if info.cpid != pid || info.size != ROOT_SIZE as u64 || info.key != key {
         return Ok(false);
     }
-    let seg = Attached::attach(id, true, name)?;
+    let seg = p.attach(id, true, name)?;
     // SAFETY: `seg` outlives `r`.
     let Some(r) = (unsafe { root::root_at(seg.base(), seg.len()) }) else {
         return Ok(false);
@@ -82,13 +85,13 @@ pub(super) fn unmarked_root_of_dead_creator(
 /// handle to `NotFound`). The data segment in force is recorded in
 /// `retiring` first, so a destroyer that dies here leaves nothing that a
 /// later repair (`create_locked`) or `destroy_by_name` cannot find.
-pub(super) fn mark_destroyed(r: &RootHeader, owner: u64) {
+pub(super) fn mark_destroyed(p: &dyn Provider, r: &RootHeader, owner: u64) {
     let word = r.current.load(Ordering::Acquire);
     if word == CURRENT_DESTROYED {
         return;
     }
     let (generation, id) = unpack_current(word);
-    discard_recorded(r, owner, Some(id), true);
+    discard_recorded(p, r, owner, Some(id), true);
     if generation != 0 {
         r.retiring.store(id as u64 + 1, Ordering::Release);
     }
@@ -113,7 +116,12 @@ pub struct MapListing {
 /// `/proc/sysvipc/shm` for root segments (attached read-only, checked by
 /// their magic). Maps this process may not read are listed with an error.
 pub fn list_maps() -> Result<Vec<MapListing>> {
-    let rows = sys::sysvipc_shm().map_err(|e| Error::Os {
+    list_maps_in(Arc::new(SysV))
+}
+
+/// [`list_maps`] over any provider.
+pub(crate) fn list_maps_in(p: Arc<dyn Provider>) -> Result<Vec<MapListing>> {
+    let rows = p.segments().map_err(|e| Error::Os {
         op: "read /proc/sysvipc/shm",
         source: e,
     })?;
@@ -123,7 +131,7 @@ pub fn list_maps() -> Result<Vec<MapListing>> {
             continue;
         }
         let (key, shmid) = (row.key, row.shmid);
-        let seg = match Attached::attach(shmid, true, "") {
+        let seg = match p.attach(shmid, true, "") {
             Ok(seg) => seg,
             Err(e @ Error::PermissionDenied { .. }) => {
                 out.push(MapListing {
@@ -150,7 +158,7 @@ pub fn list_maps() -> Result<Vec<MapListing>> {
             .sysv_key(key)
             .read_only(true)
             .lock_timeout(Duration::from_millis(200));
-        let (stats, error) = match Engine::open(&name, &opts).and_then(|m| m.stats()) {
+        let (stats, error) = match Engine::open(p.clone(), &name, &opts).and_then(|m| m.stats()) {
             Ok(s) => (Some(s), None),
             Err(e) => (None, Some(e.to_string())),
         };
@@ -166,40 +174,48 @@ pub fn list_maps() -> Result<Vec<MapListing>> {
 
 impl Engine {
     /// Creates a new map; [`Error::AlreadyExists`] if one is there.
-    pub(crate) fn create(name: &str, opts: &Options) -> Result<Engine> {
-        Engine::connect(name, opts, Mode::Create)
+    pub(crate) fn create(p: Arc<dyn Provider>, name: &str, opts: &Options) -> Result<Engine> {
+        Engine::connect(p, name, opts, Mode::Create)
     }
 
     /// Opens an existing map; [`Error::NotFound`] if there is none.
-    pub(crate) fn open(name: &str, opts: &Options) -> Result<Engine> {
-        Engine::connect(name, opts, Mode::Open)
+    pub(crate) fn open(p: Arc<dyn Provider>, name: &str, opts: &Options) -> Result<Engine> {
+        Engine::connect(p, name, opts, Mode::Open)
     }
 
     /// Opens the map, creating it first if it does not exist. Safe against
     /// other processes doing the same at the same time.
-    pub(crate) fn open_or_create(name: &str, opts: &Options) -> Result<Engine> {
-        Engine::connect(name, opts, Mode::OpenOrCreate)
+    pub(crate) fn open_or_create(
+        p: Arc<dyn Provider>,
+        name: &str,
+        opts: &Options,
+    ) -> Result<Engine> {
+        Engine::connect(p, name, opts, Mode::OpenOrCreate)
     }
 
-    pub(super) fn connect(name: &str, opts: &Options, mode: Mode) -> Result<Engine> {
+    pub(super) fn connect(
+        p: Arc<dyn Provider>,
+        name: &str,
+        opts: &Options,
+        mode: Mode,
+    ) -> Result<Engine> {
         let key = opts.key_for(name)?;
         if mode == Mode::Open {
-            return Engine::open_existing(name, key, opts);
+            return Engine::open_existing(p, name, key, opts);
         }
         if opts.read_only {
             return Err(Error::ReadOnly);
         }
         let geometry = opts.geometry()?;
         // Creation is serialised by the map's lock, which is created first.
-        let (sem, created_sem) =
-            match Semaphore::open(key, true, opts.mode, opts.lock_timeout, name)? {
-                SemOpen::CreatedAndHeld(s) => (s, true),
-                SemOpen::Existing(s) => {
-                    s.acquire(opts.lock_timeout)?;
-                    (s, false)
-                }
-            };
-        let result = Engine::create_locked(name, key, opts, mode, geometry, &sem);
+        let (sem, created_sem) = match p.open_lock(key, true, opts.mode, opts.lock_timeout, name)? {
+            LockOpen::CreatedAndHeld(s) => (s, true),
+            LockOpen::Existing(s) => {
+                s.acquire(opts.lock_timeout)?;
+                (s, false)
+            }
+        };
+        let result = Engine::create_locked(&*p, name, key, opts, mode, geometry, &*sem);
         if result.is_err() && created_sem {
             // Nothing of ours is at the key: do not leave a lock behind.
             sem.remove();
@@ -207,7 +223,7 @@ impl Engine {
             let _ = sem.release();
         }
         match result? {
-            Some(()) => Engine::open_existing(name, key, opts),
+            Some(()) => Engine::open_existing(p, name, key, opts),
             None => Err(Error::AlreadyExists {
                 name: name.to_string(),
             }),
@@ -219,20 +235,21 @@ impl Engine {
     /// that is provably shmkv's (a root magic, or no marker yet but made by
     /// the creator the lock's tag names) is read, repaired or removed.
     pub(super) fn create_locked(
+        p: &dyn Provider,
         name: &str,
         key: libc::key_t,
         opts: &Options,
         mode: Mode,
         (slots, arena, data_size): (u64, u64, u64),
-        sem: &Semaphore,
+        sem: &dyn LockSet,
     ) -> Result<Option<()>> {
         // A creator killed between its `shmget` of the root and the root's
         // marker left a root in which nothing can be trusted; the lock's
         // tag names that creator (the root's `shm_cpid`): remove the root.
         if sem.creating_root_pid().is_some() {
-            if let Ok(id) = sys::shm_get(key, 0, 0, name)? {
-                if unmarked_root_of_dead_creator(key, id, sem, name)? {
-                    sys::shm_remove(id)?;
+            if let Ok(id) = p.get(key, 0, 0, name)? {
+                if unmarked_root_of_dead_creator(p, key, id, sem, name)? {
+                    p.remove(id)?;
                 }
             }
         }
@@ -241,23 +258,23 @@ impl Engine {
         let mut unmark = Undo(Some(|| {
             let _ = sem.unmark_creating_root(name);
         }));
-        let made = sys::shm_get(key, ROOT_SIZE, flags, name);
+        let made = p.get(key, ROOT_SIZE, flags, name);
         let (root_id, fresh) = match made? {
             Ok(id) => (id, true),
             Err(_) => {
                 if let Some(f) = unmark.0.take() {
                     f();
                 }
-                match sys::shm_get(key, 0, 0, name)? {
+                match p.get(key, 0, 0, name)? {
                     Ok(id) => (id, false),
                     Err(_) => return Err(Error::corrupted("root segment vanished during create")),
                 }
             }
         };
         let mut undo_root = Undo(fresh.then_some(move || {
-            let _ = sys::shm_remove(root_id);
+            let _ = p.remove(root_id);
         }));
-        let root_seg = Attached::attach(root_id, false, name)?;
+        let root_seg = p.attach(root_id, false, name)?;
         // SAFETY: the mapping lives until `root_seg` drops at the end of this fn.
         let r = unsafe { root::root_at(root_seg.base(), root_seg.len()) }
             .ok_or_else(|| foreign_segment(key, root_id, name))?;
@@ -275,10 +292,11 @@ impl Engine {
                 // seeing it destroyed, not follow a new map.
                 RootState::Destroyed => {
                     check_stored_name(r, name)?;
-                    discard_data_segments(r, pack_owner(key, root_id), false);
-                    sys::shm_remove(root_id)?;
+                    discard_data_segments(p, r, pack_owner(key, root_id), false);
+                    p.remove(root_id)?;
                     drop(root_seg);
                     return Engine::create_locked(
+                        p,
                         name,
                         key,
                         opts,
@@ -298,7 +316,7 @@ impl Engine {
                             r.creator_pid.load(Ordering::Relaxed)
                         )));
                     }
-                    discard_data_segments(r, pack_owner(key, root_id), true);
+                    discard_data_segments(p, r, pack_owner(key, root_id), true);
                 }
             }
         }
@@ -312,12 +330,12 @@ impl Engine {
         if let Some(f) = unmark.0.take() {
             f();
         }
-        let perms = sys::shm_stat(root_id, name)?;
-        let data_id = make_pending_segment(r, data_size, &perms, name)?;
+        let perms = p.stat(root_id, name)?;
+        let data_id = make_pending_segment(p, r, data_size, &perms, name)?;
         let mut undo_data = Undo(Some(move || {
-            let _ = sys::shm_remove(data_id);
+            let _ = p.remove(data_id);
         }));
-        let data_seg = Attached::attach(data_id, false, name)?;
+        let data_seg = p.attach(data_id, false, name)?;
         // SAFETY: a new segment is zero-filled, mapped by `data_seg` for the
         // rest of this function, and not yet published anywhere.
         unsafe {
@@ -339,12 +357,17 @@ impl Engine {
         Ok(Some(()))
     }
 
-    pub(super) fn open_existing(name: &str, key: libc::key_t, opts: &Options) -> Result<Engine> {
-        let root_id = match sys::shm_get(key, 0, 0, name)? {
+    pub(super) fn open_existing(
+        p: Arc<dyn Provider>,
+        name: &str,
+        key: libc::key_t,
+        opts: &Options,
+    ) -> Result<Engine> {
+        let root_id = match p.get(key, 0, 0, name)? {
             Ok(id) => id,
             Err(_) => {
                 // No map; but say so if another program's set holds the key.
-                if let Err(e @ Error::KeyInUse { .. }) = Semaphore::find(key, name) {
+                if let Err(e @ Error::KeyInUse { .. }) = p.find_lock(key, name) {
                     return Err(e);
                 }
                 return Err(Error::NotFound {
@@ -352,7 +375,7 @@ impl Engine {
                 });
             }
         };
-        let root_seg = Attached::attach(root_id, opts.read_only, name)?;
+        let root_seg = p.attach(root_id, opts.read_only, name)?;
         // SAFETY: `root_seg` keeps the mapping alive while `r` is used below;
         // the returned map owns `root_seg` and never re-borrows `r`.
         let r: &RootHeader = unsafe { root::root_at(root_seg.base(), root_seg.len()) }
@@ -379,13 +402,12 @@ impl Engine {
                 // No marker: either a creator between its shmget and the
                 // marker (the lock's tag names it), or not shmkv's at all.
                 RootState::Foreign => {
-                    let ours = Semaphore::find(key, name)
+                    let ours = p
+                        .find_lock(key, name)
                         .ok()
                         .flatten()
                         .and_then(|s| s.creating_root_pid())
-                        .is_some_and(|pid| {
-                            sys::shm_stat(root_id, name).is_ok_and(|i| i.cpid == pid)
-                        });
+                        .is_some_and(|pid| p.stat(root_id, name).is_ok_and(|i| i.cpid == pid));
                     if !ours {
                         return Err(foreign_segment(key, root_id, name));
                     }
@@ -400,8 +422,8 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(1));
         }
         let seed = root::validate(r, Some(name))?;
-        let sem = match Semaphore::open(key, false, opts.mode, opts.lock_timeout, name) {
-            Ok(SemOpen::Existing(s) | SemOpen::CreatedAndHeld(s)) => s,
+        let sem = match p.open_lock(key, false, opts.mode, opts.lock_timeout, name) {
+            Ok(LockOpen::Existing(s) | LockOpen::CreatedAndHeld(s)) => s,
             Err(Error::NotFound { .. }) => {
                 return Err(Error::corrupted(format!(
                     "the lock of map {name:?} is missing"
@@ -409,7 +431,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let first = attach_current(r, key, root_id, opts.read_only, name)?;
+        let first = attach_current(&*p, r, key, root_id, opts.read_only, name)?;
         Ok(Engine {
             name: name.to_string(),
             key,
@@ -418,6 +440,7 @@ impl Engine {
             verify_reads: opts.verify_reads,
             seed,
             max_size: r.max_size.load(Ordering::Relaxed),
+            provider: p,
             sem,
             gens: Gens::new(first),
             root: root_seg,
@@ -437,9 +460,9 @@ impl Engine {
     /// header names this root, and the semaphore set only if it is
     /// recognisably shmkv's. Objects of another program at the key give
     /// [`Error::KeyInUse`] and are left alone.
-    pub(crate) fn destroy_by_name(name: &str, opts: &Options) -> Result<bool> {
+    pub(crate) fn destroy_by_name(p: &dyn Provider, name: &str, opts: &Options) -> Result<bool> {
         let key = opts.key_for(name)?;
-        let sem = Semaphore::find(key, name)?;
+        let sem = p.find_lock(key, name)?;
         if let Some(s) = &sem {
             s.acquire(opts.lock_timeout)?;
         }
@@ -450,12 +473,10 @@ impl Engine {
             }
         }));
         let mut removed = false;
-        if let Ok(root_id) = sys::shm_get(key, 0, 0, name)? {
-            let (seg, writable) = match Attached::attach(root_id, false, name) {
+        if let Ok(root_id) = p.get(key, 0, 0, name)? {
+            let (seg, writable) = match p.attach(root_id, false, name) {
                 Ok(seg) => (seg, true),
-                Err(Error::PermissionDenied { .. }) => {
-                    (Attached::attach(root_id, true, name)?, false)
-                }
+                Err(Error::PermissionDenied { .. }) => (p.attach(root_id, true, name)?, false),
                 Err(e) => return Err(e),
             };
             // SAFETY: `seg` outlives `r`.
@@ -463,12 +484,12 @@ impl Engine {
                 .ok_or_else(|| foreign_segment(key, root_id, name))?;
             match root::state(r) {
                 RootState::Foreign => match &sem {
-                    Some(s) if unmarked_root_of_dead_creator(key, root_id, s, name)? => {}
+                    Some(s) if unmarked_root_of_dead_creator(p, key, root_id, &**s, name)? => {}
                     _ => return Err(foreign_segment(key, root_id, name)),
                 },
                 state => {
                     check_stored_name(r, name)?;
-                    if !sys::shm_stat(root_id, name)?.removable_by_me() {
+                    if !p.stat(root_id, name)?.removable_by_me() {
                         return Err(Error::PermissionDenied {
                             name: name.to_string(),
                             op: "shmctl(IPC_RMID)",
@@ -477,12 +498,12 @@ impl Engine {
                     let owner = pack_owner(key, root_id);
                     if writable && state == RootState::Complete {
                         // Open handles get NotFound on their next operation.
-                        mark_destroyed(r, owner);
+                        mark_destroyed(p, r, owner);
                     }
-                    discard_data_segments(r, owner, false);
+                    discard_data_segments(p, r, owner, false);
                 }
             }
-            sys::shm_remove(root_id)?;
+            p.remove(root_id)?;
             removed = true;
         }
         if let Some(s) = &sem {
@@ -502,22 +523,23 @@ impl Engine {
     /// process that may not remove the map.
     pub(crate) fn destroy(self) -> Result<()> {
         let _guard = self.lock()?;
-        if !sys::shm_stat(self.root.shmid, &self.name)?.removable_by_me() {
+        let p = &*self.provider;
+        if !p.stat(self.root.id, &self.name)?.removable_by_me() {
             return Err(Error::PermissionDenied {
                 name: self.name.clone(),
                 op: "shmctl(IPC_RMID)",
             });
         }
         let r = self.root();
-        let owner = pack_owner(self.key, self.root.shmid);
-        mark_destroyed(r, owner);
-        discard_data_segments(r, owner, false);
+        let owner = pack_owner(self.key, self.root.id);
+        mark_destroyed(p, r, owner);
+        discard_data_segments(p, r, owner, false);
         {
             // This handle's own mapping (removing it twice is harmless).
             let pin = self.gens.pin();
-            let _ = sys::shm_remove(pin.current().seg.shmid);
+            let _ = p.remove(pin.current().seg.id);
         }
-        sys::shm_remove(self.root.shmid)?;
+        p.remove(self.root.id)?;
         self.sem.remove();
         Ok(())
     }

@@ -11,10 +11,11 @@ use super::layout::{
     data_geometry, pack_current, pack_owner, unpack_current, DataHeader, RootHeader,
     CURRENT_DESTROYED, DATA_MAGIC, PENDING_CREATING,
 };
+use super::provider::{Provider, Removal, ShmInfo};
 use super::root;
 use super::table::Table;
 use crate::error::{Error, Result};
-use crate::sys::{self, Attached, Removal, ShmInfo};
+use crate::sys;
 
 /// Makes a private data segment of `size` bytes, recorded in the root's
 /// `pending` word from before the `shmget` on (RECORDED-BEFORE-BUILT), so
@@ -24,6 +25,7 @@ use crate::sys::{self, Attached, Removal, ShmInfo};
 /// is another user makes a generation every user of the map can use, and
 /// that the map's owner may remove.
 pub(super) fn make_pending_segment(
+    p: &dyn Provider,
     r: &RootHeader,
     size: u64,
     root: &ShmInfo,
@@ -35,7 +37,7 @@ pub(super) fn make_pending_segment(
         Ordering::Release,
     );
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | root.mode as i32;
-    let made = sys::shm_get(sys::IPC_PRIVATE, size as usize, flags, name);
+    let made = p.get(sys::IPC_PRIVATE, size as usize, flags, name);
     let id = match made {
         Ok(Ok(id)) => id,
         Ok(Err(errno)) => {
@@ -48,8 +50,8 @@ pub(super) fn make_pending_segment(
         }
     };
     r.pending.store(id as u64 + 1, Ordering::Release);
-    if let Err(e) = sys::shm_set_owner(id, root.uid, root.gid, root.mode, name) {
-        let _ = sys::shm_remove(id);
+    if let Err(e) = p.set_owner(id, root.uid, root.gid, root.mode, name) {
+        let _ = p.remove(id);
         r.pending.store(0, Ordering::Release);
         return Err(e);
     }
@@ -70,13 +72,18 @@ pub(super) enum Ownership {
 
 /// Reads segment `id`'s data header: removal of a shmid read from a root
 /// needs this proof, because the kernel reuses shmids.
-pub(super) fn segment_ownership(id: i32, owner: u64, blank_size: Option<u64>) -> Ownership {
-    let info = match sys::shm_stat(id, "") {
+pub(super) fn segment_ownership(
+    p: &dyn Provider,
+    id: i32,
+    owner: u64,
+    blank_size: Option<u64>,
+) -> Ownership {
+    let info = match p.stat(id, "") {
         Ok(i) => i,
         Err(Error::PermissionDenied { .. }) => return Ownership::Unknown,
         Err(_) => return Ownership::NotOurs,
     };
-    let seg = match Attached::attach(id, true, "") {
+    let seg = match p.attach(id, true, "") {
         Ok(s) => s,
         Err(Error::PermissionDenied { .. }) => return Ownership::Unknown,
         Err(_) => return Ownership::NotOurs,
@@ -103,8 +110,8 @@ pub(super) fn segment_ownership(id: i32, owner: u64, blank_size: Option<u64>) ->
 /// Removes a segment proven to be this map's; if this process may not
 /// (another user's) and `record`, records it in the root's `stale` list for
 /// a process that may. Returns false if it is still there afterwards.
-pub(super) fn retire_segment(r: &RootHeader, id: i32, record: bool) -> bool {
-    match sys::shm_try_remove(id) {
+pub(super) fn retire_segment(p: &dyn Provider, r: &RootHeader, id: i32, record: bool) -> bool {
+    match p.try_remove(id) {
         Removal::Removed | Removal::Gone => true,
         Removal::Denied => {
             if record {
@@ -122,21 +129,27 @@ pub(super) fn retire_segment(r: &RootHeader, id: i32, record: bool) -> bool {
 /// caught inside `shmget` names the dead writer's pid: its unattached
 /// private segments of the recorded size that are still blank (or belong to
 /// `owner`) are removed.
-pub(super) fn discard_recorded(r: &RootHeader, owner: u64, keep: Option<i32>, clear: bool) {
+pub(super) fn discard_recorded(
+    p: &dyn Provider,
+    r: &RootHeader,
+    owner: u64,
+    keep: Option<i32>,
+    clear: bool,
+) {
     let pending = r.pending.load(Ordering::Acquire);
     let size = r.pending_size.load(Ordering::Relaxed);
     if pending & PENDING_CREATING != 0 {
-        for (id, sz) in sys::unattached_private_segments_of(pending as u32) {
-            if sz == size && Some(id) != keep && blank_or_owned(id, owner, size) {
-                retire_segment(r, id, clear);
+        for (id, sz) in p.unattached_private_segments_of(pending as u32) {
+            if sz == size && Some(id) != keep && blank_or_owned(p, id, owner, size) {
+                retire_segment(p, r, id, clear);
             }
         }
     } else if pending != 0 {
         let id = (pending - 1) as i32;
         if Some(id) != keep {
-            match segment_ownership(id, owner, Some(size)) {
+            match segment_ownership(p, id, owner, Some(size)) {
                 Ownership::Ours => {
-                    retire_segment(r, id, clear);
+                    retire_segment(p, r, id, clear);
                 }
                 Ownership::Unknown if clear => {
                     root::push_stale(r, id);
@@ -148,9 +161,9 @@ pub(super) fn discard_recorded(r: &RootHeader, owner: u64, keep: Option<i32>, cl
     let retiring = r.retiring.load(Ordering::Acquire);
     if retiring != 0 && Some((retiring - 1) as i32) != keep {
         let id = (retiring - 1) as i32;
-        match segment_ownership(id, owner, None) {
+        match segment_ownership(p, id, owner, None) {
             Ownership::Ours => {
-                retire_segment(r, id, clear);
+                retire_segment(p, r, id, clear);
             }
             Ownership::Unknown if clear => {
                 root::push_stale(r, id);
@@ -162,12 +175,18 @@ pub(super) fn discard_recorded(r: &RootHeader, owner: u64, keep: Option<i32>, cl
         r.pending.store(0, Ordering::Release);
         r.retiring.store(0, Ordering::Release);
     }
-    prune_stale(r, owner, keep, clear);
+    prune_stale(p, r, owner, keep, clear);
 }
 
 /// Tries to remove each segment of the root's `stale` list; with `clear`,
 /// forgets those that are gone, removed or not this map's.
-pub(super) fn prune_stale(r: &RootHeader, owner: u64, keep: Option<i32>, clear: bool) {
+pub(super) fn prune_stale(
+    p: &dyn Provider,
+    r: &RootHeader,
+    owner: u64,
+    keep: Option<i32>,
+    clear: bool,
+) {
     for w in &r.stale {
         let v = w.load(Ordering::Relaxed);
         if v == 0 {
@@ -175,8 +194,8 @@ pub(super) fn prune_stale(r: &RootHeader, owner: u64, keep: Option<i32>, clear: 
         }
         let id = (v - 1) as i32;
         let done = Some(id) == keep
-            || match segment_ownership(id, owner, None) {
-                Ownership::Ours => retire_segment(r, id, false),
+            || match segment_ownership(p, id, owner, None) {
+                Ownership::Ours => retire_segment(p, r, id, false),
                 Ownership::NotOurs => true,
                 Ownership::Unknown => false,
             };
@@ -188,23 +207,23 @@ pub(super) fn prune_stale(r: &RootHeader, owner: u64, keep: Option<i32>, clear: 
 
 /// Whether segment `id` (found by the pid and size of a writer that died
 /// inside `shmget`) was never initialised, or is a data segment of `owner`.
-pub(super) fn blank_or_owned(id: i32, owner: u64, size: u64) -> bool {
-    segment_ownership(id, owner, Some(size)) == Ownership::Ours
+pub(super) fn blank_or_owned(p: &dyn Provider, id: i32, owner: u64, size: u64) -> bool {
+    segment_ownership(p, id, owner, Some(size)) == Ownership::Ours
 }
 
 /// Removes every data segment a root names (current, pending, retiring,
 /// stale), each only if its header names this map; with `clear`, also
 /// forgets them in the root (needs a writable mapping).
-pub(super) fn discard_data_segments(r: &RootHeader, owner: u64, clear: bool) {
+pub(super) fn discard_data_segments(p: &dyn Provider, r: &RootHeader, owner: u64, clear: bool) {
     let word = r.current.load(Ordering::Acquire);
     let (generation, id) = unpack_current(word);
     if word != CURRENT_DESTROYED
         && generation != 0
-        && segment_ownership(id, owner, None) == Ownership::Ours
+        && segment_ownership(p, id, owner, None) == Ownership::Ours
     {
-        retire_segment(r, id, false);
+        retire_segment(p, r, id, false);
     }
-    discard_recorded(r, owner, None, clear);
+    discard_recorded(p, r, owner, None, clear);
     if clear {
         r.current.store(0, Ordering::Release);
     }
@@ -225,24 +244,29 @@ impl Engine {
         let (_, _, size) = data_geometry(slots, arena).ok_or_else(|| Error::corrupted("size"))?;
         let r = self.root();
         if root::stale_full(r) {
-            let owner = pack_owner(self.key, self.root.shmid);
+            let owner = pack_owner(self.key, self.root.id);
             let (_, current_id) = unpack_current(r.current.load(Ordering::Acquire));
-            prune_stale(r, owner, Some(current_id), true);
-            if root::stale_full(r) && !sys::shm_stat(current_id, &self.name)?.removable_by_me() {
+            prune_stale(&*self.provider, r, owner, Some(current_id), true);
+            if root::stale_full(r)
+                && !self
+                    .provider
+                    .stat(current_id, &self.name)?
+                    .removable_by_me()
+            {
                 return Err(Error::PermissionDenied {
                     name: self.name.clone(),
                     op: "retire a generation (the list of segments left for their owners is full)",
                 });
             }
         }
-        let root_info = sys::shm_stat(self.root.shmid, &self.name)?;
-        let id = make_pending_segment(r, size, &root_info, &self.name)?;
+        let root_info = self.provider.stat(self.root.id, &self.name)?;
+        let id = make_pending_segment(&*self.provider, r, size, &root_info, &self.name)?;
         let mut undo = Undo(Some(|| {
-            let _ = sys::shm_remove(id);
+            let _ = self.provider.remove(id);
             self.root().pending.store(0, Ordering::Release);
         }));
-        let seg = Attached::attach(id, false, &self.name)?;
-        let owner = pack_owner(self.key, self.root.shmid);
+        let seg = self.provider.attach(id, false, &self.name)?;
+        let owner = pack_owner(self.key, self.root.id);
         // SAFETY: a new segment is zero-filled and unpublished; `seg` moves
         // into the returned generation with the table, which drops first.
         let table = unsafe { Table::init(seg.base(), seg.len(), slots, arena, number, owner) }?;
@@ -262,14 +286,13 @@ impl Engine {
     /// user's) is recorded in the root's `stale` list for one that may.
     pub(super) fn publish(&self, old: &Generation, fresh: Box<Generation>) -> Result<()> {
         let r = self.root();
-        r.retiring
-            .store(old.seg.shmid as u64 + 1, Ordering::Release);
+        r.retiring.store(old.seg.id as u64 + 1, Ordering::Release);
         reached(CrashPoint::MidResize);
         r.current.store(fresh.word, Ordering::Release);
         reached(CrashPoint::AfterPublish);
         // `old` is attached here and was validated as ours: its shmid
         // cannot have been reused.
-        retire_segment(r, old.seg.shmid, true);
+        retire_segment(&*self.provider, r, old.seg.id, true);
         r.retiring.store(0, Ordering::Release);
         r.pending.store(0, Ordering::Release);
         let _switch = self.gens.lock_switch();

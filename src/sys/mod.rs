@@ -20,9 +20,7 @@ pub(crate) mod sem;
 pub(crate) mod shm;
 
 pub(crate) use futex::{futex_wait, futex_wake_all, FUTEX_WAKES};
-pub(crate) use procfs::{
-    process_alive, process_start_time, sysvipc_shm, unattached_private_segments_of,
-};
+pub(crate) use procfs::{process_alive, process_start_time, sysvipc_shm};
 pub(crate) use sem::{SemOpen, Semaphore};
 pub(crate) use shm::{
     shm_get, shm_remove, shm_set_owner, shm_stat, shm_try_remove, Attached, Removal, ShmInfo,

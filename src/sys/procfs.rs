@@ -34,17 +34,6 @@ pub(crate) fn sysvipc_shm() -> std::io::Result<Vec<ShmRow>> {
         .collect())
 }
 
-/// Private (`IPC_PRIVATE`) segments made by `pid` that no process has
-/// attached: `(shmid, size)` (empty if the table is unreadable).
-pub(crate) fn unattached_private_segments_of(pid: u32) -> Vec<(libc::c_int, u64)> {
-    sysvipc_shm()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.key == 0 && r.cpid == pid && r.nattch == 0)
-        .map(|r| (r.shmid, r.size))
-        .collect()
-}
-
 /// Start time of process `pid` (clock ticks after boot, field 22 of
 /// `/proc/<pid>/stat`), `None` if there is no such process.
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {

@@ -148,7 +148,6 @@ pub(crate) fn shm_remove(shmid: libc::c_int) -> Result<()> {
 /// out; callers form shared references to atomics, never `&mut`.
 #[derive(Debug)]
 pub(crate) struct Attached {
-    pub(crate) shmid: libc::c_int,
     base: NonNull<u8>,
     len: usize,
 }
@@ -172,7 +171,6 @@ impl Attached {
         let base =
             NonNull::new(p.cast::<u8>()).ok_or_else(|| Error::corrupted("shmat gave null"))?;
         Ok(Attached {
-            shmid,
             base,
             len: usize::try_from(info.size).map_err(|_| Error::corrupted("segment size"))?,
         })

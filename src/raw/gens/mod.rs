@@ -43,9 +43,9 @@ use std::ptr;
 use self::fork::{register_fork_handler, ForkGuard, ForkLock, FORK_EPOCH};
 use self::reclaim::Retired;
 use self::records::Node;
+use super::provider::Segment;
 use super::table::Table;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
-use crate::sys::Attached;
 
 pub(crate) use self::pin::Pin;
 
@@ -74,7 +74,7 @@ pub(crate) struct Generation {
     /// The table over it. Declared before `seg`, so it drops first.
     pub(crate) table: Table,
     /// The mapping; detached on drop.
-    pub(crate) seg: Attached,
+    pub(crate) seg: Segment,
 }
 
 /// Process-wide, not part of the models: a plain std atomic.

@@ -1,0 +1,542 @@
+//! The heap provider: a process-local registry of heap regions and locks
+//! standing in for the kernel's SysV objects, with the same semantics the
+//! engine relies on (keys, `IPC_PRIVATE`, `IPC_CREAT|IPC_EXCL`, removal
+//! that takes effect at the last detach, attach counts, a lock with a
+//! timeout). "Another process" is another handle on the same
+//! [`HeapKernel`]. A limit on the bytes of all live segments stands in for
+//! `kernel.shmall`, so that "system memory full" can be tested.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use super::{Lock, LockOpen, LockSet, Provider, Removal, Segment, ShmInfo};
+use crate::error::{Error, Result};
+use crate::sys::procfs::ShmRow;
+use crate::sys::{deadline_after, IPC_PRIVATE};
+
+/// A zero-filled, 4096-byte aligned heap buffer.
+#[derive(Debug)]
+pub(crate) struct HeapRegion {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl HeapRegion {
+    /// Allocates `len` zero bytes (at least 1); `None` if the allocator
+    /// refuses.
+    pub(crate) fn new(len: usize) -> Option<HeapRegion> {
+        let layout = Layout::from_size_align(len.max(1), 4096).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { alloc_zeroed(layout) };
+        Some(HeapRegion {
+            ptr: NonNull::new(p)?,
+            layout,
+        })
+    }
+
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.layout.size()
+    }
+}
+
+impl Drop for HeapRegion {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+// SAFETY: plain owned heap memory.
+unsafe impl Send for HeapRegion {}
+// SAFETY: shared access goes through atomics or immutable bytes (see Table).
+unsafe impl Sync for HeapRegion {}
+
+/// One segment of the registry.
+#[derive(Debug)]
+struct HeapSegment {
+    key: libc::key_t,
+    region: Arc<HeapRegion>,
+    /// The size asked for (the region may be larger: at least one byte).
+    size: u64,
+    mode: u32,
+    cpid: i32,
+    nattch: u64,
+    /// Marked for removal: gone at its last detach, no longer at its key.
+    removed: bool,
+}
+
+/// A map's lock in the registry.
+#[derive(Debug)]
+struct HeapLock {
+    id: i32,
+    state: Mutex<LockState>,
+    freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LockState {
+    held: bool,
+    /// The pid of the last operation (like `GETPID`).
+    pid: i32,
+    /// The creator-of-the-root tag.
+    creating: Option<i32>,
+    removed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: i32,
+    segments: BTreeMap<i32, HeapSegment>,
+    locks: BTreeMap<libc::key_t, Arc<HeapLock>>,
+    /// Bytes of all segments not yet freed.
+    used: u64,
+    limit: u64,
+}
+
+/// A process-local stand-in for the kernel's SysV objects: maps made on a
+/// `HeapKernel` live in heap memory and are visible to every handle opened
+/// on the same kernel (clones share it). For tests and fuzzing.
+#[derive(Debug, Clone)]
+pub struct HeapKernel {
+    reg: Arc<Mutex<Registry>>,
+}
+
+impl Default for HeapKernel {
+    fn default() -> Self {
+        HeapKernel::new()
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the registry leaves it consistent (every
+    // update is a single insert, remove or field store).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HeapKernel {
+    /// An empty kernel whose segments may total 1 GiB.
+    pub fn new() -> HeapKernel {
+        HeapKernel::with_limit(1 << 30)
+    }
+
+    /// An empty kernel whose segments may total `limit` bytes (beyond it,
+    /// making a segment fails as "system shared memory" full).
+    pub fn with_limit(limit: u64) -> HeapKernel {
+        HeapKernel {
+            reg: Arc::new(Mutex::new(Registry {
+                next_id: 1,
+                limit,
+                ..Registry::default()
+            })),
+        }
+    }
+
+    /// The ids of all segments (removed ones too, while mapped).
+    pub fn segment_ids(&self) -> Vec<i32> {
+        locked(&self.reg).segments.keys().copied().collect()
+    }
+
+    /// Number of segments and of locks in the registry: what a test checks
+    /// is back to zero after `destroy`.
+    pub fn objects(&self) -> (usize, usize) {
+        let r = locked(&self.reg);
+        (r.segments.len(), r.locks.len())
+    }
+
+    /// Bytes of the segments not yet freed.
+    pub fn used_bytes(&self) -> u64 {
+        locked(&self.reg).used
+    }
+
+    /// Overwrites bytes of segment `id` at `offset` (clipped to the
+    /// segment), as a buggy or hostile process could: with relaxed atomic
+    /// byte stores, so that it is no data race with readers. Returns how
+    /// many bytes were written.
+    pub fn scribble(&self, id: i32, offset: usize, bytes: &[u8]) -> usize {
+        let region = match locked(&self.reg).segments.get(&id) {
+            Some(s) => s.region.clone(),
+            None => return 0,
+        };
+        let n = bytes.len().min(region.len().saturating_sub(offset));
+        for (i, b) in bytes[..n].iter().enumerate() {
+            // SAFETY: `offset + i < region.len()`; the region lives while
+            // `region` (an Arc) does; every access to segment memory by the
+            // engine is atomic or to bytes it re-validates (the threat
+            // model of corrupted shared memory).
+            let a = unsafe {
+                std::sync::atomic::AtomicU8::from_ptr(region.base().as_ptr().add(offset + i))
+            };
+            a.store(*b, std::sync::atomic::Ordering::Relaxed);
+        }
+        n
+    }
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound {
+        name: name.to_string(),
+    }
+}
+
+/// Keeps a heap segment mapped: dropping it is the detach.
+struct HeapMapping {
+    reg: Arc<Mutex<Registry>>,
+    id: i32,
+    _region: Arc<HeapRegion>,
+}
+
+impl Drop for HeapMapping {
+    fn drop(&mut self) {
+        let mut r = locked(&self.reg);
+        if let Some(s) = r.segments.get_mut(&self.id) {
+            s.nattch = s.nattch.saturating_sub(1);
+            if s.removed && s.nattch == 0 {
+                free(&mut r, self.id);
+            }
+        }
+    }
+}
+
+fn free(r: &mut Registry, id: i32) {
+    if let Some(s) = r.segments.remove(&id) {
+        r.used = r.used.saturating_sub(s.size);
+    }
+}
+
+impl Provider for HeapKernel {
+    fn get(
+        &self,
+        key: libc::key_t,
+        size: usize,
+        flags: libc::c_int,
+        _name: &str,
+    ) -> Result<std::result::Result<i32, Errno>> {
+        let mut r = locked(&self.reg);
+        if key != IPC_PRIVATE {
+            let at_key = r
+                .segments
+                .iter()
+                .find(|(_, s)| s.key == key && !s.removed)
+                .map(|(id, s)| (*id, s.size));
+            if let Some((id, have)) = at_key {
+                if flags & libc::IPC_CREAT != 0 && flags & libc::IPC_EXCL != 0 {
+                    return Ok(Err(Errno::EEXIST));
+                }
+                if size as u64 > have {
+                    return Err(Error::os("shmget", Errno::EINVAL as i32));
+                }
+                return Ok(Ok(id));
+            }
+            if flags & libc::IPC_CREAT == 0 {
+                return Ok(Err(Errno::ENOENT));
+            }
+        }
+        let available = r.limit.saturating_sub(r.used);
+        if size == 0 {
+            return Err(Error::InvalidSize(crate::size::SizeError::OutOfRange(
+                "a segment of 0 bytes".into(),
+            )));
+        }
+        let full = || Error::Full {
+            what: "system shared memory",
+            needed: size as u64,
+            available,
+        };
+        if size as u64 > available {
+            return Err(full());
+        }
+        let region = HeapRegion::new(size).ok_or_else(full)?;
+        let id = r.next_id;
+        r.next_id = r.next_id.checked_add(1).ok_or_else(full)?;
+        r.used += size as u64;
+        r.segments.insert(
+            id,
+            HeapSegment {
+                key,
+                region: Arc::new(region),
+                size: size as u64,
+                mode: flags as u32 & 0o777,
+                cpid: std::process::id() as i32,
+                nattch: 0,
+                removed: false,
+            },
+        );
+        Ok(Ok(id))
+    }
+
+    fn stat(&self, id: i32, name: &str) -> Result<ShmInfo> {
+        let r = locked(&self.reg);
+        let s = r.segments.get(&id).ok_or_else(|| not_found(name))?;
+        // SAFETY: geteuid/getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Ok(ShmInfo {
+            size: s.size,
+            nattch: s.nattch,
+            mode: s.mode,
+            uid,
+            gid,
+            cuid: uid,
+            cpid: s.cpid,
+            key: if s.removed { IPC_PRIVATE } else { s.key },
+        })
+    }
+
+    fn set_owner(&self, id: i32, _uid: u32, _gid: u32, mode: u32, name: &str) -> Result<()> {
+        let mut r = locked(&self.reg);
+        let s = r.segments.get_mut(&id).ok_or_else(|| not_found(name))?;
+        s.mode = mode & 0o777;
+        Ok(())
+    }
+
+    fn try_remove(&self, id: i32) -> Removal {
+        let mut r = locked(&self.reg);
+        match r.segments.get_mut(&id) {
+            None => Removal::Gone,
+            Some(s) => {
+                s.removed = true;
+                if s.nattch == 0 {
+                    free(&mut r, id);
+                }
+                Removal::Removed
+            }
+        }
+    }
+
+    fn remove(&self, id: i32) -> Result<()> {
+        self.try_remove(id);
+        Ok(())
+    }
+
+    fn attach(&self, id: i32, _read_only: bool, name: &str) -> Result<Segment> {
+        let mut r = locked(&self.reg);
+        let s = r.segments.get_mut(&id).ok_or_else(|| not_found(name))?;
+        s.nattch += 1;
+        let region = s.region.clone();
+        let (base, len) = (region.base(), s.size as usize);
+        let mapping = HeapMapping {
+            reg: self.reg.clone(),
+            id,
+            _region: region,
+        };
+        // SAFETY: the region (kept by `mapping`'s Arc) is 4096-byte
+        // aligned, holds at least `len` bytes and is freed only when the
+        // last Arc drops.
+        Ok(unsafe { Segment::new(id, base, len, Box::new(mapping)) })
+    }
+
+    fn segments(&self) -> std::io::Result<Vec<ShmRow>> {
+        let r = locked(&self.reg);
+        Ok(r.segments
+            .iter()
+            .map(|(id, s)| ShmRow {
+                key: if s.removed { IPC_PRIVATE } else { s.key },
+                shmid: *id,
+                size: s.size,
+                cpid: s.cpid as u32,
+                nattch: s.nattch,
+            })
+            .collect())
+    }
+
+    fn open_lock(
+        &self,
+        key: libc::key_t,
+        create: bool,
+        _mode: u32,
+        _timeout: Duration,
+        name: &str,
+    ) -> Result<LockOpen> {
+        let mut r = locked(&self.reg);
+        if let Some(l) = r.locks.get(&key) {
+            return Ok(LockOpen::Existing(Box::new(self.lock_ref(key, l.clone()))));
+        }
+        if !create {
+            return Err(not_found(name));
+        }
+        let id = r.next_id;
+        r.next_id += 1;
+        let l = Arc::new(HeapLock {
+            id,
+            state: Mutex::new(LockState {
+                held: true,
+                pid: std::process::id() as i32,
+                ..LockState::default()
+            }),
+            freed: Condvar::new(),
+        });
+        r.locks.insert(key, l.clone());
+        Ok(LockOpen::CreatedAndHeld(Box::new(self.lock_ref(key, l))))
+    }
+
+    fn find_lock(&self, key: libc::key_t, _name: &str) -> Result<Option<Lock>> {
+        let r = locked(&self.reg);
+        Ok(r.locks
+            .get(&key)
+            .map(|l| Box::new(self.lock_ref(key, l.clone())) as Lock))
+    }
+}
+
+/// A handle's reference to a lock of the registry.
+#[derive(Debug)]
+struct HeapLockRef {
+    lock: Arc<HeapLock>,
+    key: libc::key_t,
+    reg: Arc<Mutex<Registry>>,
+}
+
+impl HeapKernel {
+    fn lock_ref(&self, key: libc::key_t, lock: Arc<HeapLock>) -> HeapLockRef {
+        HeapLockRef {
+            lock,
+            key,
+            reg: self.reg.clone(),
+        }
+    }
+}
+
+impl HeapLockRef {
+    fn op(&self) -> MutexGuard<'_, LockState> {
+        let mut s = locked(&self.lock.state);
+        s.pid = std::process::id() as i32;
+        s
+    }
+}
+
+impl LockSet for HeapLockRef {
+    fn mark_creating_root(&self, _name: &str) -> Result<()> {
+        self.op().creating = Some(std::process::id() as i32);
+        Ok(())
+    }
+
+    fn unmark_creating_root(&self, _name: &str) -> Result<()> {
+        self.op().creating = None;
+        Ok(())
+    }
+
+    fn creating_root_pid(&self) -> Option<i32> {
+        locked(&self.lock.state).creating
+    }
+
+    fn acquire(&self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        let deadline = deadline_after(timeout);
+        let mut s = locked(&self.lock.state);
+        loop {
+            if s.removed {
+                return Err(not_found("(destroyed while open)"));
+            }
+            if !s.held {
+                s.held = true;
+                s.pid = std::process::id() as i32;
+                return Ok(());
+            }
+            let wait = match deadline {
+                None => Duration::from_secs(3600),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => {
+                        return Err(Error::LockTimeout {
+                            waited: start.elapsed(),
+                            holder_pid: Some(s.pid),
+                        })
+                    }
+                },
+            };
+            s = self
+                .lock
+                .freed
+                .wait_timeout(s, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn try_acquire(&self) -> Result<bool> {
+        let mut s = locked(&self.lock.state);
+        if s.removed {
+            return Err(not_found("(destroyed while open)"));
+        }
+        if s.held {
+            return Ok(false);
+        }
+        s.held = true;
+        s.pid = std::process::id() as i32;
+        Ok(true)
+    }
+
+    fn release(&self) -> Result<()> {
+        let mut s = self.op();
+        if s.removed {
+            return Err(not_found("(destroyed while open)"));
+        }
+        s.held = false;
+        drop(s);
+        self.lock.freed.notify_one();
+        Ok(())
+    }
+
+    fn value(&self) -> Option<i32> {
+        let s = locked(&self.lock.state);
+        (!s.removed).then_some(i32::from(!s.held))
+    }
+
+    fn last_pid(&self) -> Option<i32> {
+        let s = locked(&self.lock.state);
+        (!s.removed && s.pid != 0).then_some(s.pid)
+    }
+
+    fn remove(&self) {
+        self.op().removed = true;
+        self.lock.freed.notify_all();
+        // Lock order: a lock's state is never held while taking the registry.
+        let mut r = locked(&self.reg);
+        if r.locks
+            .get(&self.key)
+            .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+        {
+            r.locks.remove(&self.key);
+        }
+    }
+
+    fn id(&self) -> i32 {
+        self.lock.id
+    }
+}
+
+/// Maps on heap memory: the same engine as over SysV, with this kernel as
+/// the provider.
+impl HeapKernel {
+    /// [`RawMap::create`](crate::RawMap::create) on this kernel.
+    pub fn create(&self, name: &str, opts: &crate::Options) -> Result<crate::RawMap> {
+        crate::RawMap::create_in(Arc::new(self.clone()), name, opts)
+    }
+
+    /// [`RawMap::open`](crate::RawMap::open) on this kernel.
+    pub fn open(&self, name: &str, opts: &crate::Options) -> Result<crate::RawMap> {
+        crate::RawMap::open_in(Arc::new(self.clone()), name, opts)
+    }
+
+    /// [`RawMap::open_or_create`](crate::RawMap::open_or_create) on this kernel.
+    pub fn open_or_create(&self, name: &str, opts: &crate::Options) -> Result<crate::RawMap> {
+        crate::RawMap::open_or_create_in(Arc::new(self.clone()), name, opts)
+    }
+
+    /// [`RawMap::destroy_by_name`](crate::RawMap::destroy_by_name) on this kernel.
+    pub fn destroy_by_name(&self, name: &str, opts: &crate::Options) -> Result<bool> {
+        crate::RawMap::destroy_by_name_in(self, name, opts)
+    }
+
+    /// [`list_maps`](crate::list_maps) on this kernel.
+    pub fn list_maps(&self) -> Result<Vec<crate::MapListing>> {
+        crate::raw::lifecycle::list_maps_in(Arc::new(self.clone()))
+    }
+}
