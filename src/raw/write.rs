@@ -356,8 +356,14 @@ impl<'l> Stager<'l> {
                     let f = from.locate(0, record, lens).map_err(ReadErr::into_error)?;
                     into.put(to, key, hash, from.value_of(&f))?;
                 }
+                // Staged even though `to` lacks the key (`load_from` did not
+                // copy it, because this batch touches it): a second move
+                // copies from the published generation again and must still
+                // skip the key, or the removal is lost.
                 Staged::Remove { hash } => {
-                    into.remove(to, key, hash)?;
+                    Self::check_key(key)?;
+                    into.base()?;
+                    into.set(key, Staged::Remove { hash });
                 }
             }
         }

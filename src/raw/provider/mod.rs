@@ -171,3 +171,5 @@ impl Segment {
         self.len
     }
 }
+#[cfg(test)]
+mod tests;
