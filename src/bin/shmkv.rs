@@ -43,8 +43,7 @@ struct Cli {
 enum Cmd {
     /// List every shmkv map on the machine (ATTACHED counts this shmkv too).
     Ls,
-    /// Counters and identity of a map (the attach count includes this
-    /// shmkv, as `stat` says).
+    /// Counters and identity of a map (its attach count includes this shmkv).
     Stat { name: String },
     /// Full consistency check (exit 3 on problems).
     Verify { name: String },
