@@ -1,41 +1,199 @@
 //! Counters shared by processes: read-modify-write inside one atomic batch
-//! (the PHP class's `ensureAtomicity`, done right). Several processes (here
-//! threads) increment the same counter; no increment is lost.
-//! Run: `cargo run --example counter`.
+//! (the PHP class's `ensureAtomicity`, done right). Several processes (this
+//! example started again as `counter --worker NAME N`, one per process)
+//! increment the same counter; no increment is lost.
+//!
+//! ```text
+//! cargo run --example counter [-- --processes P --increments N]
+//! ```
+//!
+//! Ctrl-C (SIGINT) or SIGTERM stops every process; the counter then still
+//! equals the increments done, and the map is removed.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use shmkv::{Options, ShmMap};
 
-fn main() -> shmkv::Result<()> {
+fn main() {
+    stop_on_signals();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("--worker") => worker(&args),
+        _ => parent(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("counter: {e}");
+        std::process::exit(1);
+    }
+    // Everything was cleaned up on the way here (drop guards).
+    std::process::exit(exit_code());
+}
+
+/// The value of `--flag` in `args`, or `default`.
+fn flag(args: &[String], name: &str, default: u64) -> Result<u64, String> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("{name} needs a number")),
+        None => Ok(default),
+    }
+}
+
+/// A worker process: `--worker NAME N`. Prints how many increments it did.
+fn worker(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let name = args.get(1).ok_or("--worker needs a map name")?;
+    let n: u64 = args.get(2).ok_or("--worker needs a count")?.parse()?;
+    let map: ShmMap<str, u64> = ShmMap::open(name, &Options::new())?;
+    let mut done = 0;
+    while done < n && !stopped() {
+        map.write(|b| {
+            let hits = b.get("hits")?.unwrap_or(0);
+            b.insert("hits", &(hits + 1))
+        })?;
+        done += 1;
+    }
+    println!("{done}");
+    Ok(())
+}
+
+fn parent(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let processes = flag(args, "--processes", 4)?;
+    let increments = flag(args, "--increments", 1000)?;
     let name = format!("example-counter-{}", std::process::id());
     let map: ShmMap<str, u64> = ShmMap::create(&name, &Options::new())?;
     let _cleanup = Destroy(&name);
 
-    std::thread::scope(|s| {
-        for _ in 0..4 {
-            let name = &name;
-            s.spawn(move || -> shmkv::Result<()> {
-                let map: ShmMap<str, u64> = ShmMap::open(name, &Options::new())?;
-                for _ in 0..1000 {
-                    map.write(|b| {
-                        let n = b.get("hits")?.unwrap_or(0);
-                        b.insert("hits", &(n + 1))
-                    })?;
-                }
-                Ok(())
-            });
+    let exe = std::env::current_exe()?;
+    let mut workers = Workers(Vec::new());
+    for _ in 0..processes {
+        if stopped() {
+            break;
         }
-    });
+        let child = Command::new(&exe)
+            .args(["--worker", &name, &increments.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        workers.0.push(child);
+    }
+    let mut done = 0;
+    for (status, out) in workers.wait()? {
+        done += out
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("a worker failed ({status})"))?;
+    }
     let hits = map.get("hits")?.unwrap_or(0);
-    println!("hits = {hits} (4 writers x 1000 increments)");
-    assert_eq!(hits, 4000);
+    if stopped() {
+        println!("interrupted: hits = {hits}, increments done = {done}");
+    } else {
+        println!("hits = {hits} ({processes} processes x {increments} increments)");
+    }
+    if hits != done {
+        return Err(format!("lost increments: hits {hits}, done {done}").into());
+    }
     Ok(())
 }
 
-/// Removes the example's map when the example ends, also on error.
+/// Worker processes this example started. Dropped early (error, signal):
+/// asks them to stop (SIGTERM, by pid), then kills what is left.
+struct Workers(Vec<Child>);
+
+impl Workers {
+    /// Waits for every worker and returns their output; on a signal asks
+    /// them to stop first (they finish the increment they are in).
+    fn wait(&mut self) -> std::io::Result<Vec<(ExitStatus, String)>> {
+        let mut told = false;
+        while !self
+            .0
+            .iter_mut()
+            .all(|c| matches!(c.try_wait(), Ok(Some(_))))
+        {
+            if stopped() && !told {
+                self.terminate();
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut outs = Vec::new();
+        for mut c in self.0.drain(..) {
+            let mut out = String::new();
+            if let Some(mut s) = c.stdout.take() {
+                s.read_to_string(&mut out)?;
+            }
+            outs.push((c.wait()?, out));
+        }
+        Ok(outs)
+    }
+
+    fn terminate(&self) {
+        for c in &self.0 {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.terminate();
+        let end = Instant::now() + Duration::from_secs(2);
+        for c in &mut self.0 {
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Removes the example's map when the example ends: on success, error,
+/// panic, or after Ctrl-C/SIGTERM ended its loops.
 struct Destroy<'a>(&'a str);
 
 impl Drop for Destroy<'_> {
     fn drop(&mut self) {
         let _ = shmkv::RawMap::destroy_by_name(self.0, &Options::new());
+    }
+}
+
+/// Set by SIGINT/SIGTERM; every loop of the example checks it.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that set [`STOP`].
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::Relaxed);
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM set [`STOP`] instead of ending the process
+/// at once, so that the loops end and the drop guards remove the map.
+fn stop_on_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to atomics (async-signal-safe).
+        unsafe { sigaction(sig, &action) }.expect("sigaction");
+    }
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// 0, or 128 + the signal that stopped the example (as a shell reports it).
+fn exit_code() -> i32 {
+    match SIGNAL.load(Ordering::Relaxed) {
+        0 => 0,
+        sig => 128 + sig,
     }
 }

@@ -1,10 +1,12 @@
 //! A lookup loop for instruction counting (`scripts/instr-counts.sh` runs it
 //! under `valgrind --tool=callgrind` at two lengths and reports the
 //! difference per lookup). `cargo run --release --example lookup_loop --
-//! get_ref|archived|unchecked|std N`.
+//! get_ref|archived|unchecked|std N`. Ctrl-C (SIGINT) or SIGTERM ends the
+//! loop early and removes the map.
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use shmkv::{Options, RawMap, ShmMap};
 
@@ -15,7 +17,7 @@ fn key(i: u64) -> [u8; 16] {
     k
 }
 
-/// Removes the map also on panic.
+/// Removes the map also on panic, and after Ctrl-C/SIGTERM ended the loop.
 struct Destroy(String);
 
 impl Drop for Destroy {
@@ -25,6 +27,13 @@ impl Drop for Destroy {
 }
 
 fn main() {
+    stop_on_signals();
+    run();
+    // The map was removed on the way here (drop guard).
+    std::process::exit(exit_code());
+}
+
+fn run() {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("get_ref", String::as_str);
     let n: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100_000);
@@ -41,19 +50,74 @@ fn main() {
         .map(|i| key(i.wrapping_mul(7919) % 1000))
         .collect();
     let mut sum = 0u64;
-    for j in 0..n {
-        let k = &keys[j % keys.len()];
-        sum += match what {
-            "get_ref" => u64::from(m.raw().get_ref(k).expect("get").expect("present")[0]),
-            "archived" => u64::from(m.get_archived(&k[..]).expect("get").expect("present")[0]),
-            // SAFETY: every value of this map was written as a Vec<u8> above.
-            "unchecked" => u64::from(
-                unsafe { m.get_archived_unchecked(&k[..]) }
-                    .expect("get")
-                    .expect("present")[0],
-            ),
-            _ => u64::from(s.get(&k[..]).expect("present")[0]),
-        };
+    // The stop flag is looked at once per 4,096 lookups, outside the
+    // measured inner loop.
+    for start in (0..n).step_by(4096) {
+        if stopped() {
+            break;
+        }
+        for j in start..n.min(start + 4096) {
+            sum += lookup(what, &m, &s, &keys[j % keys.len()]);
+        }
     }
     black_box(sum);
+}
+
+/// One lookup of `k` by the `what` method (inlined: the measured loop is
+/// what it was before the stop flag).
+#[inline(always)]
+fn lookup(
+    what: &str,
+    m: &ShmMap<[u8], Vec<u8>>,
+    s: &HashMap<Vec<u8>, Vec<u8>>,
+    k: &[u8; 16],
+) -> u64 {
+    match what {
+        "get_ref" => u64::from(m.raw().get_ref(k).expect("get").expect("present")[0]),
+        "archived" => u64::from(m.get_archived(&k[..]).expect("get").expect("present")[0]),
+        // SAFETY: every value of this map was written as a Vec<u8> above.
+        "unchecked" => u64::from(
+            unsafe { m.get_archived_unchecked(&k[..]) }
+                .expect("get")
+                .expect("present")[0],
+        ),
+        _ => u64::from(s.get(&k[..]).expect("present")[0]),
+    }
+}
+
+/// Set by SIGINT/SIGTERM; the lookup loop checks it.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that set [`STOP`].
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::Relaxed);
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM set [`STOP`] instead of ending the process
+/// at once, so that the loop ends and the drop guard removes the map.
+fn stop_on_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to atomics (async-signal-safe).
+        unsafe { sigaction(sig, &action) }.expect("sigaction");
+    }
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// 0, or 128 + the signal that stopped the example (as a shell reports it).
+fn exit_code() -> i32 {
+    match SIGNAL.load(Ordering::Relaxed) {
+        0 => 0,
+        sig => 128 + sig,
+    }
 }

@@ -1,13 +1,41 @@
 //! Watch and reload: a reader keeps a derived cache and rebuilds it only
 //! when the map's version moves, sleeping in the kernel in between
 //! (`wait_for_change`, a futex: no polling). Run:
-//! `cargo run --example watch_reload`.
+//!
+//! ```text
+//! cargo run --example watch_reload [-- --updates N]
+//! ```
+//!
+//! The writer changes the greeting N times (default 2), 100 ms apart.
+//! Ctrl-C (SIGINT) or SIGTERM stops both and removes the map.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use shmkv::{Options, ShmMap};
 
-fn main() -> shmkv::Result<()> {
+const WORDS: [&str; 3] = ["bonjour", "hallo", "hello"];
+
+fn main() {
+    stop_on_signals();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let updates = match args.iter().position(|a| a == "--updates") {
+        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()),
+        None => Some(2),
+    };
+    let Some(updates) = updates else {
+        eprintln!("usage: watch_reload [--updates N]");
+        std::process::exit(2);
+    };
+    if let Err(e) = run(updates) {
+        eprintln!("watch_reload: {e}");
+        std::process::exit(1);
+    }
+    // Everything was cleaned up on the way here (drop guards).
+    std::process::exit(exit_code());
+}
+
+fn run(updates: usize) -> shmkv::Result<()> {
     let name = format!("example-watch-{}", std::process::id());
     let map: ShmMap<str, String> = ShmMap::create(&name, &Options::new())?;
     let _cleanup = Destroy(&name);
@@ -19,34 +47,84 @@ fn main() -> shmkv::Result<()> {
             let map: ShmMap<str, String> = ShmMap::open(name, &Options::new())?;
             let mut version = map.version();
             let mut seen = vec![map.get("greeting")?.unwrap_or_default().to_uppercase()];
-            while seen.len() < 3 {
-                // Sleeps until a writer commits (or 5 s pass).
-                match map.wait_for_change(version, Duration::from_secs(5))? {
+            let mut last_change = Instant::now();
+            while seen.len() <= updates && !stopped() {
+                // Sleeps until a writer commits, or 200 ms pass (to look
+                // at the stop flag; a signal does not end the wait).
+                match map.wait_for_change(version, Duration::from_millis(200))? {
                     Some(v) => {
                         version = v;
+                        last_change = Instant::now();
                         // Rebuild the derived cache from the new contents.
                         seen.push(map.get("greeting")?.unwrap_or_default().to_uppercase());
                     }
-                    None => break,
+                    // No change for 5 s: the writer is gone.
+                    None if last_change.elapsed() > Duration::from_secs(5) => break,
+                    None => {}
                 }
             }
             Ok(seen)
         });
-        for word in ["bonjour", "hallo"] {
+        for i in 0..updates {
+            if stopped() {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(100));
-            map.insert("greeting", &word.to_string())?;
+            map.insert("greeting", &WORDS[i % WORDS.len()].to_string())?;
         }
         let seen = reader.join().expect("reader")?;
-        println!("reader rebuilt its cache {} times: {seen:?}", seen.len());
+        if seen.len() <= 5 {
+            println!("reader rebuilt its cache {} times: {seen:?}", seen.len());
+        } else {
+            println!("reader rebuilt its cache {} times", seen.len());
+        }
         Ok(())
     })
 }
 
-/// Removes the example's map when the example ends, also on error.
+/// Removes the example's map when the example ends: on success, error,
+/// panic, or after Ctrl-C/SIGTERM ended its loops.
 struct Destroy<'a>(&'a str);
 
 impl Drop for Destroy<'_> {
     fn drop(&mut self) {
         let _ = shmkv::RawMap::destroy_by_name(self.0, &Options::new());
+    }
+}
+
+/// Set by SIGINT/SIGTERM; every loop of the example checks it.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that set [`STOP`].
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::Relaxed);
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM set [`STOP`] instead of ending the process
+/// at once, so that the loops end and the drop guards remove the map.
+fn stop_on_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to atomics (async-signal-safe).
+        unsafe { sigaction(sig, &action) }.expect("sigaction");
+    }
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// 0, or 128 + the signal that stopped the example (as a shell reports it).
+fn exit_code() -> i32 {
+    match SIGNAL.load(Ordering::Relaxed) {
+        0 => 0,
+        sig => 128 + sig,
     }
 }

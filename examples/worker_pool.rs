@@ -9,12 +9,14 @@
 //! Creates a uniquely named map, fills it, starts one reader process per core
 //! (re-executing this binary), updates entries for the given time, prints
 //! per-process and total reads/s, write latency p50/p99 and the number of
-//! invalid values seen (must be 0), and destroys the map, also on Ctrl-C or
-//! error.
+//! invalid values seen (must be 0), and destroys the map, also on error,
+//! Ctrl-C (SIGINT) or SIGTERM: a signal stops the fill, the readers and the
+//! writer within a fraction of a second, and the example exits with 128 +
+//! the signal's number.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use shmkv::{Options, ShmMap, Size};
@@ -77,21 +79,41 @@ fn valid(id: u64, c: &ArchivedConfig) -> bool {
             )
 }
 
+/// Set by SIGINT/SIGTERM; every loop of the example checks it.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that set [`STOP`].
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_sigint(_: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
+    SIGNAL.store(sig, Ordering::Relaxed);
     STOP.store(true, Ordering::Relaxed);
 }
 
-fn install_sigint() {
+/// SIGINT (Ctrl-C) and SIGTERM set [`STOP`] instead of ending the process
+/// at once, so that the loops end and the drop guard removes the map.
+fn stop_on_signals() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let action = SigAction::new(
-        SigHandler::Handler(on_sigint),
+        SigHandler::Handler(on_signal),
         SaFlags::empty(),
         SigSet::empty(),
     );
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { sigaction(Signal::SIGINT, &action) }.expect("sigaction");
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to atomics (async-signal-safe).
+        unsafe { sigaction(sig, &action) }.expect("sigaction");
+    }
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// 0, or 128 + the signal that stopped the example (as a shell reports it).
+fn exit_code() -> i32 {
+    match SIGNAL.load(Ordering::Relaxed) {
+        0 => 0,
+        sig => 128 + sig,
+    }
 }
 
 /// xorshift64.
@@ -155,7 +177,7 @@ fn worker(name: &str, id: usize, seconds: f64, entries: u64) -> shmkv::Result<()
     let (mut reads, mut invalid, mut missing) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
-    while !STOP.load(Ordering::Relaxed) && Instant::now() < end {
+    while !stopped() && Instant::now() < end {
         for _ in 0..1024 {
             let k = next(&mut rng) % entries;
             match map.get_archived(&k)? {
@@ -215,7 +237,12 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let map = demo.map.as_ref().expect("just created");
     let t = Instant::now();
+    // In batches of 10,000, looking at the stop flag between them: Ctrl-C
+    // during a long fill stops it at once.
     for chunk in (0..a.entries).collect::<Vec<_>>().chunks(10_000) {
+        if stopped() {
+            return Ok(());
+        }
         map.write(|b| chunk.iter().try_for_each(|&k| b.insert(&k, &config(k, 0))))?;
     }
     let s = map.stats()?;
@@ -229,6 +256,9 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let exe = std::env::current_exe()?;
     for id in 0..a.workers {
+        if stopped() {
+            return Ok(());
+        }
         let child = Command::new(&exe)
             .args([
                 "--worker",
@@ -253,7 +283,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / a.write_rate.max(1) as f64);
     let mut due = start;
-    while !STOP.load(Ordering::Relaxed) && start.elapsed().as_secs_f64() < a.seconds {
+    while !stopped() && start.elapsed().as_secs_f64() < a.seconds {
         if a.write_rate > 0 {
             let k = next(&mut rng) % a.entries;
             versions[k as usize] += 1;
@@ -270,6 +300,11 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    if stopped() {
+        // The readers are stopped (the guard kills them) and the map
+        // destroyed by the guard; no report of a run cut short.
+        return Ok(());
+    }
     let mut total_reads = 0f64;
     let mut total_invalid = 0u64;
     for (id, child) in demo.children.iter_mut().enumerate() {
@@ -327,16 +362,18 @@ fn main() {
             std::process::exit(2);
         }
     };
-    install_sigint();
+    stop_on_signals();
     if let Some((name, id)) = &args.worker {
         if let Err(e) = worker(name, *id, args.seconds, args.entries) {
             eprintln!("reader {id}: {e}");
             std::process::exit(1);
         }
-        return;
+        std::process::exit(exit_code());
     }
     if let Err(e) = run(&args) {
         eprintln!("worker_pool: {e}");
         std::process::exit(1);
     }
+    // The map was destroyed on the way here (the `Demo` guard).
+    std::process::exit(exit_code());
 }

@@ -76,6 +76,23 @@ pub enum Error {
     /// A map name is empty or too long.
     #[error("invalid map name: {0}")]
     InvalidName(String),
+    /// An [`Options`](crate::Options) value is not acceptable (for example
+    /// a `mode` with bits outside `0o777`, such as a decimal `644`).
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// The SysV key of a map could not be derived with `ftok` (the path is
+    /// missing or not accessible).
+    #[error("SysV key of map {name:?}: ftok({}, {id}) failed: {source}", .path.display())]
+    Ftok {
+        /// The map's name.
+        name: String,
+        /// The path given to [`Options::ftok`](crate::Options::ftok).
+        path: std::path::PathBuf,
+        /// The project id given with it.
+        id: u8,
+        /// Why `ftok` (its `stat` of the path) failed.
+        source: std::io::Error,
+    },
     /// The key is longer than the map accepts.
     #[error("key of {len} bytes is too large (max {max})")]
     KeyTooLarge {
@@ -92,10 +109,15 @@ pub enum Error {
         /// Largest value this map can hold.
         max: usize,
     },
-    /// The table or the arena has no room; nothing stored was changed.
-    #[error("map is full: {what} (needed {needed}, available {available})")]
+    /// The table or the arena has no room; nothing stored was changed. Also
+    /// when the kernel refuses a new segment for lack of shared memory
+    /// (`ENOSPC`/`ENOMEM` from `shmget`): then `what` names the kernel
+    /// limits (`kernel.shmall`, `kernel.shmmni`) and the `sysctl` that
+    /// raises them, and `needed` is the segment's size in bytes.
+    #[error("{}", full_text(what, *needed, *available))]
     Full {
-        /// `"slots"` or `"arena"`.
+        /// `"slots"`, `"arena"`, or one of the system shared memory texts
+        /// ([`SYSTEM_SHM_ENOSPC`], [`SYSTEM_SHM_ENOMEM`]).
         what: &'static str,
         /// Units needed by the write.
         needed: u64,
@@ -164,6 +186,26 @@ pub enum Error {
         /// The operating system's error.
         source: std::io::Error,
     },
+}
+
+/// [`Error::Full::what`] when `shmget` fails with `ENOSPC`.
+pub const SYSTEM_SHM_ENOSPC: &str = "the kernel's shared memory limits are reached \
+(ENOSPC from shmget: the total of all segments would exceed kernel.shmall pages, or \
+kernel.shmmni segments exist); see `ipcs -l` and `ipcs -m`, remove unused segments \
+or raise the limit, e.g. `sysctl -w kernel.shmall=<pages>` or `sysctl -w kernel.shmmni=<count>`";
+
+/// [`Error::Full::what`] when `shmget` fails with `ENOMEM`.
+pub const SYSTEM_SHM_ENOMEM: &str = "the kernel has no memory for a new segment \
+(ENOMEM from shmget: RAM or a memory cgroup limit; the shared memory limits are \
+kernel.shmmax, kernel.shmall and kernel.shmmni, see `ipcs -l`, raised with \
+`sysctl -w kernel.shmall=<pages>`)";
+
+fn full_text(what: &str, needed: u64, available: u64) -> String {
+    if what == SYSTEM_SHM_ENOSPC || what == SYSTEM_SHM_ENOMEM {
+        format!("no shared memory for a segment of {needed} bytes: {what}")
+    } else {
+        format!("map is full: {what} (needed {needed}, available {available})")
+    }
 }
 
 fn holder_text(pid: &Option<i32>) -> String {

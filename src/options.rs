@@ -34,6 +34,9 @@ pub struct Options {
     pub(crate) arena_size: Option<Size>,
     pub(crate) max_size: Option<Size>,
     pub(crate) mode: u32,
+    /// The argument of [`mode`](Self::mode) when it had bits outside
+    /// `0o777` (an error when the options are used).
+    bad_mode: Option<u32>,
     pub(crate) read_only: bool,
     pub(crate) lock_timeout: Duration,
     pub(crate) verify_reads: bool,
@@ -61,6 +64,7 @@ impl Options {
             arena_size: None,
             max_size: None,
             mode: 0o600,
+            bad_mode: None,
             read_only: false,
             lock_timeout: Duration::from_secs(5),
             verify_reads: false,
@@ -87,8 +91,12 @@ impl Options {
         self
     }
 
-    /// Permission bits of the segments and the semaphore (default 0600).
+    /// Permission bits of the segments and the semaphore (default 0600),
+    /// in octal: `0o644`, not `644`. A mode with bits outside `0o777` (a
+    /// decimal `644` is `0o1204`) makes every call that uses these options
+    /// return [`Error::InvalidOption`].
     pub fn mode(mut self, mode: u32) -> Options {
+        self.bad_mode = (mode & !0o777 != 0).then_some(mode);
         self.mode = mode & 0o777;
         self
     }
@@ -135,8 +143,16 @@ impl Options {
     }
 
     /// Checks the name and returns the SysV key of the map.
+    /// Every use of the options (create, open, destroy) starts here, so the
+    /// option checks are here too.
     pub(crate) fn key_for(&self, name: &str) -> Result<libc::key_t> {
         check_name(name)?;
+        if let Some(m) = self.bad_mode {
+            return Err(Error::InvalidOption(format!(
+                "mode {m:#o} ({m} in decimal) has bits outside 0o777; \
+                 permission bits are octal, e.g. .mode(0o644)"
+            )));
+        }
         match &self.key {
             KeySource::Name => Ok(key_from_name(name)),
             KeySource::Raw(k) if *k == sys::IPC_PRIVATE => Err(Error::InvalidName(

@@ -250,3 +250,210 @@ fn watch_prints_versions_and_changed_keys() {
         )
     );
 }
+
+/// Issue 16 item 8: binary keys, as `dump` prints them (`key_b64`), are
+/// addressable by `get`, `put` and `rm`.
+#[test]
+fn key_b64_addresses_binary_keys() {
+    let c = Cleanup::new("cli-b64");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    m.insert(&[0xff, 0x00], b"bin").unwrap();
+    let n = c.name.as_str();
+    assert!(ok(&["dump", n]).contains("\"key_b64\":\"/wA=\""));
+    assert_eq!(ok(&["get", n, "--key-b64", "/wA="]), "bin");
+    ok(&["put", n, "--key-b64", "/wE=", "one"]);
+    assert_eq!(m.get(&[0xff, 0x01]).unwrap().unwrap(), b"one");
+    ok(&["rm", n, "--key-b64", "/wE="]);
+    assert_eq!(m.get(&[0xff, 0x01]).unwrap(), None);
+    // Without the flag the argument is the key's text.
+    assert_eq!(fails(&["get", n, "/wA="]).0, 4);
+    let (code, err) = fails(&["get", n, "--key-b64", "not base64!"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--key-b64"), "{err}");
+}
+
+/// Issue 16 item 8: `stat` says that its count includes itself.
+#[test]
+fn stat_says_the_attach_count_includes_itself() {
+    let c = Cleanup::new("cli-attach");
+    let _m = RawMap::create(&c.name, &c.opts).unwrap();
+    let text = ok(&["stat", &c.name]);
+    assert!(
+        text.contains("attached    2 (this shmkv included: 1 without it)"),
+        "{text}"
+    );
+    let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", &c.name])).unwrap();
+    assert_eq!(stat["attached"], 2);
+    assert_eq!(stat["attached_includes_self"], true);
+}
+
+/// Issue 16 item 8: `destroy` of a missing map says so instead of asking.
+#[test]
+fn destroy_checks_the_map_exists_before_asking() {
+    let missing = common::unique_name("cli-destroy-missing");
+    let o = shmkv(&["destroy", &missing]);
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("[y/N]"), "asked first: {err}");
+    assert!(err.contains("not found") && err.contains(&missing), "{err}");
+    // An existing map: it asks (and keeps the map without an answer).
+    let c = Cleanup::new("cli-destroy-ask");
+    let _m = RawMap::create(&c.name, &c.opts).unwrap();
+    let o = shmkv(&["destroy", &c.name]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[y/N]"));
+    assert!(RawMap::open(&c.name, &c.opts).is_ok());
+}
+
+/// The single JSON object a failing `--json` command prints on stderr.
+fn json_error(args: &[&str]) -> (i32, serde_json::Value) {
+    let o = shmkv(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    assert!(o.stdout.is_empty(), "{args:?}: stdout {:?}", o.stdout);
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one line of error: {err:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&err).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {err}"));
+    (o.status.code().unwrap(), v)
+}
+
+/// Issue 16 item 8: with `--json`, errors are JSON objects on stderr and
+/// `put`, `rm`, `load` print a JSON result on stdout.
+#[test]
+fn json_errors_and_results() {
+    let missing = common::unique_name("cli-json-missing");
+    let (code, e) = json_error(&["--json", "stat", &missing]);
+    assert_eq!(code, 1);
+    assert_eq!(e["exit_code"], 1);
+    assert_eq!(e["kind"], "not_found");
+    assert_eq!(e["map"], missing.as_str());
+    assert!(e["error"].as_str().unwrap().contains("not found"), "{e}");
+    let (code, e) = json_error(&["--json", "frobnicate"]);
+    assert_eq!((code, &e["kind"]), (2, &serde_json::json!("usage")), "{e}");
+
+    let c = Cleanup::new("cli-json");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let n = c.name.as_str();
+    let put: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "put", n, "k", "v1"])).unwrap();
+    assert_eq!(
+        put,
+        serde_json::json!({"map": n, "op": "put", "key": "k", "value_bytes": 2})
+    );
+    let rm: serde_json::Value = serde_json::from_str(&ok(&["--json", "rm", n, "k"])).unwrap();
+    assert_eq!(
+        rm,
+        serde_json::json!({"map": n, "op": "rm", "key": "k", "removed": true})
+    );
+    let (code, e) = json_error(&["--json", "rm", n, "k"]);
+    assert_eq!((code, &e["kind"]), (4, &serde_json::json!("key_not_found")));
+    let (code, e) = json_error(&["--json", "get", n, "k"]);
+    assert_eq!((code, &e["kind"]), (4, &serde_json::json!("key_not_found")));
+
+    let file = std::env::temp_dir().join(format!("{n}.jsonl"));
+    std::fs::write(
+        &file,
+        "{\"key\":\"a\",\"value\":\"1\"}\n{\"key_b64\":\"/wA=\",\"value\":\"2\"}\n",
+    )
+    .unwrap();
+    let out = shmkv(&["--json", "load", n, file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        load,
+        serde_json::json!({"map": n, "op": "load", "entries": 2, "batch": true})
+    );
+    assert_eq!(m.len(), 2);
+}
+
+/// Issue 16 item 8: a JSON number as a value is named as such.
+#[test]
+fn load_says_a_value_must_be_a_string() {
+    let c = Cleanup::new("cli-load-num");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let file = std::env::temp_dir().join(format!("{}.jsonl", c.name));
+    std::fs::write(
+        &file,
+        "{\"key\":\"a\",\"value\":\"1\"}\n{\"key\":\"b\",\"value\":5}\n",
+    )
+    .unwrap();
+    let (code, err) = fails(&["load", &c.name, file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(":2:") && err.contains("value must be a string or value_b64"),
+        "{err}"
+    );
+    assert_eq!(m.len(), 0, "nothing applied");
+}
+
+/// Semaphore 1 of a set (the tag), read with `GETVAL`.
+fn sem_val(semid: i32, n: i32) -> i32 {
+    // SAFETY: GETVAL takes no further argument.
+    unsafe { libc::semctl(semid, n, libc::GETVAL) }
+}
+
+/// Sets semaphore `n` of `semid` to `v` when dropped.
+struct SetVal(i32, i32, i32);
+
+impl Drop for SetVal {
+    fn drop(&mut self) {
+        // SAFETY: SETVAL takes an int argument.
+        unsafe { libc::semctl(self.0, self.1, libc::SETVAL, self.2) };
+    }
+}
+
+/// Issue 16 item 8: a held lock whose holder the kernel does not know
+/// (`GETPID` 0) is not listed as "free".
+#[test]
+fn ls_does_not_say_free_when_the_holder_is_unknown() {
+    let c = Cleanup::new("cli-ls-lock");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let s = m.stats().unwrap();
+    let tag = sem_val(s.semid, 1);
+    assert!(tag > 0);
+    // Replace the map's set by one whose lock (semaphore 0) is 0, held,
+    // and was never operated (no pid): the tag set with SETVAL, then a
+    // semop on the tag only.
+    // SAFETY: plain integer arguments.
+    assert_eq!(unsafe { libc::semctl(s.semid, 0, libc::IPC_RMID) }, 0);
+    // SAFETY: plain integer arguments.
+    let id = unsafe { libc::semget(s.key, 2, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
+    assert!(id >= 0);
+    // Freed again (whatever happens) before the guard destroys the map.
+    let _free = SetVal(id, 0, 1);
+    let mut ops = [
+        libc::sembuf {
+            sem_num: 1,
+            sem_op: 1,
+            sem_flg: 0,
+        },
+        libc::sembuf {
+            sem_num: 1,
+            sem_op: -1,
+            sem_flg: 0,
+        },
+    ];
+    // SAFETY: SETVAL takes an int; semop reads `ops.len()` operations.
+    unsafe {
+        assert_eq!(libc::semctl(id, 1, libc::SETVAL, tag), 0);
+        assert_eq!(libc::semop(id, ops.as_mut_ptr(), ops.len()), 0);
+    }
+    let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", &c.name])).unwrap();
+    assert_eq!(stat["lock_held"], true, "{stat}");
+    assert_eq!(stat["lock_pid"], serde_json::Value::Null, "{stat}");
+    let line = ok(&["ls"])
+        .lines()
+        .find(|l| l.starts_with(c.name.as_str()))
+        .unwrap()
+        .to_string();
+    assert!(!line.contains("free"), "{line}");
+    assert!(line.contains("held (holder unknown)"), "{line}");
+    assert!(ok(&["stat", &c.name]).contains("lock        held (holder unknown)"));
+}

@@ -3,6 +3,8 @@
 //!
 //! Exit codes: 0 success; 1 error (one line on stderr naming the map and the
 //! cause); 2 usage; 3 `verify` found problems; 4 key not found (`get`, `rm`).
+//! With `--json`, results are JSON on stdout and an error is one JSON object
+//! on stderr: `{"error": message, "kind": ..., "exit_code": N, "map": name}`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -21,7 +23,10 @@ use shmkv::{list_maps, Error, Options, RawMap, Stats};
     about = "Inspect and operate shmkv maps in SysV shared memory"
 )]
 struct Cli {
-    /// Machine-readable output (JSON).
+    /// Machine-readable output (JSON) on stdout; `put`, `rm`, `load` and
+    /// `destroy` print a JSON result. An error is then one JSON object on
+    /// stderr: {"error": message, "kind": e.g. "not_found", "exit_code": N,
+    /// "map": name (when known)}.
     #[arg(long, global = true)]
     json: bool,
     /// Use this raw SysV key instead of the one derived from the name.
@@ -36,14 +41,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// List every shmkv map on the machine.
+    /// List every shmkv map on the machine (ATTACHED counts this shmkv too).
     Ls,
-    /// Counters and identity of a map.
+    /// Counters and identity of a map (its attach count includes this shmkv).
     Stat { name: String },
     /// Full consistency check (exit 3 on problems).
     Verify { name: String },
     /// Print a value (raw bytes; with --json, UTF-8 or base64).
-    Get { name: String, key: String },
+    Get {
+        name: String,
+        key: String,
+        /// KEY is base64 (as `dump` prints binary keys: `key_b64`).
+        #[arg(long)]
+        key_b64: bool,
+    },
     /// Store a value, given inline or read from a file.
     Put {
         name: String,
@@ -51,9 +62,18 @@ enum Cmd {
         value: Option<String>,
         #[arg(long, conflicts_with = "value")]
         file: Option<PathBuf>,
+        /// KEY is base64 (as `dump` prints binary keys: `key_b64`).
+        #[arg(long)]
+        key_b64: bool,
     },
     /// Remove a key (exit 4 if it was not there).
-    Rm { name: String, key: String },
+    Rm {
+        name: String,
+        key: String,
+        /// KEY is base64 (as `dump` prints binary keys: `key_b64`).
+        #[arg(long)]
+        key_b64: bool,
+    },
     /// List the keys.
     Keys { name: String },
     /// Every entry as JSON lines: {"key":..,"value":..} (or key_b64/value_b64).
@@ -76,7 +96,8 @@ enum Cmd {
         #[arg(long)]
         idle_timeout: Option<u64>,
     },
-    /// Remove the map's kernel objects (asks unless --yes).
+    /// Remove the map's kernel objects (asks unless --yes; a missing map is
+    /// an error before any question).
     Destroy {
         name: String,
         #[arg(long)]
@@ -84,16 +105,156 @@ enum Cmd {
     },
 }
 
-/// A failure with its exit code.
-struct Fail(u8, String);
+/// A failure: exit code, a machine-readable kind, the map if one is
+/// concerned, and the one-line message.
+struct Fail {
+    code: u8,
+    kind: &'static str,
+    map: Option<String>,
+    msg: String,
+}
+
+/// Exit code 1 with this kind and message, no map.
+fn fail(kind: &'static str, msg: String) -> Fail {
+    Fail {
+        code: 1,
+        kind,
+        map: None,
+        msg,
+    }
+}
 
 impl Fail {
+    /// A library error about map `name`.
     fn map(name: &str, e: Error) -> Fail {
         let msg = e.to_string();
-        if msg.contains(&format!("{name:?}")) {
-            Fail(1, msg)
+        let msg = if msg.contains(&format!("{name:?}")) {
+            msg
         } else {
-            Fail(1, format!("map {name:?}: {msg}"))
+            format!("map {name:?}: {msg}")
+        };
+        Fail {
+            code: 1,
+            kind: error_kind(&e),
+            map: Some(name.to_string()),
+            msg,
+        }
+    }
+
+    /// This failure about map `name`.
+    fn about(mut self, name: &str) -> Fail {
+        self.map = Some(name.to_string());
+        self
+    }
+
+    /// This failure with exit code `code`.
+    fn code(mut self, code: u8) -> Fail {
+        self.code = code;
+        self
+    }
+
+    /// Prints the failure on stderr: one line of text, or one JSON object.
+    fn report(&self, json: bool) {
+        if json {
+            let mut o = serde_json::Map::new();
+            o.insert("error".into(), self.msg.clone().into());
+            o.insert("kind".into(), self.kind.into());
+            o.insert("exit_code".into(), self.code.into());
+            if let Some(m) = &self.map {
+                o.insert("map".into(), m.clone().into());
+            }
+            eprintln!("{}", Value::Object(o));
+        } else {
+            eprintln!("shmkv: {}", self.msg);
+        }
+    }
+}
+
+/// The `kind` of a library error in JSON errors.
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::NotFound { .. } => "not_found",
+        Error::AlreadyExists { .. } => "already_exists",
+        Error::PermissionDenied { .. } => "permission_denied",
+        Error::InvalidSize(_) => "invalid_size",
+        Error::InvalidName(_) => "invalid_name",
+        Error::InvalidOption(_) => "invalid_option",
+        Error::Ftok { .. } => "ftok",
+        Error::KeyTooLarge { .. } => "key_too_large",
+        Error::ValueTooLarge { .. } => "value_too_large",
+        Error::Full { .. } => "full",
+        Error::LockTimeout { .. } => "lock_timeout",
+        Error::Incompatible(_) => "incompatible",
+        Error::Corrupted(_) => "corrupted",
+        Error::NameMismatch { .. } => "name_mismatch",
+        Error::ReadOnly => "read_only",
+        Error::NestedWrite => "nested_write",
+        Error::Value(_) => "value",
+        Error::KeyInUse { .. } => "key_in_use",
+        Error::Os { .. } => "os",
+        _ => "other",
+    }
+}
+
+/// The key argument as bytes: its text, or base64 with `--key-b64`.
+fn key_bytes(key: &str, b64: bool) -> Result<Vec<u8>, Fail> {
+    if !b64 {
+        return Ok(key.as_bytes().to_vec());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|e| fail("usage", format!("--key-b64 {key:?}: {e}")).code(2))
+}
+
+/// How messages name a key: as given on the command line.
+fn key_label(key: &str, b64: bool) -> String {
+    if b64 {
+        format!("key (base64) {key:?}")
+    } else {
+        format!("key {key:?}")
+    }
+}
+
+/// Exit 4: `key` is not in map `name`.
+fn key_not_found(name: &str, key: &str, b64: bool) -> Fail {
+    fail(
+        "key_not_found",
+        format!("map {name:?}: {} not found", key_label(key, b64)),
+    )
+    .about(name)
+    .code(4)
+}
+
+/// A JSON result `{"map": name, "op": op, "key" or "key_b64": .., more}`.
+fn key_result(name: &str, op: &str, key: &[u8], more: &[(&str, Value)]) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("map".into(), name.into());
+    o.insert("op".into(), op.into());
+    bytes_json(&mut o, "key", key);
+    for (k, v) in more {
+        o.insert((*k).into(), v.clone());
+    }
+    Value::Object(o)
+}
+
+/// The lock as `stat` and `ls` show it. "free" only when the kernel says
+/// the lock is free; a held lock whose holder is unknown says so.
+fn lock_text(s: &Stats) -> String {
+    match (s.lock_held, s.lock_pid) {
+        (true, Some(p)) => format!("held by pid {p}"),
+        (true, None) => "held (holder unknown)".into(),
+        (false, Some(_)) => "free".into(),
+        // `Stats` reads the value and the pid with the same permission: no
+        // pid is a set never operated, or a value that could not be read.
+        (false, None) => {
+            // SAFETY: GETVAL takes no further argument; any semid is safe
+            // to pass (a wrong one fails with EINVAL).
+            let v = unsafe { libc::semctl(s.semid, 0, libc::GETVAL) };
+            match v {
+                1.. => "free".into(),
+                0 => "held (holder unknown)".into(),
+                _ => format!("unknown ({})", std::io::Error::last_os_error()),
+            }
         }
     }
 }
@@ -125,15 +286,36 @@ fn bytes_json(obj: &mut serde_json::Map<String, Value>, field: &str, b: &[u8]) {
     };
 }
 
-fn json_bytes(obj: &Value, field: &str) -> Result<Vec<u8>, String> {
-    if let Some(s) = obj.get(field).and_then(Value::as_str) {
-        return Ok(s.as_bytes().to_vec());
+/// The JSON type of `v`, for messages.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
-    match obj.get(format!("{field}_b64")).and_then(Value::as_str) {
-        Some(b) => base64::engine::general_purpose::STANDARD
+}
+
+/// `field` (a UTF-8 string) or `field_b64` (base64) of a dump line.
+fn json_bytes(obj: &Value, field: &str) -> Result<Vec<u8>, String> {
+    let b64 = format!("{field}_b64");
+    match (obj.get(field), obj.get(&b64)) {
+        (Some(Value::String(s)), None) => Ok(s.as_bytes().to_vec()),
+        (None, Some(Value::String(b))) => base64::engine::general_purpose::STANDARD
             .decode(b)
-            .map_err(|e| format!("{field}_b64: {e}")),
-        None => Err(format!("missing \"{field}\" or \"{field}_b64\"")),
+            .map_err(|e| format!("{b64}: {e}")),
+        (Some(_), Some(_)) => Err(format!("both {field} and {b64} given; give one")),
+        (None, None) => Err(format!("missing \"{field}\" or \"{b64}\"")),
+        (Some(v), None) => Err(format!(
+            "{field} must be a string or {b64} (base64), not {}",
+            json_type(v)
+        )),
+        (None, Some(v)) => Err(format!(
+            "{b64} must be a base64 string, not {}",
+            json_type(v)
+        )),
     }
 }
 
@@ -143,17 +325,15 @@ fn stats_json(s: &Stats) -> Value {
         "entries": s.live, "tombstones": s.tombstones, "arena_size": s.arena_size,
         "arena_used": s.arena_used, "garbage_bytes": s.garbage_bytes,
         "segment_size": s.segment_size, "version": s.version, "attached": s.attached,
-        "lock_held": s.lock_held, "lock_pid": s.lock_pid, "root_shmid": s.root_shmid,
+        "attached_includes_self": true,
+        "lock_held": s.lock_held, "lock_pid": s.lock_pid, "lock": lock_text(s),
+        "root_shmid": s.root_shmid,
         "data_shmid": s.data_shmid, "semid": s.semid, "stale_segments": s.stale_segments,
     })
 }
 
 fn print_stats(s: &Stats) {
-    let lock = match (s.lock_held, s.lock_pid) {
-        (true, Some(p)) => format!("held by pid {p}"),
-        (true, None) => "held".into(),
-        (false, _) => "free".into(),
-    };
+    let lock = lock_text(s);
     println!("name        {}", s.name);
     println!("key         {:#010x}", s.key);
     println!("entries     {}", s.live);
@@ -168,7 +348,12 @@ fn print_stats(s: &Stats) {
         "segment     {} bytes (data shmid {}, root shmid {})",
         s.segment_size, s.data_shmid, s.root_shmid
     );
-    println!("attached    {} processes", s.attached);
+    // This shmkv has the map open too: say so rather than leave it to guess.
+    println!(
+        "attached    {} (this shmkv included: {} without it)",
+        s.attached,
+        s.attached.saturating_sub(1)
+    );
     println!("lock        {lock} (semid {})", s.semid);
     if !s.stale_segments.is_empty() {
         println!("stale       {}", stale_text(&s.stale_segments));
@@ -200,7 +385,7 @@ fn entries(m: &RawMap) -> Result<Pairs, Error> {
 fn run(cli: &Cli) -> Out {
     match &cli.cmd {
         Cmd::Ls => {
-            let maps = list_maps().map_err(|e| Fail(1, e.to_string()))?;
+            let maps = list_maps().map_err(|e| fail(error_kind(&e), e.to_string()))?;
             if cli.json {
                 let v: Vec<Value> = maps
                     .iter()
@@ -225,10 +410,7 @@ fn run(cli: &Cli) -> Out {
                             s.segment_size + 512,
                             s.generation,
                             s.attached,
-                            match (s.lock_held, s.lock_pid) {
-                                (true, Some(p)) => format!("held by pid {p}"),
-                                _ => "free".into(),
-                            }
+                            lock_text(s)
                         ),
                         None => println!(
                             "{:<32} {:#010x}  ({})",
@@ -283,27 +465,30 @@ fn run(cli: &Cli) -> Out {
             if r.is_ok() {
                 Ok(())
             } else {
-                Err(Fail(
-                    3,
+                Err(fail(
+                    "verify_problems",
                     format!("map {name:?}: {} problems", r.problems.len()),
-                ))
+                )
+                .about(name)
+                .code(3))
             }
         }
-        Cmd::Get { name, key } => {
+        Cmd::Get { name, key, key_b64 } => {
+            let k = key_bytes(key, *key_b64)?;
             let m = open(cli, name, true)?;
-            let v = m.get_ref(key.as_bytes()).map_err(|e| Fail::map(name, e))?;
+            let v = m.get_ref(&k).map_err(|e| Fail::map(name, e))?;
             let Some(v) = v else {
-                return Err(Fail(4, format!("map {name:?}: key {key:?} not found")));
+                return Err(key_not_found(name, key, *key_b64));
             };
             if cli.json {
                 let mut o = serde_json::Map::new();
-                bytes_json(&mut o, "key", key.as_bytes());
+                bytes_json(&mut o, "key", &k);
                 bytes_json(&mut o, "value", &v);
                 println!("{}", Value::Object(o));
             } else {
                 std::io::stdout()
                     .write_all(&v)
-                    .map_err(|e| Fail(1, e.to_string()))?;
+                    .map_err(|e| fail("io", e.to_string()))?;
             }
             Ok(())
         }
@@ -312,27 +497,42 @@ fn run(cli: &Cli) -> Out {
             key,
             value,
             file,
+            key_b64,
         } => {
+            let k = key_bytes(key, *key_b64)?;
             let bytes = match (value, file) {
                 (Some(v), _) => v.as_bytes().to_vec(),
                 (None, Some(f)) => {
-                    std::fs::read(f).map_err(|e| Fail(1, format!("{}: {e}", f.display())))?
+                    std::fs::read(f).map_err(|e| fail("io", format!("{}: {e}", f.display())))?
                 }
-                (None, None) => return Err(Fail(2, "put needs a VALUE or --file".into())),
+                (None, None) => {
+                    return Err(fail("usage", "put needs a VALUE or --file".into()).code(2))
+                }
             };
             open(cli, name, false)?
-                .insert(key.as_bytes(), &bytes)
-                .map_err(|e| Fail::map(name, e))
+                .insert(&k, &bytes)
+                .map_err(|e| Fail::map(name, e))?;
+            if cli.json {
+                let n = bytes.len().into();
+                println!("{}", key_result(name, "put", &k, &[("value_bytes", n)]));
+            }
+            Ok(())
         }
-        Cmd::Rm { name, key } => {
-            if open(cli, name, false)?
-                .remove(key.as_bytes())
+        Cmd::Rm { name, key, key_b64 } => {
+            let k = key_bytes(key, *key_b64)?;
+            if !open(cli, name, false)?
+                .remove(&k)
                 .map_err(|e| Fail::map(name, e))?
             {
-                Ok(())
-            } else {
-                Err(Fail(4, format!("map {name:?}: key {key:?} not found")))
+                return Err(key_not_found(name, key, *key_b64));
             }
+            if cli.json {
+                println!(
+                    "{}",
+                    key_result(name, "rm", &k, &[("removed", true.into())])
+                );
+            }
+            Ok(())
         }
         Cmd::Keys { name } => {
             let m = open(cli, name, true)?;
@@ -362,21 +562,27 @@ fn run(cli: &Cli) -> Out {
                 let mut o = serde_json::Map::new();
                 bytes_json(&mut o, "key", &k);
                 bytes_json(&mut o, "value", &v);
-                writeln!(out, "{}", Value::Object(o)).map_err(|e| Fail(1, e.to_string()))?;
+                writeln!(out, "{}", Value::Object(o)).map_err(|e| fail("io", e.to_string()))?;
             }
             Ok(())
         }
         Cmd::Load { name, file, create } => {
             let f = std::fs::File::open(file)
-                .map_err(|e| Fail(1, format!("{}: {e}", file.display())))?;
+                .map_err(|e| fail("io", format!("{}: {e}", file.display())))?;
             let mut rows = Vec::new();
             for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
-                let line = line.map_err(|e| Fail(1, e.to_string()))?;
+                let line = line.map_err(|e| fail("io", format!("{}: {e}", file.display())))?;
                 if line.trim().is_empty() {
                     continue;
                 }
-                let bad = |e: String| Fail(1, format!("{}:{}: {e}", file.display(), n + 1));
+                let bad = |e: String| fail("input", format!("{}:{}: {e}", file.display(), n + 1));
                 let v: Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+                if !v.is_object() {
+                    return Err(bad(format!(
+                        "a line must be a JSON object, not {}",
+                        json_type(&v)
+                    )));
+                }
                 rows.push((
                     json_bytes(&v, "key").map_err(bad)?,
                     json_bytes(&v, "value").map_err(bad)?,
@@ -391,7 +597,12 @@ fn run(cli: &Cli) -> Out {
             .map_err(|e| Fail::map(name, e))?;
             m.write(|b| rows.iter().try_for_each(|(k, v)| b.insert(k, v)))
                 .map_err(|e| Fail::map(name, e))?;
-            if !cli.json {
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"map": name, "op": "load", "entries": rows.len(), "batch": true})
+                );
+            } else {
                 eprintln!("loaded {} entries into {name:?} as one batch", rows.len());
             }
             Ok(())
@@ -453,46 +664,82 @@ fn run(cli: &Cli) -> Out {
             Ok(())
         }
         Cmd::Destroy { name, yes } => {
+            // What is there is found out before asking: a missing map (or
+            // another map's key, not allowed, locked) is an error at once.
+            let opts = options(cli, false);
+            let map = match RawMap::open(name, &opts) {
+                Ok(m) => Some(m),
+                // A map that does not open because of its content
+                // (half-created, corrupted, another build's) is still
+                // removed; `destroy_by_name` removes only objects that are
+                // provably this map's.
+                Err(Error::Corrupted(_) | Error::Incompatible(_)) => None,
+                // Missing, another map's (`NameMismatch`), another
+                // program's (`KeyInUse`), not allowed, locked: say so.
+                Err(e) => return Err(Fail::map(name, e)),
+            };
             if !yes {
                 eprint!("destroy map {name:?} and everything in it? [y/N] ");
                 let mut answer = String::new();
                 std::io::stdin()
                     .read_line(&mut answer)
-                    .map_err(|e| Fail(1, e.to_string()))?;
+                    .map_err(|e| fail("io", e.to_string()))?;
                 if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                    return Err(Fail(
-                        1,
+                    if answer.is_empty() && cli.json {
+                        // EOF: the JSON error gets a line of its own.
+                        eprintln!();
+                    }
+                    return Err(fail(
+                        "not_confirmed",
                         format!("map {name:?}: not destroyed (use --yes to skip the question)"),
-                    ));
+                    )
+                    .about(name));
                 }
             }
-            let opts = options(cli, false);
-            match RawMap::open(name, &opts) {
-                Ok(m) => m.destroy().map_err(|e| Fail::map(name, e)),
-                // A map that does not open because of its content
-                // (half-created, corrupted, another build's) is still
-                // removed; `destroy_by_name` removes only objects that are
-                // provably this map's.
-                Err(Error::Corrupted(_) | Error::Incompatible(_)) => {
-                    RawMap::destroy_by_name(name, &opts)
-                        .map(drop)
-                        .map_err(|e| Fail::map(name, e))
-                }
-                // Missing, another map's (`NameMismatch`), another
-                // program's (`KeyInUse`), not allowed, locked: say so.
-                Err(e) => Err(Fail::map(name, e)),
+            match map {
+                Some(m) => m.destroy(),
+                None => RawMap::destroy_by_name(name, &opts).map(drop),
             }
+            .map_err(|e| Fail::map(name, e))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"map": name, "op": "destroy", "destroyed": true})
+                );
+            }
+            Ok(())
         }
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if help || !std::env::args_os().any(|a| a == "--json") {
+                e.exit();
+            }
+            // A usage error with --json: one JSON object, like every error.
+            let text = e.render().to_string();
+            let msg = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg).to_string();
+            fail("usage", msg).code(2).report(true);
+            return ExitCode::from(2);
+        }
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fail(code, msg)) => {
-            eprintln!("shmkv: {msg}");
-            ExitCode::from(code)
+        Err(f) => {
+            f.report(cli.json);
+            ExitCode::from(f.code)
         }
     }
 }

@@ -70,7 +70,14 @@ pub(crate) fn ftok(path: &Path, id: u8, name: &str) -> Result<libc::key_t> {
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     let key = unsafe { libc::ftok(c.as_ptr(), libc::c_int::from(id)) };
     if key == -1 {
-        return Err(os_error("ftok", Errno::last(), name));
+        // ftok fails only when its stat of the path does: say which path
+        // and why, not "map not found".
+        return Err(Error::Ftok {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            id,
+            source: std::io::Error::from(Errno::last()),
+        });
     }
     Ok(key)
 }

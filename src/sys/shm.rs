@@ -52,11 +52,16 @@ pub(crate) fn shm_get(
         e @ (Errno::ENOENT | Errno::EEXIST) => Ok(Err(e)),
         Errno::EINVAL if flags & libc::IPC_CREAT != 0 => Err(Error::InvalidSize(
             crate::size::SizeError::OutOfRange(format!(
-                "the kernel refused a segment of {size} bytes (see /proc/sys/kernel/shmmax)"
+                "the kernel refused a segment of {size} bytes (larger than kernel.shmmax, \
+                 see `ipcs -l`; raise it with `sysctl -w kernel.shmmax=<bytes>`)"
             )),
         )),
-        Errno::ENOMEM | Errno::ENOSPC => Err(Error::Full {
-            what: "system shared memory",
+        e @ (Errno::ENOMEM | Errno::ENOSPC) => Err(Error::Full {
+            what: if e == Errno::ENOSPC {
+                crate::error::SYSTEM_SHM_ENOSPC
+            } else {
+                crate::error::SYSTEM_SHM_ENOMEM
+            },
             needed: size as u64,
             available: 0,
         }),
