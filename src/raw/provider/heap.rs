@@ -246,8 +246,9 @@ impl Provider for HeapKernel {
                 "a segment of 0 bytes".into(),
             )));
         }
+        // What the kernel says when `kernel.shmall` is reached.
         let full = || Error::Full {
-            what: "system shared memory",
+            what: crate::error::SYSTEM_SHM_ENOSPC,
             needed: size as u64,
             available,
         };
@@ -538,5 +539,24 @@ impl HeapKernel {
     /// [`list_maps`](crate::list_maps) on this kernel.
     pub fn list_maps(&self) -> Result<Vec<crate::MapListing>> {
         crate::raw::lifecycle::list_maps_in(Arc::new(self.clone()))
+    }
+}
+
+impl HeapKernel {
+    /// A copy of segment `id`'s bytes (relaxed atomic byte loads, so that
+    /// it is no data race with a writer); empty if there is no such segment.
+    pub fn read(&self, id: i32) -> Vec<u8> {
+        let (region, len) = match locked(&self.reg).segments.get(&id) {
+            Some(s) => (s.region.clone(), s.size as usize),
+            None => return Vec::new(),
+        };
+        (0..len)
+            .map(|i| {
+                // SAFETY: `i < len <= region.len()`; the region lives while
+                // `region` (an Arc) does.
+                unsafe { std::sync::atomic::AtomicU8::from_ptr(region.base().as_ptr().add(i)) }
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .collect()
     }
 }

@@ -55,3 +55,191 @@ fn a_batch_that_removes_then_grows_keeps_the_removal() {
     m.destroy().unwrap();
     assert_eq!(k.objects(), (0, 0));
 }
+
+/// A write through one handle is seen by another ("another process"); a
+/// move to a new generation by one is followed by the other, and the old
+/// segment is freed once no handle maps it.
+#[test]
+fn a_second_handle_follows_growth_and_old_segments_are_freed() {
+    let k = HeapKernel::new();
+    let a = k.create("m", &tiny()).unwrap();
+    let b = k.open("m", &Options::new()).unwrap();
+    assert_eq!(k.objects(), (2, 1), "root + data segment, one lock");
+    let gen0 = a.stats().unwrap().generation;
+    for i in 0..40u8 {
+        a.insert(&[i; 5], &val(i, 100)).unwrap();
+    }
+    assert!(a.stats().unwrap().generation > gen0, "the map grew");
+    for i in 0..40u8 {
+        assert_eq!(b.get(&[i; 5]).unwrap(), Some(val(i, 100)));
+    }
+    assert_eq!(b.len(), 40);
+    // `b` switched: only the root and the generation in force are left.
+    assert_eq!(k.objects(), (2, 1));
+    drop(b);
+    a.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+    assert_eq!(k.used_bytes(), 0);
+}
+
+/// A `Ref` keeps the generation it points into mapped while the map moves
+/// on (twice), and its bytes unchanged; the segment is freed after it drops.
+#[test]
+fn a_held_ref_keeps_its_retired_generation_until_it_drops() {
+    let k = HeapKernel::new();
+    let a = k.create("m", &tiny()).unwrap();
+    let b = k.open("m", &Options::new()).unwrap();
+    a.insert(b"held", &val(7, 64)).unwrap();
+    let r = b.get_ref(b"held").unwrap().unwrap();
+    let held_gen = b.stats().unwrap().data_shmid;
+    a.compact().unwrap();
+    a.insert(b"held", &val(8, 64)).unwrap();
+    a.compact().unwrap();
+    // `b` reads the new value (switching), while `r` still shows the old.
+    assert_eq!(b.get(b"held").unwrap(), Some(val(8, 64)));
+    assert_eq!(&r[..], &val(7, 64)[..]);
+    assert!(k.segment_ids().contains(&held_gen), "retired, still mapped");
+    drop(r);
+    // The next pin of `b` reclaims it.
+    assert_eq!(b.get(b"held").unwrap(), Some(val(8, 64)));
+    assert!(
+        !k.segment_ids().contains(&held_gen),
+        "freed after the last Ref"
+    );
+    drop(b);
+    a.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// `destroy` through one handle: the other gets `NotFound`, and every
+/// object is gone once both handles are dropped.
+#[test]
+fn destroy_reaches_other_handles_and_frees_everything() {
+    let k = HeapKernel::new();
+    let a = k.create("m", &tiny()).unwrap();
+    let b = k.open("m", &Options::new()).unwrap();
+    a.insert(b"x", b"1").unwrap();
+    a.destroy().unwrap();
+    assert!(matches!(b.get(b"x"), Err(Error::NotFound { .. })));
+    assert!(matches!(b.insert(b"x", b"2"), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        k.open("m", &Options::new()),
+        Err(Error::NotFound { .. })
+    ));
+    drop(b);
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// `max_size` stops growth with `Full`, and the failed write changes
+/// nothing.
+#[test]
+fn max_size_gives_full_and_keeps_the_map() {
+    let k = HeapKernel::new();
+    let m = k.create("m", &tiny().max_size(8u64 << 10)).unwrap();
+    let mut stored = 0u8;
+    let err = loop {
+        match m.insert(&[stored; 4], &val(stored, 200)) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 200, "never full");
+    };
+    assert!(matches!(err, Error::Full { .. }), "{err}");
+    assert_eq!(m.len(), usize::from(stored));
+    for i in 0..stored {
+        assert_eq!(m.get(&[i; 4]).unwrap(), Some(val(i, 200)));
+    }
+    assert!(m.verify().unwrap().is_ok());
+    m.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// The provider refusing memory (`kernel.shmall` reached) is `Full`,
+/// naming the kernel's limits; the map keeps its entries and works on.
+#[test]
+fn system_memory_full_is_an_error_and_keeps_the_map() {
+    let k = HeapKernel::with_limit(24 << 10);
+    let m = k.create("m", &tiny()).unwrap();
+    let mut stored = 0u8;
+    let err = loop {
+        match m.insert(&[stored; 4], &val(stored, 200)) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 200, "never full");
+    };
+    assert!(
+        matches!(err, Error::Full { what, .. } if what == crate::error::SYSTEM_SHM_ENOSPC),
+        "{err}"
+    );
+    assert_eq!(m.len(), usize::from(stored));
+    assert!(m.verify().unwrap().is_ok());
+    m.remove(&[0; 4]).unwrap();
+    assert_eq!(m.get(&[0; 4]).unwrap(), None);
+    m.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// The lock serialises handles: while one writes, another's write waits
+/// for the lock timeout and fails with `LockTimeout`, changing nothing.
+#[test]
+fn a_second_writer_waits_for_the_lock() {
+    let k = HeapKernel::new();
+    let a = k.create("m", &tiny()).unwrap();
+    let b = k
+        .open(
+            "m",
+            &Options::new().lock_timeout(std::time::Duration::from_millis(20)),
+        )
+        .unwrap();
+    a.write(|batch| {
+        batch.insert(b"a", b"1")?;
+        let e = b.insert(b"b", b"2").unwrap_err();
+        assert!(matches!(e, Error::LockTimeout { .. }), "{e}");
+        Ok(())
+    })
+    .unwrap();
+    b.insert(b"b", b"2").unwrap();
+    assert_eq!(a.len(), 2);
+    drop(b);
+    a.destroy().unwrap();
+}
+
+/// A damaged data header is a typed error for a handle that opens the
+/// map, not a panic; `destroy_by_name` removes the root and the lock, and
+/// leaves the segment whose header no longer names the map (it cannot be
+/// proven the map's: PROVABLY-OURS).
+#[test]
+fn a_damaged_data_segment_is_corrupted_and_removable() {
+    let k = HeapKernel::new();
+    let a = k.create("m", &tiny()).unwrap();
+    a.insert(b"x", b"1").unwrap();
+    let id = a.stats().unwrap().data_shmid;
+    drop(a);
+    assert_eq!(k.scribble(id, 0, &[0xff; 64]), 64);
+    let e = k.open("m", &Options::new()).unwrap_err();
+    assert!(matches!(e, Error::Corrupted(_)), "{e}");
+    assert!(k.destroy_by_name("m", &Options::new()).unwrap());
+    assert_eq!(k.objects(), (1, 0));
+    assert_eq!(k.segment_ids(), [id]);
+}
+
+/// Handles racing to `open_or_create` the same map all get it.
+#[test]
+fn racing_open_or_create_makes_one_map() {
+    let k = HeapKernel::new();
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let k = &k;
+            s.spawn(move || {
+                let m = k.open_or_create("m", &tiny()).unwrap();
+                m.insert(&[t], &[t]).unwrap();
+            });
+        }
+    });
+    let m = k.open("m", &Options::new()).unwrap();
+    assert_eq!(m.len(), 4);
+    assert_eq!(k.objects(), (2, 1));
+    m.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
