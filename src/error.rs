@@ -149,6 +149,22 @@ pub enum Error {
     /// A write was attempted through a read-only handle.
     #[error("map was opened read-only")]
     ReadOnly,
+    /// A read-only view kept racing with writers: every run of its closure
+    /// overlapped a committed write, until the lock timeout. A read-write
+    /// handle never gets this (after many races it runs the closure under
+    /// the write lock); a read-only one cannot take the lock.
+    #[error(
+        "map {name:?}: a writer changed it {changes} times during a view of {waited:?}; \
+         try again, or use a read-write handle (which runs the view under the lock)"
+    )]
+    Busy {
+        /// The map.
+        name: String,
+        /// Runs of the view closure that a write invalidated.
+        changes: u64,
+        /// How long the view tried.
+        waited: Duration,
+    },
     /// A write was started inside another write on the same map and thread.
     #[error("nested write on the same map (would deadlock)")]
     NestedWrite,

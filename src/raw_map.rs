@@ -180,7 +180,10 @@ impl RawMap {
     /// Runs `f` over a consistent snapshot: no write is applied between the
     /// first and the last read `f` makes. `f` may run more than once (when a
     /// write raced with it); only the result of a consistent run is
-    /// returned. After many races it runs under the write lock.
+    /// returned. After many races a read-write handle runs it under the
+    /// write lock; a read-only handle, which cannot, backs off (sleeps of
+    /// up to 10 ms) and gives up with [`Error::Busy`](crate::Error::Busy) once the lock timeout
+    /// has passed.
     pub fn view<'m, R>(&'m self, f: impl FnMut(&RawView<'m>) -> Result<R>) -> Result<R> {
         self.e.view(f)
     }

@@ -184,6 +184,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::ValueTooLarge { .. } => "value_too_large",
         Error::Full { .. } => "full",
         Error::LockTimeout { .. } => "lock_timeout",
+        Error::Busy { .. } => "busy",
         Error::Incompatible(_) => "incompatible",
         Error::Corrupted(_) => "corrupted",
         Error::NameMismatch { .. } => "name_mismatch",

@@ -200,7 +200,10 @@ impl Engine {
     /// Runs `f` over a consistent snapshot: no write is applied between the
     /// first and the last read `f` makes. `f` may run more than once (when a
     /// write raced with it); only the result of a consistent run is
-    /// returned. After many races it runs under the write lock.
+    /// returned. After many races a read-write handle runs it under the
+    /// write lock; a read-only handle, which cannot, backs off (sleeps of
+    /// up to 10 ms) and gives up with [`Error::Busy`](crate::Error::Busy) once the lock timeout
+    /// has passed.
     pub(crate) fn view<'m, R>(&'m self, mut f: impl FnMut(&RawView<'m>) -> Result<R>) -> Result<R> {
         const OPTIMISTIC_TRIES: u32 = 64;
         let start = Instant::now();
@@ -240,7 +243,18 @@ impl Engine {
                 });
             }
             if tries >= OPTIMISTIC_TRIES {
-                self.unstick(start)?;
+                // Read-only: writers keep committing (a stalled write is
+                // handled above, by `unstick`). Back off, then give up with
+                // the true cause.
+                if start.elapsed() > self.lock_timeout {
+                    return Err(Error::Busy {
+                        name: self.name.clone(),
+                        changes: u64::from(tries),
+                        waited: start.elapsed(),
+                    });
+                }
+                let backoff = 50u64 << (tries - OPTIMISTIC_TRIES).min(8);
+                std::thread::sleep(Duration::from_micros(backoff.min(10_000)));
             }
         }
     }
