@@ -108,27 +108,42 @@ fn waiting_times_out_and_writes_without_waiters_make_no_wake_calls() {
 #[test]
 fn a_sleeper_killed_while_waiting_stops_costing_writers_wake_calls() {
     if role().as_deref() == Some("sleeper") {
-        let m = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
+        let ro = std::env::var("READ_ONLY").is_ok();
+        let m = RawMap::open(&arg("MAP"), &Options::new().read_only(ro)).unwrap();
         println!("RESULT ready");
-        let _ = m.wait_for_change(m.version(), Duration::from_secs(60));
-        return;
+        // Sleeps again after each wake-up, until killed.
+        loop {
+            let _ = m.wait_for_change(m.version(), Duration::from_secs(60));
+        }
     }
     let c = Cleanup::new("notify-killed");
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     let test = "a_sleeper_killed_while_waiting_stops_costing_writers_wake_calls";
-    let mut child = spawn(test, "sleeper", &[("MAP", c.name.clone())]);
-    std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let before = futex_wakes();
-    for i in 0..100u32 {
-        m.insert(&i.to_le_bytes(), b"x").unwrap();
+    for ro in [false, true] {
+        let mut env = vec![("MAP", c.name.clone())];
+        if ro {
+            env.push(("READ_ONLY", "1".into()));
+        }
+        let mut child = KillOnDrop(Some(spawn(test, "sleeper", &env)));
+        std::thread::sleep(Duration::from_millis(300));
+        // The sleeper is registered: a write wakes it (one wake call).
+        let before = futex_wakes();
+        m.insert(b"first", b"x").unwrap();
+        assert_eq!(futex_wakes() - before, 1, "read_only={ro}: not registered");
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = child.0.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let before = futex_wakes();
+        for i in 0..100u32 {
+            m.insert(&i.to_le_bytes(), b"x").unwrap();
+        }
+        let wakes = futex_wakes() - before;
+        assert!(
+            wakes <= 1,
+            "read_only={ro}: 100 writes after the only sleeper died made {wakes} wake calls"
+        );
     }
-    let wakes = futex_wakes() - before;
-    assert!(
-        wakes <= 1,
-        "100 writes after the only sleeper died made {wakes} wake calls"
-    );
 }
 
 /// A writer killed right after its commit (before applying anything) does
@@ -210,4 +225,50 @@ fn waiters_of_a_destroyed_map_get_not_found() {
         matches!(&e, shmkv::Error::NotFound { name } if *name == c.name),
         "{e:?}"
     );
+}
+
+/// Voluntary context switches of the calling thread so far.
+fn voluntary_switches() -> i64 {
+    // SAFETY: rusage is plain old data; all-zero is valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
+    ru.ru_nvcsw
+}
+
+/// A read-only handle sleeps in the kernel: it registers through a
+/// writable mapping of the root (it may write it: same user), so it makes
+/// no periodic wake-ups beyond the 500 ms safety net, and a write wakes it
+/// at once through the futex.
+#[test]
+fn a_read_only_waiter_sleeps_in_the_kernel_and_is_woken() {
+    let c = Cleanup::new("ro-sleep");
+    let w = RawMap::create(&c.name, &Options::new()).unwrap();
+    let ro = RawMap::open(&c.name, &Options::new().read_only(true)).unwrap();
+    let since = ro.version();
+    let (switches, r) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let before = voluntary_switches();
+            let r = ro.wait_for_change(since, Duration::from_millis(1500));
+            (voluntary_switches() - before, r)
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(r.unwrap(), None);
+    assert!(switches < 20, "{switches} wake-ups in 1.5 s of waiting");
+    let wakes = futex_wakes();
+    let (took, r) = std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let t = Instant::now();
+            let r = ro.wait_for_change(since, Duration::from_secs(5));
+            (t.elapsed(), r)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        w.insert(b"k", b"v").unwrap();
+        waiter.join().unwrap()
+    });
+    assert_eq!(r.unwrap(), Some(w.version()));
+    assert!(took < Duration::from_millis(400), "woke after {took:?}");
+    assert!(futex_wakes() > wakes, "the writer made no wake call");
 }

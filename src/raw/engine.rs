@@ -58,6 +58,10 @@ pub(crate) struct Engine {
     /// The last committed redo log readers parsed (generation word, log),
     /// so that reads during an apply parse each log once per process.
     pub(super) overlay_cache: std::sync::RwLock<Option<(u64, Arc<Overlay>)>>,
+    /// For a read-only handle: a writable mapping of the root, attached on
+    /// the first `wait_for_change`, through which it registers as a
+    /// sleeper (`None` inside: this process may not write the root).
+    pub(super) waiter_root: std::sync::OnceLock<Option<Segment>>,
 }
 
 thread_local! {

@@ -446,6 +446,7 @@ impl Engine {
             root: root_seg,
             writer_thread: AtomicUsize::new(0),
             overlay_cache: std::sync::RwLock::new(None),
+            waiter_root: std::sync::OnceLock::new(),
         })
     }
 

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::engine::Engine;
 use super::gens::Pin;
-use super::layout::CURRENT_DESTROYED;
+use super::layout::{RootHeader, CURRENT_DESTROYED};
+use super::root;
 use super::waiters;
 use crate::error::{Error, Result};
 use crate::sys::{self};
@@ -18,25 +19,42 @@ impl Engine {
         waiters::publish_version(self.root(), pin.current().table.version());
     }
 
+    /// The root, writable, for registering as a sleeper: this handle's
+    /// mapping, or for a read-only handle a second, writable mapping of the
+    /// same root segment, attached on first use; `None` if this process may
+    /// not write the root.
+    fn sleeper_root(&self) -> Option<&RootHeader> {
+        if !self.read_only {
+            return Some(self.root());
+        }
+        let seg = self
+            .waiter_root
+            .get_or_init(|| self.provider.attach(self.root.id, false, &self.name).ok())
+            .as_ref()?;
+        // SAFETY: the segment is this handle's root (validated at open),
+        // mapped by `seg`, which lives as long as `self`.
+        unsafe { root::root_at(seg.base(), seg.len()) }
+    }
+
     /// Sleeps until the map's version differs from `since` or `timeout`
     /// passes; returns the new version, or `None` on timeout. Writers wake
     /// sleepers through a futex in the root segment (a system call only
-    /// when someone sleeps). A read-only handle cannot register as a
-    /// sleeper and polls every millisecond instead.
+    /// when someone sleeps); a sleeper wakes on its own only every 500 ms
+    /// (a safety net). A read-only handle registers through a second,
+    /// writable mapping of the root; only a process that may not write the
+    /// root at all (another user's map, mode 0644) cannot, and polls every
+    /// millisecond instead.
     pub(crate) fn wait_for_change(&self, since: u64, timeout: Duration) -> Result<Option<u64>> {
         // A timeout too large for the clock waits forever.
         let deadline = Instant::now().checked_add(timeout);
         let r = self.root();
-        // Unregistered (read-only, or every slot taken): writers do not
-        // wake us, so poll.
-        let registered = if self.read_only {
-            None
-        } else {
-            waiters::register(r)
-        };
+        // Unregistered (the root is not writable for us, or every slot is
+        // taken): writers do not wake us, so poll.
+        let sleeper = self.sleeper_root();
+        let registered = sleeper.and_then(waiters::register);
         let tick = if registered.is_some() {
             Duration::from_millis(500)
-        } else if self.read_only {
+        } else if sleeper.is_none() {
             Duration::from_millis(1)
         } else {
             Duration::from_millis(10)
@@ -56,10 +74,9 @@ impl Engine {
             if left.is_zero() {
                 return Ok(None);
             }
-            if self.read_only {
-                std::thread::sleep(left.min(tick));
-            } else {
-                sys::futex_wait(&r.change_seq, seen, left.min(tick));
+            match sleeper {
+                Some(w) => sys::futex_wait(&w.change_seq, seen, left.min(tick)),
+                None => std::thread::sleep(left.min(tick)),
             }
         }
     }
