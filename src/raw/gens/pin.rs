@@ -294,21 +294,20 @@ impl<G: Numbered> Pin<'_, G> {
 
 impl<G: Numbered> Clone for Pin<'_, G> {
     fn clone(&self) -> Self {
-        let h = self.hold.get();
-        let holds = if h & HOLD_MORE == 0 {
-            vec![unpack(h)]
-        } else {
-            // SAFETY: the pin's boxed holds (see `hold`), borrowed.
-            unsafe { &*((h & !HOLD_MORE) as *const Holds) }.clone()
-        };
-        for &(rec, i) in &holds {
+        let add = |&(rec, i): &(NonNull<ThreadRec>, usize)| {
             // SAFETY: held by this pin, on this thread (Pin is not Send).
             let r = unsafe { rec.as_ref() };
             r.counts[i].set(r.counts[i].get() + 1);
-        }
+        };
+        let h = self.hold.get();
         let hold = if h & HOLD_MORE == 0 {
+            // One hold: the copy shares it (no allocation).
+            add(&unpack(h));
             h
         } else {
+            // SAFETY: the pin's boxed holds (see `hold`), borrowed.
+            let holds = unsafe { &*((h & !HOLD_MORE) as *const Holds) }.clone();
+            holds.iter().for_each(add);
             Box::into_raw(Box::new(holds)) as usize | HOLD_MORE
         };
         Pin {
