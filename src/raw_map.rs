@@ -100,7 +100,7 @@ impl RawMap {
     }
 
     /// The value stored under `key`, zero-copy.
-    #[inline]
+    #[inline(always)]
     pub fn get_ref(&self, key: &[u8]) -> Result<Option<Ref<'_, [u8]>>> {
         self.e.get_ref(key)
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::engine::{Engine, WriteGuard};
-use super::gens::Generation;
+use super::gens::{Generation, Pin};
 use super::overlay::{Overlay, ReadState};
 use super::reference::{Entry, Ref};
 use super::table::{ReadErr, Table};
@@ -120,10 +120,40 @@ impl Engine {
     }
 
     /// The value stored under `key`, zero-copy.
-    #[inline]
+    ///
+    /// The fast path (no write being applied, no `verify_reads`, the
+    /// lookup completed) is kept small so that it inlines into callers;
+    /// everything else is `get_ref_slow`.
+    #[inline(always)]
     pub(crate) fn get_ref(&self, key: &[u8]) -> Result<Option<Ref<'_, [u8]>>> {
         let h = hash_key(self.seed, key);
         let pin = self.gens.pin();
+        // `current_held`, not `current`: the pin stays in registers.
+        if let Some(g) = pin.current_held() {
+            let root = self.root();
+            if root.current.load(Ordering::Acquire) == g.word
+                && root.applying.load(Ordering::Acquire) == 0
+                && !self.verify_reads
+            {
+                if let Ok(found) = g.table.find(key, h) {
+                    let value = found.map(|f| NonNull::from(g.table.value_of(&f)));
+                    return Ok(value.map(|value| Ref { value, _pin: pin }));
+                }
+            }
+        }
+        self.get_ref_slow(key, h, pin)
+    }
+
+    /// `get_ref` past its fast path: a write being applied (or a stalled
+    /// or corrupted lookup, read again here), `verify_reads`, a switch.
+    #[cold]
+    #[inline(never)]
+    fn get_ref_slow<'m>(
+        &'m self,
+        key: &[u8],
+        h: u64,
+        pin: Pin<'m>,
+    ) -> Result<Option<Ref<'m, [u8]>>> {
         let g = self.current(&pin)?;
         let fast = if self.root().applying.load(Ordering::Acquire) == 0 {
             g.table.find(key, h)

@@ -74,3 +74,15 @@ impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for Ref<'_, T> {
 
 /// A key and its value, zero-copy.
 pub type Entry<'m> = (Ref<'m, [u8]>, Ref<'m, [u8]>);
+
+#[cfg(test)]
+mod tests {
+    /// A `Ref` is a fat pointer and a two-word pin (DESIGN-perf.md).
+    #[test]
+    fn a_ref_is_four_words() {
+        assert_eq!(
+            std::mem::size_of::<super::Ref<'static, [u8]>>(),
+            4 * std::mem::size_of::<usize>()
+        );
+    }
+}

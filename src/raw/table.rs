@@ -300,7 +300,7 @@ impl Table {
 
     /// Lock-free lookup: linear probing from `hash`, each slot read under
     /// its seqlock; the offset is followed only after the read validated.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn find(&self, key: &[u8], hash: u64) -> Result<Option<Found>, ReadErr> {
         self.probe(key, hash, |i| self.slot(i).read().ok_or(ReadErr::Stalled))
     }

@@ -5,6 +5,7 @@
 //! clears the slot and may reclaim.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use super::barrier::{barrier_mode, BarrierMode};
@@ -12,21 +13,57 @@ use super::records::{ThreadRec, FREE, ORPHAN, OWNED, SLOTS};
 use super::{Generation, Gens, Numbered};
 use crate::sync::{fence, weakened, Ordering, Weaken};
 
-/// A pin's further holds: (record, slot) pairs.
+/// A pin's holds, in the order taken: (record, slot) pairs, the first
+/// one's first, the newest generation's last.
 type Holds = Vec<(NonNull<ThreadRec>, usize)>;
+
+/// `Pin::hold` tag: the slot of a single hold (the low bits of the
+/// record's address; records are 8-aligned, `SLOTS <= 4`).
+const HOLD_SLOT: usize = 3;
+/// `Pin::hold` tag: the word is the address of a boxed [`Holds`] (the pin
+/// took further holds because `current` moved while it was held).
+const HOLD_MORE: usize = 4;
+const _: () =
+    assert!(SLOTS <= HOLD_SLOT + 1 && std::mem::align_of::<ThreadRec>() > HOLD_SLOT | HOLD_MORE);
+const _: () = assert!(std::mem::align_of::<Holds>() > HOLD_SLOT | HOLD_MORE);
 
 /// Keeps the generations it has returned from [`Pin::current`] mapped
 /// (normally one; more if `current` moved while it was held).
+///
+/// Two words on purpose: a `Pin` travels inside every `Ref` and
+/// `Result<Option<Ref>>` through the caller's stack; with a bigger pin the
+/// compiler copies it in 16-byte pieces that straddle the 8-byte stores
+/// that wrote it (store-to-load forwarding stalls), on the path from one
+/// read's unpin to the next read's pin (DESIGN-perf.md).
 pub(crate) struct Pin<'g, G: Numbered = Generation> {
     gens: &'g Gens<G>,
-    /// The record and slot of the first generation; also makes `Pin`
-    /// neither Send nor Sync (counts are per thread).
-    rec: NonNull<ThreadRec>,
-    slot: usize,
-    /// The newest generation it holds.
-    gen: Cell<*mut G>,
-    /// Further (record, slot)s held, if `current` moved.
-    more: Cell<Option<Box<Holds>>>,
+    /// What the pin holds: the address of the record of its first hold
+    /// with the slot in the low bits (`HOLD_SLOT`), or, tagged `HOLD_MORE`,
+    /// the address of a boxed [`Holds`] (owned by the pin). The slots
+    /// named by the holds name the generations the pin keeps mapped; the
+    /// last hold's names the newest.
+    hold: Cell<usize>,
+    /// Counts are per thread: `Pin` is neither Send nor Sync.
+    _thread: PhantomData<*const ThreadRec>,
+}
+
+/// The single hold a `hold` word without `HOLD_MORE` packs.
+#[inline(always)]
+fn unpack(h: usize) -> (NonNull<ThreadRec>, usize) {
+    debug_assert!(h & HOLD_MORE == 0);
+    // SAFETY: a hold word without HOLD_MORE is a record's (non-null)
+    // address with the slot or-ed into its alignment bits.
+    (
+        unsafe { NonNull::new_unchecked((h & !HOLD_SLOT) as *mut ThreadRec) },
+        h & HOLD_SLOT,
+    )
+}
+
+/// The hold word of one (record, slot).
+#[inline(always)]
+fn pack(rec: NonNull<ThreadRec>, slot: usize) -> usize {
+    debug_assert!(slot < SLOTS);
+    rec.as_ptr() as usize | slot
 }
 
 impl<G: Numbered> Gens<G> {
@@ -131,13 +168,11 @@ impl<G: Numbered> Gens<G> {
     /// mapped.
     #[inline]
     pub(crate) fn pin(&self) -> Pin<'_, G> {
-        let (rec, slot, g) = self.pin_current();
+        let (rec, slot, _) = self.pin_current();
         Pin {
             gens: self,
-            rec,
-            slot,
-            gen: Cell::new(g),
-            more: Cell::new(None),
+            hold: Cell::new(pack(rec, slot)),
+            _thread: PhantomData,
         }
     }
 
@@ -173,13 +208,51 @@ impl<G: Numbered> Gens<G> {
 }
 
 impl<G: Numbered> Pin<'_, G> {
+    /// The newest generation the pin holds: the one its last hold's slot
+    /// names.
+    #[inline(always)]
+    fn newest(&self) -> *mut G {
+        let h = self.hold.get();
+        let (rec, slot) = if h & HOLD_MORE == 0 {
+            unpack(h)
+        } else {
+            // SAFETY: a HOLD_MORE word is the address of the pin's boxed
+            // holds (never empty), alive while the pin is.
+            *unsafe { &*((h & !HOLD_MORE) as *const Holds) }
+                .last()
+                .expect("holds are never empty")
+        };
+        // SAFETY: a held record is not FREE, and the registry (borrowed by
+        // the pin) keeps it; only this thread writes its slots, and a slot
+        // with a count > 0 keeps the address it was published with.
+        unsafe { rec.as_ref() }.named[slot].load(Ordering::Relaxed) as *mut G
+    }
+
+    /// The current generation of this process if the pin already holds
+    /// it (`current` did not move since the pin was taken, the usual case),
+    /// else `None` (then [`Pin::current`] takes a further hold).
+    ///
+    /// For hot paths: unlike `current`, this neither writes to the pin nor
+    /// passes its address anywhere, so the compiler can keep the pin in
+    /// registers (see [`Pin`]).
+    #[inline(always)]
+    pub(crate) fn current_held(&self) -> Option<&G> {
+        let c = self.gens.current.load(Ordering::Acquire);
+        if c == self.newest() {
+            // SAFETY: `c` is named by one of this pin's slots, so it stays
+            // mapped while the pin lives (PINNED-STAYS-MAPPED).
+            return Some(unsafe { &*c });
+        }
+        None
+    }
+
     /// The current generation of this process; it stays mapped while the
     /// pin lives (the pin takes a further hold if `current` moved).
     #[inline]
     pub(crate) fn current(&self) -> &G {
         let c = self.gens.current.load(Ordering::Acquire);
-        if c == self.gen.get() {
-            // SAFETY: `gen` is named by one of this pin's slots, so it stays
+        if c == self.newest() {
+            // SAFETY: `c` is named by one of this pin's slots, so it stays
             // mapped while the pin lives (PINNED-STAYS-MAPPED).
             return unsafe { &*c };
         }
@@ -189,34 +262,58 @@ impl<G: Numbered> Pin<'_, G> {
     #[cold]
     fn follow(&self) -> &G {
         let (rec, slot, g) = self.gens.pin_current();
-        let mut more = self.more.take().unwrap_or_default();
-        more.push((rec, slot));
-        self.more.set(Some(more));
-        self.gen.set(g);
+        let h = self.hold.get();
+        let mut holds = if h & HOLD_MORE == 0 {
+            Box::new(vec![unpack(h)])
+        } else {
+            // SAFETY: the pin's boxed holds (see `hold`); ownership moves
+            // back into the word below.
+            unsafe { Box::from_raw((h & !HOLD_MORE) as *mut Holds) }
+        };
+        holds.push((rec, slot));
+        self.hold.set(Box::into_raw(holds) as usize | HOLD_MORE);
         // SAFETY: just pinned: named by a slot this pin holds
         // (PINNED-STAYS-MAPPED).
         unsafe { &*g }
+    }
+
+    /// Drops the holds of a pin with further holds (hold word `h`), the
+    /// first one last. Takes the pin's fields, not the pin (whose address
+    /// would then escape, see [`Pin`]).
+    #[cold]
+    #[inline(never)]
+    fn drop_more(gens: &Gens<G>, h: usize) {
+        // SAFETY: the pin's boxed holds (see `hold`), dropped with the pin.
+        let holds = unsafe { Box::from_raw((h & !HOLD_MORE) as *mut Holds) };
+        for &(rec, i) in holds.iter().skip(1) {
+            gens.unpin(rec, i);
+        }
+        gens.unpin(holds[0].0, holds[0].1);
     }
 }
 
 impl<G: Numbered> Clone for Pin<'_, G> {
     fn clone(&self) -> Self {
-        let more = self.more.take();
-        for &(rec, i) in
-            std::iter::once(&(self.rec, self.slot)).chain(more.iter().flat_map(|m| m.iter()))
-        {
+        let add = |&(rec, i): &(NonNull<ThreadRec>, usize)| {
             // SAFETY: held by this pin, on this thread (Pin is not Send).
             let r = unsafe { rec.as_ref() };
             r.counts[i].set(r.counts[i].get() + 1);
-        }
-        let copy = more.clone();
-        self.more.set(more);
+        };
+        let h = self.hold.get();
+        let hold = if h & HOLD_MORE == 0 {
+            // One hold: the copy shares it (no allocation).
+            add(&unpack(h));
+            h
+        } else {
+            // SAFETY: the pin's boxed holds (see `hold`), borrowed.
+            let holds = unsafe { &*((h & !HOLD_MORE) as *const Holds) }.clone();
+            holds.iter().for_each(add);
+            Box::into_raw(Box::new(holds)) as usize | HOLD_MORE
+        };
         Pin {
             gens: self.gens,
-            rec: self.rec,
-            slot: self.slot,
-            gen: Cell::new(self.gen.get()),
-            more: Cell::new(copy),
+            hold: Cell::new(hold),
+            _thread: PhantomData,
         }
     }
 }
@@ -224,11 +321,11 @@ impl<G: Numbered> Clone for Pin<'_, G> {
 impl<G: Numbered> Drop for Pin<'_, G> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(more) = self.more.take() {
-            for (rec, i) in more.into_iter() {
-                self.gens.unpin(rec, i);
-            }
+        let h = *self.hold.get_mut();
+        if h & HOLD_MORE != 0 {
+            return Self::drop_more(self.gens, h);
         }
-        self.gens.unpin(self.rec, self.slot);
+        let (rec, slot) = unpack(h);
+        self.gens.unpin(rec, slot);
     }
 }

@@ -204,3 +204,45 @@ fn a_fork_child_does_not_inherit_held_locks_or_pins() {
         );
     });
 }
+
+/// A pin is two words (DESIGN-perf.md: a bigger pin is copied through the
+/// stack in pieces that stall store-to-load forwarding on every read).
+#[test]
+fn a_pin_is_two_words() {
+    assert_eq!(
+        std::mem::size_of::<Pin<'_, D>>(),
+        2 * std::mem::size_of::<usize>()
+    );
+}
+
+/// A pin that followed `current` (further holds, boxed) keeps every
+/// generation it returned, so does its clone, and both release them all.
+#[test]
+fn a_pin_that_followed_current_keeps_and_releases_every_generation() {
+    let gens = Gens::new(Box::new(D(1)));
+    let install = |n| {
+        let _s = gens.lock_switch();
+        gens.install(Box::new(D(n)));
+    };
+    let p = gens.pin();
+    assert_eq!(p.current_held().map(|g| g.0), Some(1));
+    let g1 = p.current();
+    install(2);
+    assert!(p.current_held().is_none(), "current moved");
+    let g2 = p.current();
+    assert_eq!(p.current_held().map(|g| g.0), Some(2));
+    assert_eq!((g1.0, g2.0), (1, 2));
+    let q = p.clone();
+    install(3);
+    drop(p);
+    // `q` still holds 1 and 2; 3 is current.
+    assert_eq!(gens.mapped(), 3);
+    assert_eq!(q.current().0, 3);
+    let r = q.clone();
+    drop(q);
+    assert_eq!(gens.mapped(), 3);
+    assert_eq!(r.current_held().map(|g| g.0), Some(3));
+    drop(r);
+    gens.reclaim();
+    assert_eq!(gens.mapped(), 1);
+}
