@@ -16,7 +16,7 @@
 //! - `damaged_images_give_errors_not_crashes`: words of a valid image
 //!   overwritten with extreme values, then every operation (the
 //!   `open_corrupted` fuzz target's `exercise`, over a fixed set of
-//!   patches).
+//!   patches), and truncated images.
 
 use std::collections::HashMap;
 
@@ -342,6 +342,21 @@ fn damaged_images_give_errors_not_crashes() {
         }
     }
     assert!(attached > 0);
-    // A short image is an error.
-    assert!(HeapMap::from_image(&valid[..off::HEADER_SIZE - 1], SEED).is_err());
+    // A short image is an error (its geometry does not fit), also when only
+    // the end of the arena is missing.
+    for len in [
+        off::HEADER_SIZE - 1,
+        off::HEADER_SIZE,
+        off::arena(16),
+        valid.len() - 64,
+        valid.len() - 8,
+    ] {
+        if let Ok(m) = HeapMap::from_image(&valid[..len], SEED) {
+            exercise(&m);
+            panic!(
+                "a {len}-byte prefix of a {}-byte image attached",
+                valid.len()
+            );
+        }
+    }
 }
