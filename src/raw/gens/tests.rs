@@ -8,6 +8,14 @@ use super::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize as StdUsize, Ordering as O};
 use std::time::Duration;
 
+/// Test sizes: Miri interprets every step (and checks each access for data
+/// races and use after free), so under Miri the loops are short.
+const INSTALLS: u64 = if cfg!(miri) { 300 } else { 2000 };
+/// Lock rounds per thread in [`fork_lock_excludes`].
+const LOCKS: usize = if cfg!(miri) { 200 } else { 2000 };
+/// Thread births in [`exited_threads_records_are_reused`].
+const BIRTHS: u64 = if cfg!(miri) { 20 } else { 50 };
+
 /// A stand-in generation.
 struct D(u64);
 
@@ -68,7 +76,7 @@ fn hammer(gens: &Gens<D>) {
                 }
             });
         }
-        for n in 2..2000 {
+        for n in 2..INSTALLS {
             let _g = gens.lock_switch();
             gens.install(Box::new(D(n)));
         }
@@ -95,9 +103,12 @@ fn rerun(test: &str, env: (&str, &str)) {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
 }
 
+/// Under Miri the fence is the only mode (`sys::membarrier` answers as a
+/// kernel without it), so the test runs in place: Miri cannot spawn the
+/// child process that forcing the mode needs otherwise.
 #[test]
 fn the_fence_fallback_pins_correctly() {
-    if std::env::var_os(FORCE_FENCE_ENV).is_none() {
+    if !cfg!(miri) && std::env::var_os(FORCE_FENCE_ENV).is_none() {
         rerun(
             "raw::gens::tests::the_fence_fallback_pins_correctly",
             (FORCE_FENCE_ENV, "1"),
@@ -116,7 +127,7 @@ fn pins_hold_under_contention() {
 #[test]
 fn exited_threads_records_are_reused() {
     let gens = std::sync::Arc::new(Gens::new(Box::new(D(1))));
-    for n in 0..50 {
+    for n in 0..BIRTHS {
         // `join` returns after the thread's thread-locals are destroyed.
         let g = gens.clone();
         std::thread::spawn(move || drop(g.pin())).join().unwrap();
@@ -133,7 +144,7 @@ fn fork_lock_excludes() {
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
-                for _ in 0..2000 {
+                for _ in 0..LOCKS {
                     let _g = lock.lock();
                     let v = n.load(O::Relaxed);
                     std::hint::spin_loop();
@@ -142,13 +153,14 @@ fn fork_lock_excludes() {
             });
         }
     });
-    assert_eq!(n.load(O::Relaxed), 8000);
+    assert_eq!(n.load(O::Relaxed), 4 * LOCKS);
 }
 
 /// A fork while one thread of the parent holds the switch and reclaim
 /// locks and another is pinned: the child takes both locks, reclaims
 /// past the stale pin and exits; a hang is ended by SIGALRM.
 #[test]
+#[cfg_attr(miri, ignore = "Miri does not support fork")]
 fn a_fork_child_does_not_inherit_held_locks_or_pins() {
     let gens = Gens::new(Box::new(D(1)));
     let held = StdUsize::new(0);
