@@ -9,6 +9,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 for t in size_parse ops open_corrupted; do
   echo "-- fuzz $t for ${secs}s"
-  cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1 | tail -n 3
-  test "${PIPESTATUS[0]}" -eq 0
+  log="target/fuzz-smoke-$t.log"
+  mkdir -p target
+  status=0
+  cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1 || status=$?
+  # The target's own counters (ops: generation switches, Full errors), then the end.
+  grep -E '^ops: ' "$log" | tail -n 1 || true
+  tail -n 3 "$log"
+  test "$status" -eq 0
 done

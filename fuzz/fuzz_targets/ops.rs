@@ -7,7 +7,7 @@
 //! constantly; half the inputs set a small `max_size`, so `Full` happens
 //! too. `Full` is accepted only when a `max_size` is set, and then the map
 //! must be unchanged (it is compared with the model after every step).
-//! Every 100,000 runs the target prints how often growth and `Full`
+//! Every 20,000 runs the target prints how often growth and `Full`
 //! happened.
 #![no_main]
 
@@ -192,7 +192,7 @@ fuzz_target!(|input: (bool, u8, Vec<Op>)| {
     FULL_RUNS.fetch_add(u64::from(full > 0), Ordering::Relaxed);
     STEPS.fetch_add(steps, Ordering::Relaxed);
     let runs = RUNS.fetch_add(1, Ordering::Relaxed) + 1;
-    if runs % 100_000 == 0 {
+    if runs % 20_000 == 0 {
         eprintln!(
             "ops: {runs} runs, {} steps, {} generation switches, {} Full errors in {} runs",
             STEPS.load(Ordering::Relaxed),
