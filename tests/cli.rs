@@ -251,6 +251,69 @@ fn watch_prints_versions_and_changed_keys() {
     );
 }
 
+/// Issue 16 item 2: `watch` labels each line with the versions it covers
+/// (read in the same snapshot it diffs), counts versions, not lines, and
+/// reports a key removed and re-added with the same value as changed.
+#[test]
+fn watch_lines_cover_exactly_their_versions() {
+    let c = Cleanup::new("cli-watch-range");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    m.insert(b"x3", b"same").unwrap();
+    let start = m.version();
+    let mut w = KillOnDrop(Some(
+        Command::new(env!("CARGO_BIN_EXE_shmkv"))
+            .args([
+                "--json",
+                "watch",
+                &c.name,
+                "--count",
+                "14",
+                "--idle-timeout",
+                "20",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    std::thread::sleep(Duration::from_millis(400));
+    // 14 versions in quick succession: the watcher merges some of them.
+    for i in 0..12u8 {
+        m.insert(format!("x{}", 10 + i).as_bytes(), b"v").unwrap();
+    }
+    m.remove(b"x3").unwrap();
+    m.insert(b"x3", b"same").unwrap();
+    let out = w.0.take().unwrap().wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut next = start + 1;
+    let mut changed = std::collections::BTreeSet::new();
+    for line in text.lines().skip(1) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["from"], next, "{text}");
+        let to = v["to"].as_u64().unwrap();
+        assert!(to >= next, "{text}");
+        next = to + 1;
+        for ch in v["changes"].as_array().unwrap() {
+            changed.insert(ch.as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        next,
+        start + 15,
+        "the lines cover versions up to {}: {text}",
+        next - 1
+    );
+    for i in 0..12u8 {
+        assert!(changed.contains(&format!("+x{}", 10 + i)), "{text}");
+    }
+    // Removed and re-added with the same value: changed (`~`), or seen
+    // apart as `-` then `+`.
+    assert!(
+        changed.contains("~x3") || (changed.contains("-x3") && changed.contains("+x3")),
+        "the re-added key is missing: {text}"
+    );
+}
+
 /// Issue 16 item 8: binary keys, as `dump` prints them (`key_b64`), are
 /// addressable by `get`, `put` and `rm`.
 #[test]

@@ -89,7 +89,7 @@ enum Cmd {
     /// Print each new version with the keys that changed.
     Watch {
         name: String,
-        /// Stop after this many changes.
+        /// Stop after this many versions have been reported.
         #[arg(long)]
         count: Option<u64>,
         /// Stop after this many seconds without a change.
@@ -376,6 +376,55 @@ fn stale_text(ids: &[i32]) -> String {
 /// Owned key/value pairs.
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// One consistent look at a map for `watch`: its version, generation and
+/// entries (with their records' offsets), all from the same view.
+struct Snapshot {
+    version: u64,
+    generation: u64,
+    entries: std::collections::HashMap<Vec<u8>, (Vec<u8>, u64)>,
+}
+
+fn snapshot(m: &RawMap) -> Result<Snapshot, Error> {
+    m.view(|v| {
+        Ok(Snapshot {
+            version: v.version(),
+            generation: v.generation(),
+            entries: v
+                .entries_with_records()?
+                .into_iter()
+                .map(|((k, val), rec)| (k.to_vec(), (val.to_vec(), rec)))
+                .collect(),
+        })
+    })
+}
+
+impl Snapshot {
+    /// `+key` added, `-key` removed, `~key` changed: another value, or
+    /// (within one generation) the same value written again, e.g. removed
+    /// and re-added between the two looks. Sorted by key.
+    fn diff(&self, old: &Snapshot) -> Vec<String> {
+        let same_gen = self.generation == old.generation;
+        let mut diff: Vec<String> = Vec::new();
+        for (k, (v2, r2)) in &self.entries {
+            match old.entries.get(k) {
+                None => diff.push(format!("+{}", String::from_utf8_lossy(k))),
+                Some((v1, r1)) if v1 != v2 || (same_gen && r1 != r2) => {
+                    diff.push(format!("~{}", String::from_utf8_lossy(k)))
+                }
+                _ => {}
+            }
+        }
+        diff.extend(
+            old.entries
+                .keys()
+                .filter(|k| !self.entries.contains_key(*k))
+                .map(|k| format!("-{}", String::from_utf8_lossy(k))),
+        );
+        diff.sort_by(|a, b| a[1..].cmp(&b[1..]));
+        diff
+    }
+}
+
 fn entries(m: &RawMap) -> Result<Pairs, Error> {
     Ok(m.entries()?
         .into_iter()
@@ -614,53 +663,44 @@ fn run(cli: &Cli) -> Out {
             idle_timeout,
         } => {
             let m = open(cli, name, false).or_else(|_| open(cli, name, true))?;
-            let mut version = m.version();
-            let mut before = entries(&m).map_err(|e| Fail::map(name, e))?;
+            let mut before = snapshot(&m).map_err(|e| Fail::map(name, e))?;
             let mut seen = 0;
             let wait = Duration::from_secs(idle_timeout.unwrap_or(u64::MAX / 4));
-            println!("watching {name:?} from version {version}");
+            println!("watching {name:?} from version {}", before.version);
+            std::io::stdout().flush().ok();
             while count.is_none_or(|c| seen < c) {
-                let Some(v) = m
-                    .wait_for_change(version, wait)
+                if m.wait_for_change(before.version, wait)
                     .map_err(|e| Fail::map(name, e))?
-                else {
+                    .is_none()
+                {
                     break;
-                };
-                let now = entries(&m).map_err(|e| Fail::map(name, e))?;
-                let old: std::collections::HashMap<_, _> = before.iter().cloned().collect();
-                let new: std::collections::HashMap<_, _> = now.iter().cloned().collect();
-                let mut diff: Vec<String> = Vec::new();
-                for (k, v2) in &new {
-                    match old.get(k) {
-                        None => diff.push(format!("+{}", String::from_utf8_lossy(k))),
-                        Some(v1) if v1 != v2 => {
-                            diff.push(format!("~{}", String::from_utf8_lossy(k)))
-                        }
-                        _ => {}
-                    }
                 }
-                diff.extend(
-                    old.keys()
-                        .filter(|k| !new.contains_key(*k))
-                        .map(|k| format!("-{}", String::from_utf8_lossy(k))),
-                );
-                diff.sort_by(|a, b| a[1..].cmp(&b[1..]));
+                // The version is read inside the snapshot the diff is made
+                // of: the line covers exactly the versions between the two.
+                let now = snapshot(&m).map_err(|e| Fail::map(name, e))?;
+                if now.version == before.version {
+                    continue;
+                }
+                let diff = now.diff(&before);
+                let (from, to) = (before.version + 1, now.version);
                 if cli.json {
-                    println!("{}", json!({"version": v, "changes": diff}));
+                    println!("{}", json!({"from": from, "to": to, "changes": diff}));
                 } else {
-                    println!(
-                        "version {v}: {}",
-                        if diff.is_empty() {
-                            "(no key changed)".into()
-                        } else {
-                            diff.join(" ")
-                        }
-                    );
+                    let label = if from == to {
+                        format!("version {to}")
+                    } else {
+                        format!("versions {from}..{to}")
+                    };
+                    let what = if diff.is_empty() {
+                        "(no key changed)".to_string()
+                    } else {
+                        diff.join(" ")
+                    };
+                    println!("{label}: {what}");
                 }
                 std::io::stdout().flush().ok();
-                version = v;
+                seen += to - before.version;
                 before = now;
-                seen += 1;
             }
             Ok(())
         }

@@ -79,8 +79,26 @@ impl<'m> RawView<'m> {
         Ok(self.get(key)?.is_some())
     }
 
-    /// Every entry.
-    pub fn entries(&self) -> Result<Vec<Entry<'m>>> {
+    /// The map's version in this snapshot (what
+    /// [`RawMap::version`](crate::RawMap::version) returned at the moment the
+    /// view reads).
+    pub fn version(&self) -> u64 {
+        match &self.overlay {
+            Some(o) => o.version(),
+            None => self.seq >> 1,
+        }
+    }
+
+    /// The generation (data segment) this snapshot reads.
+    pub fn generation(&self) -> u64 {
+        self.gen().number
+    }
+
+    /// Every entry with the arena offset of its record: within one
+    /// generation a different offset means the entry was written again
+    /// (records are never rewritten in place), also with the same value.
+    /// For change reports such as `shmkv watch`.
+    pub fn entries_with_records(&self) -> Result<Vec<(Entry<'m>, u64)>> {
         let mut out = Vec::new();
         for i in 0..self.gen().table.capacity() {
             let found = self.read(|t, o| match o {
@@ -91,10 +109,22 @@ impl<'m> RawView<'m> {
                 check_record(&self.gen().table, found.as_ref())?;
             }
             if let Some(f) = found {
-                out.push((self.found_ref(&f, false), self.found_ref(&f, true)));
+                out.push((
+                    (self.found_ref(&f, false), self.found_ref(&f, true)),
+                    f.record,
+                ));
             }
         }
         Ok(out)
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> Result<Vec<Entry<'m>>> {
+        Ok(self
+            .entries_with_records()?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
     }
 }
 
