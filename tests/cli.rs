@@ -520,3 +520,77 @@ fn ls_does_not_say_free_when_the_holder_is_unknown() {
     assert!(line.contains("held (holder unknown)"), "{line}");
     assert!(ok(&["stat", &c.name]).contains("lock        held (holder unknown)"));
 }
+
+/// `shm_lpid` of segment `id` (the last process that attached or detached it).
+fn last_attacher(id: i32) -> i32 {
+    // SAFETY: shmid_ds is plain data; all-zero is valid.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a valid, writable shmid_ds.
+    assert_eq!(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) }, 0);
+    ds.shm_lpid
+}
+
+/// Issue 16 item 7: `ls` does not attach other programs' segments of a
+/// root's size (their `shm_lpid` stays), and lists a half-created map with
+/// its state instead of hiding it.
+#[test]
+fn ls_leaves_foreign_segments_alone_and_shows_half_created_maps() {
+    // Another program's 512-byte segment at some key, no lock there.
+    let key = 0x5e00_0000 | (std::process::id() as i32 & 0xffff);
+    let foreign = Segment::create(key, 512, 0o600);
+    struct Rm(i32);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            // SAFETY: IPC_RMID ignores the buffer argument.
+            unsafe { libc::shmctl(self.0, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+    }
+    let _rm = Rm(foreign.id());
+    let me = std::process::id() as i32;
+    assert_eq!(last_attacher(foreign.id()), me);
+    // A map whose creator has not finished.
+    let c = Cleanup::new("cli-ls-creating");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let map_key = m.stats().unwrap().key;
+    drop(m);
+    let root = Segment::root_of(map_key);
+    root.write_u64(root_offsets::MAGIC, u64::from_le_bytes(*b"SHMKVRC\x01"));
+    let text = ok(&["ls"]);
+    assert_eq!(
+        last_attacher(foreign.id()),
+        me,
+        "ls attached another program's segment"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&c.name))
+        .unwrap_or_else(|| panic!("the half-created map is not listed:\n{text}"));
+    assert!(line.contains("creating"), "{line}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&["--json", "ls"])).unwrap();
+    let entry = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == c.name.as_str())
+        .unwrap();
+    assert_eq!(entry["state"], "creating");
+    // `destroy` removes it.
+    ok(&["--lock-timeout-ms", "200", "destroy", &c.name, "--yes"]);
+    assert!(!ok(&["ls"]).contains(&c.name));
+}
+
+/// Issue 16 item 7: `read_only(true)` with `open_or_create` opens an
+/// existing map (and says why it cannot create a missing one).
+#[test]
+fn read_only_open_or_create_opens_an_existing_map() {
+    let c = Cleanup::new("ro-ooc");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    m.insert(b"k", b"v").unwrap();
+    let ro = RawMap::open_or_create(&c.name, &Options::new().read_only(true)).unwrap();
+    assert_eq!(ro.get(b"k").unwrap(), Some(b"v".to_vec()));
+    let missing = Cleanup::new("ro-ooc-missing");
+    assert!(matches!(
+        RawMap::open_or_create(&missing.name, &Options::new().read_only(true)),
+        Err(shmkv::Error::ReadOnly)
+    ));
+}

@@ -41,8 +41,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// List every shmkv map on the machine (ATTACHED counts this shmkv too).
-    Ls,
+    /// List every shmkv map on the machine (ATTACHED counts this shmkv too),
+    /// also those being created or destroyed, with their state. Other
+    /// programs' segments are not attached.
+    Ls {
+        /// Also attach every segment of a root's size: roots whose lock is
+        /// gone ("orphaned") and segments this user may not read
+        /// ("unreadable").
+        #[arg(long)]
+        all: bool,
+    },
     /// Counters and identity of a map (its attach count includes this shmkv).
     Stat { name: String },
     /// Full consistency check (exit 3 on problems).
@@ -434,14 +442,23 @@ fn entries(m: &RawMap) -> Result<Pairs, Error> {
 
 fn run(cli: &Cli) -> Out {
     match &cli.cmd {
-        Cmd::Ls => {
-            let maps = list_maps().map_err(|e| fail(error_kind(&e), e.to_string()))?;
+        Cmd::Ls { all } => {
+            let maps = list_maps(*all).map_err(|e| fail(error_kind(&e), e.to_string()))?;
             if cli.json {
                 let v: Vec<Value> = maps
                     .iter()
                     .map(|l| match &l.stats {
-                        Some(s) => stats_json(s),
-                        None => json!({"name": l.name, "key": l.key, "error": l.error}),
+                        Some(s) => {
+                            let mut v = stats_json(s);
+                            v["state"] = json!(l.state.as_str());
+                            v
+                        }
+                        None => json!({
+                            "name": l.name,
+                            "key": l.key,
+                            "state": l.state.as_str(),
+                            "error": l.error
+                        }),
                     })
                     .collect();
                 println!("{}", Value::Array(v));
@@ -463,9 +480,10 @@ fn run(cli: &Cli) -> Out {
                             lock_text(s)
                         ),
                         None => println!(
-                            "{:<32} {:#010x}  ({})",
-                            l.name,
+                            "{:<32} {:#010x}  {}: {}",
+                            if l.name.is_empty() { "?" } else { &l.name },
                             l.key,
+                            l.state.as_str(),
                             l.error.as_deref().unwrap_or("")
                         ),
                     }
