@@ -28,6 +28,14 @@ pub enum Incompatible {
         /// Fingerprint of this build.
         expected: u64,
     },
+    /// A typed map opened with another key kind or value type than it was
+    /// made with (`Options::schema`, or the value type's name).
+    Schema {
+        /// The schema recorded in the map (its first 48 bytes).
+        found: String,
+        /// The schema of this handle.
+        expected: String,
+    },
 }
 
 impl std::fmt::Display for Incompatible {
@@ -41,6 +49,11 @@ impl std::fmt::Display for Incompatible {
             Incompatible::Format { found, expected } => write!(
                 f,
                 "rkyv format fingerprint {found:#018x}, this build has {expected:#018x}"
+            ),
+            Incompatible::Schema { found, expected } => write!(
+                f,
+                "the map holds {found}, this handle is typed {expected} \
+                 (key kind -> value type, see Options::schema)"
             ),
         }
     }
@@ -164,6 +177,21 @@ pub enum Error {
         changes: u64,
         /// How long the view tried.
         waited: Duration,
+    },
+    /// A write through a raw handle ([`RawMap`](crate::RawMap), `shmkv put`)
+    /// into a typed map: refused, because its bytes would not be a value
+    /// of the map's type. Allowed with
+    /// [`Options::raw_writes`](crate::Options::raw_writes) (`shmkv put --raw`).
+    #[error(
+        "map {name:?} is typed ({schema}): a raw write would store bytes that are not \
+         a value of its type; use ShmMap, or allow it with Options::raw_writes(true) \
+         (shmkv put --raw)"
+    )]
+    TypedMap {
+        /// The map.
+        name: String,
+        /// Its recorded schema.
+        schema: String,
     },
     /// A write was started inside another write on the same map and thread.
     #[error("nested write on the same map (would deadlock)")]

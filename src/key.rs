@@ -21,8 +21,15 @@ impl std::ops::Deref for KeyBytes<'_> {
 
 /// A key type of [`ShmMap`](crate::ShmMap). The encoding is part of the
 /// on-memory format: it must be the same in every process and build.
-/// Integers are 8 bytes little-endian; strings are their UTF-8 bytes.
+/// Integers are 8 bytes little-endian (so `-1i32`, `-1i64` and
+/// `u64::MAX` are the same bytes: a typed map records its key kind,
+/// [`KIND`](Key::KIND), so that a handle of another integer type cannot
+/// open it); strings are their UTF-8 bytes, byte strings themselves.
 pub trait Key {
+    /// The key kind recorded in a typed map's schema: `"str"` (`str`,
+    /// `String`), `"bytes"` (`[u8]`, `Vec<u8>`), `"u64"`, `"u32"`, `"i64"`,
+    /// `"i32"`. Types with the same encoding share a kind.
+    const KIND: &'static str;
     /// The owned form handed back when listing entries.
     type Owned;
     /// The bytes that are hashed and stored.
@@ -32,6 +39,7 @@ pub trait Key {
 }
 
 impl Key for str {
+    const KIND: &'static str = "str";
     type Owned = String;
     fn key_bytes(&self) -> KeyBytes<'_> {
         KeyBytes::Borrowed(self.as_bytes())
@@ -42,6 +50,7 @@ impl Key for str {
 }
 
 impl Key for String {
+    const KIND: &'static str = "str";
     type Owned = String;
     fn key_bytes(&self) -> KeyBytes<'_> {
         KeyBytes::Borrowed(self.as_bytes())
@@ -52,6 +61,7 @@ impl Key for String {
 }
 
 impl Key for [u8] {
+    const KIND: &'static str = "bytes";
     type Owned = Vec<u8>;
     fn key_bytes(&self) -> KeyBytes<'_> {
         KeyBytes::Borrowed(self)
@@ -62,6 +72,7 @@ impl Key for [u8] {
 }
 
 impl Key for Vec<u8> {
+    const KIND: &'static str = "bytes";
     type Owned = Vec<u8>;
     fn key_bytes(&self) -> KeyBytes<'_> {
         KeyBytes::Borrowed(self)
@@ -74,6 +85,7 @@ impl Key for Vec<u8> {
 macro_rules! int_key {
     ($via:ty: $($t:ty),*) => {$(
         impl Key for $t {
+            const KIND: &'static str = stringify!($t);
             type Owned = $t;
             fn key_bytes(&self) -> KeyBytes<'_> {
                 KeyBytes::Int(<$via>::from(*self).to_le_bytes())

@@ -47,6 +47,20 @@
 //! - Keys are hashed with XXH3-64 over their bytes with a per-map seed stored
 //!   in the segment; the rkyv format is fingerprinted. A process whose build
 //!   disagrees gets [`Error::Incompatible`] instead of wrong answers.
+//! - A typed map records its schema when a [`ShmMap`] creates it: the key
+//!   kind ([`Key::KIND`]: `str`, `bytes`, `u64`, `i64`, `u32`, `i32`) and
+//!   the value type's identity ([`Options::schema`], or the type's name).
+//!   A `ShmMap` of another schema gets
+//!   [`Incompatible::Schema`] on open, naming both. What is detected: a
+//!   different key kind (integer keys are 8 bytes little-endian, so `-1i32`,
+//!   `-1i64` and `u64::MAX` are the same bytes: the kind tells them apart),
+//!   a different value type name (`u64` vs `f64`, one struct path vs
+//!   another). What is not: a struct whose fields changed but whose path
+//!   did not (give [`Options::schema`] a versioned name for that), and maps
+//!   made by a raw handle (no schema; their values are still validated by
+//!   `get_archived`/`get`). Raw inserts into a typed map
+//!   ([`RawMap::insert`], `shmkv put`) are refused with
+//!   [`Error::TypedMap`] unless [`Options::raw_writes`] (`--raw`) allows them.
 //!
 //! - The map grows and compacts online: when the table or arena is full, or
 //!   garbage passes a threshold, a writer builds a new generation and

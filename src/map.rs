@@ -93,19 +93,34 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
         }
     }
 
-    /// Creates a new map; [`Error::AlreadyExists`] if one is there.
+    /// The schema this handle records or expects: `KIND -> value`, the
+    /// value being [`Options::schema`] or the value type's name.
+    fn typed_options(opts: &Options) -> Options {
+        let value = opts
+            .schema
+            .clone()
+            .unwrap_or_else(|| std::any::type_name::<V>().to_string());
+        opts.clone().typed(format!("{} -> {value}", K::KIND))
+    }
+
+    /// Creates a new map and records its schema (see [`Options::schema`]);
+    /// [`Error::AlreadyExists`] if one is there.
     pub fn create(name: &str, opts: &Options) -> Result<Self> {
-        RawMap::create(name, opts).map(Self::wrap)
+        RawMap::create(name, &Self::typed_options(opts)).map(Self::wrap)
     }
 
-    /// Opens an existing map; [`Error::NotFound`] if there is none.
+    /// Opens an existing map; [`Error::NotFound`] if there is none,
+    /// [`Incompatible::Schema`](crate::Incompatible::Schema) if it was made
+    /// with another key kind or value type.
     pub fn open(name: &str, opts: &Options) -> Result<Self> {
-        RawMap::open(name, opts).map(Self::wrap)
+        RawMap::open(name, &Self::typed_options(opts)).map(Self::wrap)
     }
 
-    /// Opens the map, creating it if needed (race-free across processes).
+    /// Opens the map, creating it if needed (race-free across processes);
+    /// the schema is recorded or checked as by [`create`](Self::create) and
+    /// [`open`](Self::open).
     pub fn open_or_create(name: &str, opts: &Options) -> Result<Self> {
-        RawMap::open_or_create(name, opts).map(Self::wrap)
+        RawMap::open_or_create(name, &Self::typed_options(opts)).map(Self::wrap)
     }
 
     /// The untyped map underneath.
@@ -133,24 +148,48 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
             .transpose()
     }
 
-    /// The archived value under `key` without validation.
+    /// The archived value under `key` without validation (a value shorter
+    /// than an archived `V` is still an error, not a read past its end).
     ///
     /// # Safety
-    /// Every value stored under this map's keys must have been written as a
-    /// `V` by a build with the same rkyv format (which `open` checks), and
-    /// the segment must not have been corrupted. Otherwise the result is
-    /// undefined behaviour.
+    /// The stored bytes must be a valid archive of `V` made by a build with
+    /// the same rkyv format (which `open` checks). What breaks this, so
+    /// that the result is undefined behaviour:
+    /// - a value written by a raw handle or `shmkv put --raw` (refused
+    ///   without [`Options::raw_writes`]);
+    /// - a map made with another value type under the same
+    ///   [`Options::schema`] name (the schema is checked on open; a name
+    ///   pins it, so changing the type under the same name is on the
+    ///   caller), or a map without a recorded schema (made by a raw handle)
+    ///   holding other data;
+    /// - a segment corrupted by another process (see "Whom a map trusts"
+    ///   in the crate docs).
+    ///
+    /// [`get_archived`](Self::get_archived) validates instead, at the cost
+    /// of rkyv's check of the archive.
     pub unsafe fn get_archived_unchecked(&self, key: &K) -> Result<Option<Ref<'_, V::Archived>>>
     where
         V::Archived: Portable,
     {
-        Ok(self.raw.get_ref(&key.key_bytes())?.map(|bytes| {
-            // SAFETY: the caller guarantees the bytes are a valid archive of
-            // V; they are 16-byte aligned and immutable while referenced.
-            Ref::map(bytes, |b| unsafe {
-                rkyv::access_unchecked::<V::Archived>(b)
+        self.raw
+            .get_ref(&key.key_bytes())?
+            .map(|bytes| {
+                Ref::try_map(bytes, |b| {
+                    if b.len() < std::mem::size_of::<V::Archived>() {
+                        return Err(Error::Value(format!(
+                            "stored value of {} bytes is shorter than an archived value ({} bytes)",
+                            b.len(),
+                            std::mem::size_of::<V::Archived>()
+                        )));
+                    }
+                    // SAFETY: long enough for rkyv's root object (checked
+                    // above); the caller guarantees the bytes are a valid
+                    // archive of V; they are 16-byte aligned and immutable
+                    // while referenced (PUBLISHED-IMMUTABLE).
+                    Ok(unsafe { rkyv::access_unchecked::<V::Archived>(b) })
+                })
             })
-        }))
+            .transpose()
     }
 
     /// An owned copy of the value under `key`.

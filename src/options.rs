@@ -41,6 +41,12 @@ pub struct Options {
     pub(crate) lock_timeout: Duration,
     pub(crate) verify_reads: bool,
     key: KeySource,
+    /// `schema`: the value type's identity a typed map records.
+    pub(crate) schema: Option<String>,
+    /// `raw_writes`: raw writes into a typed map are allowed.
+    pub(crate) raw_writes: bool,
+    /// Set by `ShmMap`: the full schema text of the typed handle.
+    pub(crate) typed: Option<String>,
 }
 
 /// The longest wait this crate ever computes a deadline for: 100 years.
@@ -68,6 +74,9 @@ impl Options {
             read_only: false,
             lock_timeout: Duration::from_secs(5),
             verify_reads: false,
+            schema: None,
+            raw_writes: false,
+            typed: None,
             key: KeySource::Name,
         }
     }
@@ -113,6 +122,36 @@ impl Options {
     /// "wait forever".
     pub fn lock_timeout(mut self, timeout: Duration) -> Options {
         self.lock_timeout = timeout.min(FOREVER);
+        self
+    }
+
+    /// The identity of a typed map's value type, recorded when a
+    /// [`ShmMap`](crate::ShmMap) creates the map and compared when one
+    /// opens it (with the key kind, e.g. `str -> backend/v2`): a handle of
+    /// another schema gets [`Incompatible::Schema`](crate::Incompatible::Schema)
+    /// instead of values it would misread. Without it, the value type's
+    /// name (`std::any::type_name`) is used: it tells `u64` from `f64` or
+    /// `(u32, u32)`, and one struct from another by path, but not two
+    /// versions of one struct with changed fields (give a versioned name,
+    /// e.g. `"backend/v2"`, for that), and it may change between Rust
+    /// releases (a name also pins that). Raw handles ignore it.
+    pub fn schema(mut self, name: impl Into<String>) -> Options {
+        self.schema = Some(name.into());
+        self
+    }
+
+    /// Allows this handle's raw writes ([`RawMap::insert`](crate::RawMap::insert),
+    /// `write`, `remove`) into a typed map, which are otherwise refused with
+    /// [`Error::TypedMap`]: the caller vouches that the bytes are values of
+    /// the map's type. Off by default.
+    pub fn raw_writes(mut self, on: bool) -> Options {
+        self.raw_writes = on;
+        self
+    }
+
+    /// The typed handle's schema (set by `ShmMap`).
+    pub(crate) fn typed(mut self, schema: String) -> Options {
+        self.typed = Some(schema);
         self
     }
 

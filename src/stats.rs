@@ -44,4 +44,6 @@ pub struct Stats {
     /// not allowed to remove (another user's); the next process that may
     /// (a writer or recovery of the map's owner) removes them.
     pub stale_segments: Vec<i32>,
+    /// The schema of a typed map (`key kind -> value type`), if recorded.
+    pub schema: Option<String>,
 }

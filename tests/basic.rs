@@ -265,6 +265,7 @@ fn panicking_serializer_leaves_map_unchanged() {
         &c.name,
         &c.opts
             .clone()
+            .raw_writes(true)
             .lock_timeout(std::time::Duration::from_millis(200)),
     )
     .unwrap();

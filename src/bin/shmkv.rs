@@ -35,6 +35,11 @@ struct Cli {
     /// How long to wait for the write lock (and for a stuck writer).
     #[arg(long, global = true, default_value_t = 5000)]
     lock_timeout_ms: u64,
+    /// Allow `put`/`load` into a typed map (one made by a `ShmMap`): the
+    /// bytes are stored as given, and typed readers will reject (or, with
+    /// `get_archived_unchecked`, misread) what is not a value of its type.
+    #[arg(long, global = true)]
+    raw: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -193,6 +198,7 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Full { .. } => "full",
         Error::LockTimeout { .. } => "lock_timeout",
         Error::Busy { .. } => "busy",
+        Error::TypedMap { .. } => "typed_map",
         Error::Incompatible(_) => "incompatible",
         Error::Corrupted(_) => "corrupted",
         Error::NameMismatch { .. } => "name_mismatch",
@@ -273,7 +279,8 @@ type Out = Result<(), Fail>;
 fn options(cli: &Cli, read_only: bool) -> Options {
     let o = Options::new()
         .read_only(read_only)
-        .lock_timeout(Duration::from_millis(cli.lock_timeout_ms));
+        .lock_timeout(Duration::from_millis(cli.lock_timeout_ms))
+        .raw_writes(cli.raw);
     match cli.sysv_key {
         Some(k) => o.sysv_key(k),
         None => o,
@@ -338,6 +345,7 @@ fn stats_json(s: &Stats) -> Value {
         "lock_held": s.lock_held, "lock_pid": s.lock_pid, "lock": lock_text(s),
         "root_shmid": s.root_shmid,
         "data_shmid": s.data_shmid, "semid": s.semid, "stale_segments": s.stale_segments,
+        "schema": s.schema,
     })
 }
 
@@ -364,6 +372,9 @@ fn print_stats(s: &Stats) {
         s.attached.saturating_sub(1)
     );
     println!("lock        {lock} (semid {})", s.semid);
+    if let Some(schema) = &s.schema {
+        println!("schema      {schema} (typed: put/load need --raw)");
+    }
     if !s.stale_segments.is_empty() {
         println!("stale       {}", stale_text(&s.stale_segments));
     }

@@ -27,8 +27,18 @@ impl RawBatch<'_> {
         &self.fresh.as_deref().unwrap_or(self.base).table
     }
 
-    /// Stages `key → value`.
+    /// Stages `key → value`. Refused with
+    /// [`Error::TypedMap`](crate::Error::TypedMap) on a raw handle of a
+    /// typed map (unless [`Options::raw_writes`](crate::Options::raw_writes)).
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if !self.map.raw_writes_ok {
+            if let Some((_, schema)) = super::schema::recorded(self.map.root()) {
+                return Err(Error::TypedMap {
+                    name: self.map.name.clone(),
+                    schema,
+                });
+            }
+        }
         let h = hash_key(self.map.seed, key);
         let t = &self.fresh.as_deref().unwrap_or(self.base).table;
         match self.stager.put(t, key, h, value) {

@@ -62,6 +62,9 @@ pub(crate) struct Engine {
     /// the first `wait_for_change`, through which it registers as a
     /// sleeper (`None` inside: this process may not write the root).
     pub(super) waiter_root: std::sync::OnceLock<Option<Segment>>,
+    /// Inserts into a typed map are allowed: a `ShmMap` handle, or
+    /// `Options::raw_writes`.
+    pub(super) raw_writes_ok: bool,
 }
 
 thread_local! {
@@ -402,6 +405,7 @@ impl Engine {
             semid: self.sem.id(),
             mapped_generations: self.gens.mapped(),
             stale_segments: root::stale_list(self.root()),
+            schema: super::schema::recorded(self.root()).map(|(_, t)| t),
         })
     }
 }

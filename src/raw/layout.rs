@@ -96,7 +96,13 @@ pub(crate) struct RootHeader {
     /// Sleepers in `wait_for_change` by process: `pid << 32 | count`, so
     /// that the count of a process killed while sleeping can be taken back.
     pub(crate) waiter_slots: [StdAtomicU64; 8],
-    _reserved: [StdAtomicU64; 8],
+    /// The schema of a typed map (`src/raw/schema.rs`): XXH3-64 of its
+    /// text, 0 = none recorded (a raw map, or made before schemas).
+    pub(crate) schema_hash: StdAtomicU64,
+    /// Bytes of the schema text kept in `schema_text` (at most 48).
+    pub(crate) schema_len: StdAtomicU64,
+    /// The schema text's first 48 bytes, UTF-8, zero padded (for messages).
+    pub(crate) schema_text: [StdAtomicU64; 6],
 }
 
 /// `pending` while a writer is inside `shmget`: this bit, with the writer's
@@ -127,6 +133,9 @@ const _: () = assert!(offset_of!(RootHeader, creator_start) == 288);
 const _: () = assert!(offset_of!(RootHeader, stale) == 296);
 const _: () = assert!(offset_of!(RootHeader, _reserved_lifecycle) == 376);
 const _: () = assert!(offset_of!(RootHeader, waiter_slots) == 384);
+const _: () = assert!(offset_of!(RootHeader, schema_hash) == 448);
+const _: () = assert!(offset_of!(RootHeader, schema_len) == 456);
+const _: () = assert!(offset_of!(RootHeader, schema_text) == 464);
 
 /// Slots of the root's `stale` list.
 pub(crate) const STALE_SLOTS: usize = 10;

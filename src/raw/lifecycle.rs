@@ -409,6 +409,9 @@ impl Engine {
             random_seed(),
             opts.max_size.map_or(0, |s| s.bytes()),
         );
+        if let Some(t) = &opts.typed {
+            super::schema::record(r, t);
+        }
         if let Some(f) = unmark.0.take() {
             f();
         }
@@ -504,6 +507,9 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(1));
         }
         let seed = root::validate(r, Some(name))?;
+        if let Some(t) = &opts.typed {
+            super::schema::check(r, t)?;
+        }
         let sem = match p.open_lock(key, false, opts.mode, opts.lock_timeout, name) {
             Ok(LockOpen::Existing(s) | LockOpen::CreatedAndHeld(s)) => s,
             Err(Error::NotFound { .. }) => {
@@ -529,6 +535,7 @@ impl Engine {
             writer_thread: AtomicUsize::new(0),
             overlay_cache: std::sync::RwLock::new(None),
             waiter_root: std::sync::OnceLock::new(),
+            raw_writes_ok: opts.typed.is_some() || opts.raw_writes,
         })
     }
 

@@ -24,6 +24,7 @@ pub(crate) mod redo;
 pub(crate) mod reference;
 pub(crate) mod resize;
 pub(crate) mod root;
+pub(crate) mod schema;
 pub(crate) mod seqlock;
 pub(crate) mod slot;
 pub(crate) mod table;
