@@ -241,6 +241,21 @@ impl Engine {
         Ok(())
     }
 
+    /// A lock error with this map's name: the lock's own errors do not
+    /// know it (a removed lock means the map was destroyed).
+    pub(super) fn named(&self, e: Error) -> Error {
+        match e {
+            Error::NotFound { .. } => Error::NotFound {
+                name: self.name.clone(),
+            },
+            Error::PermissionDenied { op, .. } => Error::PermissionDenied {
+                name: self.name.clone(),
+                op,
+            },
+            e => e,
+        }
+    }
+
     pub(super) fn lock(&self) -> Result<WriteGuard<'_>> {
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -248,13 +263,9 @@ impl Engine {
         if self.writer_thread.load(Ordering::Relaxed) == thread_mark() {
             return Err(Error::NestedWrite);
         }
-        self.sem.acquire(self.lock_timeout).map_err(|e| match e {
-            // The semaphore is gone: the map was destroyed.
-            Error::NotFound { .. } => Error::NotFound {
-                name: self.name.clone(),
-            },
-            e => e,
-        })?;
+        self.sem
+            .acquire(self.lock_timeout)
+            .map_err(|e| self.named(e))?;
         // SAFETY: the semaphore was just acquired by this thread.
         Ok(unsafe { WriteGuard::new(self) })
     }

@@ -104,7 +104,10 @@ impl Engine {
                 holder_pid: self.sem.last_pid(),
             });
         }
-        if !self.read_only && self.sem.value() == Some(1) && self.sem.try_acquire()? {
+        if !self.read_only
+            && self.sem.value() == Some(1)
+            && self.sem.try_acquire().map_err(|e| self.named(e))?
+        {
             // SAFETY: `try_acquire` just took the semaphore for this thread.
             let guard = unsafe { WriteGuard::new(self) };
             let pin = self.gens.pin();
