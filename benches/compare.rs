@@ -345,5 +345,41 @@ fn verify_reads(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gets, sem_pair, verify_reads);
+/// The cost of `Options::wake_every_write`: a single 64-byte insert
+/// (overwriting one of 1,000 keys) into a map made with and one made
+/// without it, nobody waiting. Run alone with
+/// `cargo bench --bench compare -- wake_every_write`.
+fn wake_every_write(c: &mut Criterion) {
+    let names = [
+        format!("shmkv-bench-wake-off-{}", std::process::id()),
+        format!("shmkv-bench-wake-on-{}", std::process::id()),
+    ];
+    let _cleanup = Cleanup {
+        maps: names.to_vec(),
+        dirs: Vec::new(),
+    };
+    let mut g = c.benchmark_group("wake_every_write");
+    g.measurement_time(Duration::from_secs(3));
+    for (id, name, wake) in [("off", &names[0], false), ("on", &names[1], true)] {
+        let m = RawMap::create(
+            name,
+            &Options::new()
+                .capacity(1000)
+                .arena_size(Size::from(1u64 << 20))
+                .wake_every_write(wake),
+        )
+        .unwrap();
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::new("single_insert", id), |b| {
+            b.iter(|| {
+                i += 1;
+                m.insert(&key(i % 1000), &value(i, 64)).unwrap()
+            })
+        });
+        m.destroy().unwrap();
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gets, sem_pair, verify_reads, wake_every_write);
 criterion_main!(benches);

@@ -46,4 +46,7 @@ pub struct Stats {
     pub stale_segments: Vec<i32>,
     /// The schema of a typed map (`key kind -> value type`), if recorded.
     pub schema: Option<String>,
+    /// Whether writers wake sleepers after every write
+    /// ([`Options::wake_every_write`](crate::Options::wake_every_write)).
+    pub wake_every_write: bool,
 }

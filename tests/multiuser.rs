@@ -342,3 +342,83 @@ fn a_full_stale_list_refuses_the_move_before_committing() {
     m.destroy().unwrap();
     assert_removed(&s2);
 }
+
+/// Voluntary context switches of the calling thread so far.
+fn voluntary_switches() -> i64 {
+    // SAFETY: rusage is plain old data; all-zero is valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
+    ru.ru_nvcsw
+}
+
+/// In a child, as another user who may only read the map: waits 1.5 s
+/// with nothing written, then waits for the parent's write.
+fn idle_waiter_role() {
+    let m = RawMap::open(&arg("MAP"), &Options::new().read_only(true)).unwrap();
+    let since = m.version();
+    let before = voluntary_switches();
+    assert_eq!(
+        m.wait_for_change(since, std::time::Duration::from_millis(1500))
+            .unwrap(),
+        None
+    );
+    let switches = voluntary_switches() - before;
+    let t = std::time::Instant::now();
+    let v = m
+        .wait_for_change(since, std::time::Duration::from_secs(10))
+        .unwrap();
+    println!(
+        "RESULT switches={switches} woke_ms={} changed={}",
+        t.elapsed().as_millis(),
+        v.is_some()
+    );
+}
+
+/// Issue 16 item 6: a read-only waiter that may not write the root cannot
+/// register as a sleeper. On a map made with `wake_every_write` it still
+/// sleeps in the kernel (writers wake on every write); on a default map it
+/// polls (the documented fallback).
+#[test]
+fn unprivileged_read_only_waiters_sleep_on_maps_that_wake_every_write() {
+    const TEST: &str = "unprivileged_read_only_waiters_sleep_on_maps_that_wake_every_write";
+    if role().as_deref() == Some("idle-waiter") {
+        return idle_waiter_role();
+    }
+    if !is_root() {
+        return;
+    }
+    let _serial = serial();
+    let mut switches = Vec::new();
+    for wake in [true, false] {
+        let c = Cleanup::with("ro-idle", Options::new().mode(0o644));
+        let m = RawMap::create(&c.name, &c.opts.clone().wake_every_write(wake)).unwrap();
+        assert_eq!(m.stats().unwrap().wake_every_write, wake);
+        let result = std::thread::scope(|s| {
+            let child = s.spawn(|| run_as(TEST, "idle-waiter", &c.name, 65534, 65534, &[]));
+            std::thread::sleep(std::time::Duration::from_millis(2200));
+            m.insert(b"k", b"v").unwrap();
+            child.join().unwrap()
+        });
+        eprintln!("wake_every_write={wake}: {result}");
+        let field = |k: &str| -> i64 {
+            result
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+                .unwrap()
+        };
+        assert!(result.ends_with("changed=true"), "{result}");
+        assert!(field("woke_ms") < 2000, "{result}");
+        switches.push(field("switches"));
+    }
+    assert!(
+        switches[0] < 20,
+        "waking map: {} wake-ups in 1.5 s",
+        switches[0]
+    );
+    assert!(
+        switches[1] > 200,
+        "default map: the waiter did not poll ({})",
+        switches[1]
+    );
+}

@@ -345,7 +345,7 @@ fn stats_json(s: &Stats) -> Value {
         "lock_held": s.lock_held, "lock_pid": s.lock_pid, "lock": lock_text(s),
         "root_shmid": s.root_shmid,
         "data_shmid": s.data_shmid, "semid": s.semid, "stale_segments": s.stale_segments,
-        "schema": s.schema,
+        "schema": s.schema, "wake_every_write": s.wake_every_write,
     })
 }
 
@@ -372,6 +372,9 @@ fn print_stats(s: &Stats) {
         s.attached.saturating_sub(1)
     );
     println!("lock        {lock} (semid {})", s.semid);
+    if s.wake_every_write {
+        println!("wakes       on every write (read-only waiters sleep in the kernel)");
+    }
     if let Some(schema) = &s.schema {
         println!("schema      {schema} (typed: put/load need --raw)");
     }

@@ -417,6 +417,7 @@ impl Engine {
             mapped_generations: self.gens.mapped(),
             stale_segments: root::stale_list(self.root()),
             schema: super::schema::recorded(self.root()).map(|(_, t)| t),
+            wake_every_write: waiters::wakes_every_write(self.root()),
         })
     }
 }

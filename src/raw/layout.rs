@@ -92,7 +92,8 @@ pub(crate) struct RootHeader {
     /// to remove (another user's): `shmid + 1`, 0 = free. Every lock
     /// holder tries to remove them (`discard_recorded`).
     pub(crate) stale: [StdAtomicU64; STALE_SLOTS],
-    _reserved_lifecycle: [StdAtomicU64; 1],
+    /// Flags chosen at creation: [`ROOT_FLAG_WAKE_EVERY_WRITE`].
+    pub(crate) flags: StdAtomicU64,
     /// Sleepers in `wait_for_change` by process: `pid << 32 | count`, so
     /// that the count of a process killed while sleeping can be taken back.
     pub(crate) waiter_slots: [StdAtomicU64; 8],
@@ -104,6 +105,12 @@ pub(crate) struct RootHeader {
     /// The schema text's first 48 bytes, UTF-8, zero padded (for messages).
     pub(crate) schema_text: [StdAtomicU64; 6],
 }
+
+/// Root flag: writers call `FUTEX_WAKE` after every write, also when no
+/// sleeper is registered, so that waiters that cannot register (read-only
+/// processes that may not write the root) sleep in the kernel too
+/// (`Options::wake_every_write`).
+pub(crate) const ROOT_FLAG_WAKE_EVERY_WRITE: u64 = 1;
 
 /// `pending` while a writer is inside `shmget`: this bit, with the writer's
 /// pid in the low 32 bits. Recovery then looks for a private segment of
@@ -131,7 +138,7 @@ const _: () = assert!(offset_of!(RootHeader, change_seq) == 280);
 const _: () = assert!(offset_of!(RootHeader, _reserved_waiters) == 284);
 const _: () = assert!(offset_of!(RootHeader, creator_start) == 288);
 const _: () = assert!(offset_of!(RootHeader, stale) == 296);
-const _: () = assert!(offset_of!(RootHeader, _reserved_lifecycle) == 376);
+const _: () = assert!(offset_of!(RootHeader, flags) == 376);
 const _: () = assert!(offset_of!(RootHeader, waiter_slots) == 384);
 const _: () = assert!(offset_of!(RootHeader, schema_hash) == 448);
 const _: () = assert!(offset_of!(RootHeader, schema_len) == 456);

@@ -412,6 +412,14 @@ impl Engine {
         if let Some(t) = &opts.typed {
             super::schema::record(r, t);
         }
+        r.flags.store(
+            if opts.wake_every_write {
+                super::layout::ROOT_FLAG_WAKE_EVERY_WRITE
+            } else {
+                0
+            },
+            Ordering::Relaxed,
+        );
         if let Some(f) = unmark.0.take() {
             f();
         }

@@ -52,7 +52,9 @@ impl Engine {
         // taken): writers do not wake us, so poll.
         let sleeper = self.sleeper_root();
         let registered = sleeper.and_then(waiters::register);
-        let tick = if registered.is_some() {
+        // A map that wakes on every write wakes unregistered sleepers too.
+        let woken = registered.is_some() || waiters::wakes_every_write(r);
+        let tick = if woken {
             Duration::from_millis(500)
         } else if sleeper.is_none() {
             Duration::from_millis(1)
@@ -76,6 +78,8 @@ impl Engine {
             }
             match sleeper {
                 Some(w) => sys::futex_wait(&w.change_seq, seen, left.min(tick)),
+                // FUTEX_WAIT only reads the word: a read-only mapping will do.
+                None if woken => sys::futex_wait(&r.change_seq, seen, left.min(tick)),
                 None => std::thread::sleep(left.min(tick)),
             }
         }

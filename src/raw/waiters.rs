@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::layout::RootHeader;
+use super::layout::{RootHeader, ROOT_FLAG_WAKE_EVERY_WRITE};
 use crate::sys;
 
 /// Bits of a waiter slot that hold the pid.
@@ -65,6 +65,11 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Whether the map wakes on every write (see `Options::wake_every_write`).
+pub(crate) fn wakes_every_write(r: &RootHeader) -> bool {
+    r.flags.load(Ordering::Relaxed) & ROOT_FLAG_WAKE_EVERY_WRITE != 0
+}
+
 /// Whether any process has registered a sleeper.
 fn anyone_waits(r: &RootHeader) -> bool {
     r.waiter_slots.iter().any(|s| s.load(Ordering::SeqCst) != 0)
@@ -79,7 +84,9 @@ pub(crate) fn publish_version(r: &RootHeader, version: u64) {
         return;
     }
     r.change_seq.store(v, Ordering::SeqCst);
-    if anyone_waits(r) && sys::futex_wake_all(&r.change_seq) == 0 {
+    if wakes_every_write(r) {
+        sys::futex_wake_all(&r.change_seq);
+    } else if anyone_waits(r) && sys::futex_wake_all(&r.change_seq) == 0 {
         reap_dead(r);
     }
 }
@@ -87,7 +94,7 @@ pub(crate) fn publish_version(r: &RootHeader, version: u64) {
 /// Wakes every sleeper whatever the version (the map was destroyed).
 pub(crate) fn wake_all(r: &RootHeader) {
     r.change_seq.fetch_add(1, Ordering::SeqCst);
-    if anyone_waits(r) {
+    if anyone_waits(r) || wakes_every_write(r) {
         sys::futex_wake_all(&r.change_seq);
     }
 }
