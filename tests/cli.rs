@@ -594,3 +594,23 @@ fn read_only_open_or_create_opens_an_existing_map() {
         Err(shmkv::Error::ReadOnly)
     ));
 }
+
+/// `load --create --wake-every-write` makes a map whose writers wake
+/// waiters on every write (`stat` shows it); without the flag they do not.
+#[test]
+fn load_can_create_a_map_that_wakes_on_every_write() {
+    let c = Cleanup::new("cli-wake");
+    let plain = Cleanup::new("cli-nowake");
+    let file = std::env::temp_dir().join(format!("{}.jsonl", c.name));
+    std::fs::write(&file, "{\"key\":\"a\",\"value\":\"1\"}\n").unwrap();
+    let f = file.to_str().unwrap();
+    ok(&["load", &c.name, f, "--create", "--wake-every-write"]);
+    ok(&["load", &plain.name, f, "--create"]);
+    std::fs::remove_file(&file).unwrap();
+    let stat = |n: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(&["--json", "stat", n])).unwrap()
+    };
+    assert_eq!(stat(&c.name)["wake_every_write"], true);
+    assert_eq!(stat(&plain.name)["wake_every_write"], false);
+    assert!(ok(&["stat", &c.name]).contains("wakes       on every write"));
+}

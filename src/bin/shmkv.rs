@@ -98,6 +98,11 @@ enum Cmd {
         /// Create the map if it does not exist.
         #[arg(long)]
         create: bool,
+        /// With --create: writers of the new map wake waiters after every
+        /// write, so read-only watchers that may not write the map sleep in
+        /// the kernel instead of polling (costs every write a system call).
+        #[arg(long, requires = "create")]
+        wake_every_write: bool,
     },
     /// Print each new version with the keys that changed.
     Watch {
@@ -648,7 +653,12 @@ fn run(cli: &Cli) -> Out {
             }
             Ok(())
         }
-        Cmd::Load { name, file, create } => {
+        Cmd::Load {
+            name,
+            file,
+            create,
+            wake_every_write,
+        } => {
             let f = std::fs::File::open(file)
                 .map_err(|e| fail("io", format!("{}: {e}", file.display())))?;
             let mut rows = Vec::new();
@@ -670,7 +680,7 @@ fn run(cli: &Cli) -> Out {
                     json_bytes(&v, "value").map_err(bad)?,
                 ));
             }
-            let opts = options(cli, false);
+            let opts = options(cli, false).wake_every_write(*wake_every_write);
             let m = if *create {
                 RawMap::open_or_create(name, &opts)
             } else {
