@@ -16,7 +16,7 @@
 # from the environment is used as given (default -Zmiri-strict-provenance);
 # MIRI_SEEDS (default 0..4) is the seed range of the concurrent generation
 # tests, MIRI_PROVIDER_SEEDS (default 0..2) that of the engine-over-heap
-# tests. Warm run (Miri sysroot and target/miri built): about 260 s on 2
+# tests. Warm run (Miri sysroot and target/miri built): 210-260 s on 2
 # cores; a cold one adds about 70 s (sysroot and dependency builds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
