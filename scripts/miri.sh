@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs the heap-memory tests under Miri (nightly): the library's unit tests
-# that touch no SysV object (generations, pins, reclamation, slots, sizes)
-# and tests/heap.rs (the table algorithm, redo log and recovery over
-# `HeapMap`). Installs the Miri component when it is absent and rustup can.
+# that touch no SysV object (generations, pins, reclamation, slots, sizes),
+# the engine over the heap provider (`raw::provider::tests`: several handles
+# on one `HeapKernel`, growth, reclamation, destroy, the lock) and
+# tests/heap.rs (the engine over `HeapKernel`: a model check, recovery of a
+# dead writer's redo log, damaged segments). Installs the Miri component
+# when it is absent and rustup can.
 #
 # Exit codes: 0 all passed; 1 a test failed or Miri found undefined
 # behaviour; 3 Miri is not available on this machine (no nightly, the
@@ -12,7 +15,8 @@
 # Extra arguments go to the test harness (e.g. `--nocapture`). MIRIFLAGS
 # from the environment is used as given (default -Zmiri-strict-provenance);
 # MIRI_SEEDS (default 0..4) is the seed range of the concurrent generation
-# tests. Warm run (Miri sysroot and target/miri built): about 105 s on 2
+# tests, MIRI_PROVIDER_SEEDS (default 0..2) that of the engine-over-heap
+# tests. Warm run (Miri sysroot and target/miri built): 210-260 s on 2
 # cores; a cold one adds about 70 s (sysroot and dependency builds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +31,10 @@ unavailable() {
 
 # Unit tests run under Miri, by name prefix: everything in the library but
 # `sys::` (system calls). Tests that need SysV objects or fork carry
-# `#[cfg_attr(miri, ignore = ...)]`.
+# `#[cfg_attr(miri, ignore = ...)]`. `raw::gens` and `raw::provider` (the
+# concurrent ones) run apart, over several seeds.
 LIB_FILTERS=(raw:: key:: size:: options::)
-# Integration test targets that use heap memory only.
+# Integration test targets that use heap memory only (`HeapKernel`).
 TEST_TARGETS=(heap)
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
@@ -55,17 +60,26 @@ flags="${MIRIFLAGS--Zmiri-strict-provenance}"
 # one choice of weak-memory outcomes) per seed. Several seeds: the pin
 # without its store-load fence passes seed 0 but fails 20 of seeds 0..23.
 seeds="${MIRI_SEEDS:-0..4}"
+# The engine over the heap provider runs threads too (racing
+# open_or_create, a writer waiting for the lock, reclamation by another
+# handle's pin); each seed costs about 25 s.
+provider_seeds="${MIRI_PROVIDER_SEEDS:-0..2}"
 status=0
-echo "== miri: unit tests (${LIB_FILTERS[*]}, but raw::gens), MIRIFLAGS=$flags"
-MIRIFLAGS="$flags" cargo +nightly miri test --lib -- "${LIB_FILTERS[@]}" --skip raw::gens "$@" ||
-  status=1
+SECONDS=0
+echo "== miri: unit tests (${LIB_FILTERS[*]}, but raw::gens, raw::provider), MIRIFLAGS=$flags"
+MIRIFLAGS="$flags" cargo +nightly miri test --lib -- "${LIB_FILTERS[@]}" \
+  --skip raw::gens --skip raw::provider "$@" || status=1
 echo "== miri: unit tests raw::gens, seeds $seeds"
 MIRIFLAGS="$flags -Zmiri-many-seeds=$seeds" cargo +nightly miri test --lib -- raw::gens "$@" ||
   status=1
+echo "== miri: unit tests raw::provider (the engine over HeapKernel), seeds $provider_seeds"
+MIRIFLAGS="$flags -Zmiri-many-seeds=$provider_seeds" cargo +nightly miri test --lib -- \
+  raw::provider "$@" || status=1
 for t in "${TEST_TARGETS[@]}"; do
   echo "== miri: tests/$t.rs, MIRIFLAGS=$flags"
   MIRIFLAGS="$flags" cargo +nightly miri test --test "$t" -- "$@" || status=1
 done
+echo "== miri: ${SECONDS} s"
 if [ "$status" -ne 0 ]; then
   echo "== miri: FAILED (a test failed or Miri reported undefined behaviour)" >&2
 fi

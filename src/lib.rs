@@ -218,6 +218,7 @@ pub mod __private {
         pub const CAPACITY: usize = offset_of!(DataHeader, capacity);
         pub const ARENA_OFFSET: usize = offset_of!(DataHeader, arena_offset);
         pub const ARENA_SIZE: usize = offset_of!(DataHeader, arena_size);
+        pub const SEGMENT_SIZE: usize = offset_of!(DataHeader, segment_size);
         pub const VIEW_SEQ: usize = offset_of!(DataHeader, view_seq);
         pub const ARENA_USED: usize = offset_of!(DataHeader, arena_used);
         pub const LIVE: usize = offset_of!(DataHeader, live);

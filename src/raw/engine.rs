@@ -353,7 +353,7 @@ impl Engine {
         t.header().commit.store(word, Ordering::Release);
         // Sleepers may wake now: they read the after state through the log,
         // and are not left asleep if this process dies while applying.
-        waiters::publish_version(r, redo.target >> 1);
+        waiters::publish_version(&*self.provider, r, redo.target >> 1);
         reached(CrashPoint::AfterCommit);
         redo.apply(t, stager.lock(), true);
         r.applying.store(0, Ordering::Release);

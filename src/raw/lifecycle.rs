@@ -17,7 +17,6 @@ use super::root::{self, RootState};
 use super::table::Table;
 use super::waiters;
 use crate::error::{Error, Result};
-use crate::hash::random_seed;
 use crate::options::Options;
 use crate::stats::Stats;
 use crate::sys;
@@ -392,7 +391,7 @@ impl Engine {
                 // it left and start over, in place (only for the same name).
                 RootState::Creating => {
                     check_stored_name(r, name)?;
-                    if root::creator_alive(r) {
+                    if root::creator_alive(p, r) {
                         return Err(Error::corrupted(format!(
                             "map {name:?} is being created by pid {}, which does not hold its lock",
                             r.creator_pid.load(Ordering::Relaxed)
@@ -404,9 +403,10 @@ impl Engine {
         }
         // Stores the ROOT_CREATING marker: from here on the root is ours.
         root::init_identity(
+            p,
             r,
             name,
-            random_seed(),
+            p.random_seed(),
             opts.max_size.map_or(0, |s| s.bytes()),
         );
         if let Some(t) = &opts.typed {

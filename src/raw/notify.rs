@@ -16,7 +16,7 @@ impl Engine {
     /// After a commit (lock held): publishes the version in the futex word
     /// and wakes sleepers, with a system call only if someone sleeps.
     pub(super) fn notify(&self, pin: &Pin<'_>) {
-        waiters::publish_version(self.root(), pin.current().table.version());
+        waiters::publish_version(&*self.provider, self.root(), pin.current().table.version());
     }
 
     /// The root, writable, for registering as a sleeper: this handle's

@@ -8,6 +8,7 @@ use super::layout::{
     RootHeader, CURRENT_DESTROYED, HASH_XXH3_64, LAYOUT_VERSION, MAX_NAME_LEN, ROOT_CREATING,
     ROOT_MAGIC, ROOT_SIZE,
 };
+use super::provider::Provider;
 use crate::error::{Error, Incompatible, Result};
 use crate::hash::{canary, format_fingerprint};
 
@@ -30,8 +31,15 @@ pub(crate) unsafe fn root_at<'a>(base: NonNull<u8>, len: usize) -> Option<&'a Ro
 /// Writes every identity field of a fresh root (not `current`), the
 /// creator's identity, clears the lifecycle words, and then stores the
 /// [`ROOT_CREATING`] marker (Release): from here on the root is
-/// recognisably shmkv's and its words may be trusted.
-pub(crate) fn init_identity(r: &RootHeader, name: &str, seed: u64, max_size: u64) {
+/// recognisably shmkv's and its words may be trusted. The creator's start
+/// time comes from the provider `p` (`/proc` for SysV).
+pub(crate) fn init_identity(
+    p: &dyn Provider,
+    r: &RootHeader,
+    name: &str,
+    seed: u64,
+    max_size: u64,
+) {
     r.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
     r.root_size.store(ROOT_SIZE as u32, Ordering::Relaxed);
     r.hash_algo.store(HASH_XXH3_64, Ordering::Relaxed);
@@ -42,10 +50,8 @@ pub(crate) fn init_identity(r: &RootHeader, name: &str, seed: u64, max_size: u64
     r.max_size.store(max_size, Ordering::Relaxed);
     let pid = std::process::id();
     r.creator_pid.store(u64::from(pid), Ordering::Relaxed);
-    r.creator_start.store(
-        crate::sys::process_start_time(pid).unwrap_or(0),
-        Ordering::Relaxed,
-    );
+    r.creator_start
+        .store(p.process_start_time(pid).unwrap_or(0), Ordering::Relaxed);
     for w in &r.stale {
         w.store(0, Ordering::Relaxed);
     }
@@ -62,12 +68,13 @@ pub(crate) fn init_identity(r: &RootHeader, name: &str, seed: u64, max_size: u64
 }
 
 /// Whether the process that marked this root as being created (its
-/// `creator_pid` and `creator_start`) is still running.
-pub(crate) fn creator_alive(r: &RootHeader) -> bool {
+/// `creator_pid` and `creator_start`) is still running, as the provider
+/// `p` tells.
+pub(crate) fn creator_alive(p: &dyn Provider, r: &RootHeader) -> bool {
     let pid = r.creator_pid.load(Ordering::Relaxed);
     let start = r.creator_start.load(Ordering::Relaxed);
     match u32::try_from(pid) {
-        Ok(pid) if pid != 0 => crate::sys::process_start_time(pid) == Some(start),
+        Ok(pid) if pid != 0 => p.process_start_time(pid) == Some(start),
         _ => false,
     }
 }

@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::layout::{RootHeader, ROOT_FLAG_WAKE_EVERY_WRITE};
+use super::provider::Provider;
 use crate::sys;
 
 /// Bits of a waiter slot that hold the pid.
@@ -77,8 +78,9 @@ fn anyone_waits(r: &RootHeader) -> bool {
 
 /// Stores the version's low 32 bits in the futex word and wakes the
 /// sleepers, with a system call only if a slot is taken. A wake-up that
-/// found nobody asleep frees the slots of dead processes.
-pub(crate) fn publish_version(r: &RootHeader, version: u64) {
+/// found nobody asleep frees the slots of dead processes (dead as the
+/// provider `p` tells).
+pub(crate) fn publish_version(p: &dyn Provider, r: &RootHeader, version: u64) {
     let v = version as u32;
     if r.change_seq.load(Ordering::Relaxed) == v {
         return;
@@ -87,7 +89,7 @@ pub(crate) fn publish_version(r: &RootHeader, version: u64) {
     if wakes_every_write(r) {
         sys::futex_wake_all(&r.change_seq);
     } else if anyone_waits(r) && sys::futex_wake_all(&r.change_seq) == 0 {
-        reap_dead(r);
+        reap_dead(p, r);
     }
 }
 
@@ -100,10 +102,10 @@ pub(crate) fn wake_all(r: &RootHeader) {
 }
 
 /// Frees the slots of processes that died while registered.
-fn reap_dead(r: &RootHeader) {
+fn reap_dead(p: &dyn Provider, r: &RootHeader) {
     for s in &r.waiter_slots {
         let w = s.load(Ordering::Relaxed);
-        if w != 0 && !sys::process_alive((w >> PID_SHIFT) as u32) {
+        if w != 0 && !p.process_alive((w >> PID_SHIFT) as u32) {
             let _ = s.compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed);
         }
     }

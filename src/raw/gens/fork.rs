@@ -157,7 +157,7 @@ impl<G: Numbered> Gens<G> {
                 // pins are void.
                 for (s, c) in r.named.iter().zip(&r.counts) {
                     c.set(0);
-                    s.store(0, Ordering::Relaxed);
+                    s.store(std::ptr::null_mut(), Ordering::Relaxed);
                 }
                 r.orphan.set(false);
                 let state = match r.more.try_borrow_mut() {

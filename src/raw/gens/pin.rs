@@ -41,29 +41,47 @@ pub(crate) struct Pin<'g, G: Numbered = Generation> {
     /// with the slot in the low bits (`HOLD_SLOT`), or, tagged `HOLD_MORE`,
     /// the address of a boxed [`Holds`] (owned by the pin). The slots
     /// named by the holds name the generations the pin keeps mapped; the
-    /// last hold's names the newest.
-    hold: Cell<usize>,
+    /// last hold's names the newest. A pointer, not an integer, so that it
+    /// keeps the provenance of what it points to (strict provenance: Miri
+    /// checks every use, `-Zmiri-strict-provenance`); the tags live in the
+    /// address's alignment bits (`map_addr`).
+    hold: Cell<*mut ()>,
     /// Counts are per thread: `Pin` is neither Send nor Sync.
     _thread: PhantomData<*const ThreadRec>,
 }
 
 /// The single hold a `hold` word without `HOLD_MORE` packs.
 #[inline(always)]
-fn unpack(h: usize) -> (NonNull<ThreadRec>, usize) {
-    debug_assert!(h & HOLD_MORE == 0);
+fn unpack(h: *mut ()) -> (NonNull<ThreadRec>, usize) {
+    debug_assert!(h.addr() & HOLD_MORE == 0);
     // SAFETY: a hold word without HOLD_MORE is a record's (non-null)
-    // address with the slot or-ed into its alignment bits.
+    // pointer with the slot or-ed into its alignment bits.
     (
-        unsafe { NonNull::new_unchecked((h & !HOLD_SLOT) as *mut ThreadRec) },
-        h & HOLD_SLOT,
+        unsafe { NonNull::new_unchecked(h.map_addr(|a| a & !HOLD_SLOT).cast::<ThreadRec>()) },
+        h.addr() & HOLD_SLOT,
     )
+}
+
+/// The boxed holds a `HOLD_MORE` word points to.
+#[inline(always)]
+fn more(h: *mut ()) -> *mut Holds {
+    debug_assert!(h.addr() & HOLD_MORE != 0);
+    h.map_addr(|a| a & !HOLD_MORE).cast::<Holds>()
+}
+
+/// The `HOLD_MORE` word of boxed holds.
+#[inline(always)]
+fn pack_more(holds: Box<Holds>) -> *mut () {
+    Box::into_raw(holds)
+        .cast::<()>()
+        .map_addr(|a| a | HOLD_MORE)
 }
 
 /// The hold word of one (record, slot).
 #[inline(always)]
-fn pack(rec: NonNull<ThreadRec>, slot: usize) -> usize {
+fn pack(rec: NonNull<ThreadRec>, slot: usize) -> *mut () {
     debug_assert!(slot < SLOTS);
-    rec.as_ptr() as usize | slot
+    rec.as_ptr().cast::<()>().map_addr(|a| a | slot)
 }
 
 impl<G: Numbered> Gens<G> {
@@ -80,7 +98,7 @@ impl<G: Numbered> Gens<G> {
             // memory, and the model's stand-in flags the use after reclaim.
             let _ = unsafe { (*g).number() };
         }
-        r.named[i].store(g as usize, Ordering::Relaxed);
+        r.named[i].store(g.cast(), Ordering::Relaxed);
         // Store-load barrier against `install` + `reclaim`: either the
         // reclaimer sees the slot, or we see its new current. With
         // membarrier, the reclaimer's barrier makes our compiler fence a
@@ -96,7 +114,7 @@ impl<G: Numbered> Gens<G> {
             r.counts[i].set(1);
             true
         } else {
-            r.named[i].store(0, Ordering::Relaxed);
+            r.named[i].store(std::ptr::null_mut(), Ordering::Relaxed);
             false
         }
     }
@@ -111,7 +129,7 @@ impl<G: Numbered> Gens<G> {
         let g = self.current.load(Ordering::Acquire);
         let c = r.counts[0].get();
         if c > 0 {
-            if r.named[0].load(Ordering::Relaxed) == g as usize {
+            if r.named[0].load(Ordering::Relaxed) == g.cast() {
                 // Already protected by our own published slot.
                 r.counts[0].set(if weakened(Weaken::PinCount) { c } else { c + 1 });
                 return (rec, 0, g);
@@ -136,7 +154,7 @@ impl<G: Numbered> Gens<G> {
                 let r = unsafe { p.as_ref() };
                 for i in 0..SLOTS {
                     let c = r.counts[i].get();
-                    if c > 0 && r.named[i].load(Ordering::Relaxed) == g as usize {
+                    if c > 0 && r.named[i].load(Ordering::Relaxed) == g.cast() {
                         r.counts[i].set(c + 1);
                         return (p, i, g);
                     }
@@ -188,7 +206,7 @@ impl<G: Numbered> Gens<G> {
             let g = r.named[i].load(Ordering::Relaxed);
             // Release: our reads of the generation happen before a
             // reclaimer's Acquire load that sees the slot free.
-            r.named[i].store(0, Ordering::Release);
+            r.named[i].store(std::ptr::null_mut(), Ordering::Release);
             if r.orphan.get() && r.idle() {
                 // The last pin of a thread whose thread-local is gone: the
                 // record's last access by this thread.
@@ -199,7 +217,7 @@ impl<G: Numbered> Gens<G> {
             // a reclaim racing with this may still see the slot; then the
             // next install or unpin of a retired generation frees it.
             if self.retired_count.load(Ordering::Relaxed) > 0
-                && self.current.load(Ordering::Relaxed) as usize != g
+                && self.current.load(Ordering::Relaxed).cast() != g
             {
                 self.reclaim();
             }
@@ -213,19 +231,19 @@ impl<G: Numbered> Pin<'_, G> {
     #[inline(always)]
     fn newest(&self) -> *mut G {
         let h = self.hold.get();
-        let (rec, slot) = if h & HOLD_MORE == 0 {
+        let (rec, slot) = if h.addr() & HOLD_MORE == 0 {
             unpack(h)
         } else {
-            // SAFETY: a HOLD_MORE word is the address of the pin's boxed
-            // holds (never empty), alive while the pin is.
-            *unsafe { &*((h & !HOLD_MORE) as *const Holds) }
-                .last()
-                .expect("holds are never empty")
+            // SAFETY: a HOLD_MORE word points to the pin's boxed holds
+            // (never empty), alive while the pin is.
+            *unsafe { &*more(h) }.last().expect("holds are never empty")
         };
         // SAFETY: a held record is not FREE, and the registry (borrowed by
         // the pin) keeps it; only this thread writes its slots, and a slot
         // with a count > 0 keeps the address it was published with.
-        unsafe { rec.as_ref() }.named[slot].load(Ordering::Relaxed) as *mut G
+        unsafe { rec.as_ref() }.named[slot]
+            .load(Ordering::Relaxed)
+            .cast::<G>()
     }
 
     /// The current generation of this process if the pin already holds
@@ -263,15 +281,15 @@ impl<G: Numbered> Pin<'_, G> {
     fn follow(&self) -> &G {
         let (rec, slot, g) = self.gens.pin_current();
         let h = self.hold.get();
-        let mut holds = if h & HOLD_MORE == 0 {
+        let mut holds = if h.addr() & HOLD_MORE == 0 {
             Box::new(vec![unpack(h)])
         } else {
             // SAFETY: the pin's boxed holds (see `hold`); ownership moves
             // back into the word below.
-            unsafe { Box::from_raw((h & !HOLD_MORE) as *mut Holds) }
+            unsafe { Box::from_raw(more(h)) }
         };
         holds.push((rec, slot));
-        self.hold.set(Box::into_raw(holds) as usize | HOLD_MORE);
+        self.hold.set(pack_more(holds));
         // SAFETY: just pinned: named by a slot this pin holds
         // (PINNED-STAYS-MAPPED).
         unsafe { &*g }
@@ -282,9 +300,9 @@ impl<G: Numbered> Pin<'_, G> {
     /// would then escape, see [`Pin`]).
     #[cold]
     #[inline(never)]
-    fn drop_more(gens: &Gens<G>, h: usize) {
+    fn drop_more(gens: &Gens<G>, h: *mut ()) {
         // SAFETY: the pin's boxed holds (see `hold`), dropped with the pin.
-        let holds = unsafe { Box::from_raw((h & !HOLD_MORE) as *mut Holds) };
+        let holds = unsafe { Box::from_raw(more(h)) };
         for &(rec, i) in holds.iter().skip(1) {
             gens.unpin(rec, i);
         }
@@ -300,15 +318,15 @@ impl<G: Numbered> Clone for Pin<'_, G> {
             r.counts[i].set(r.counts[i].get() + 1);
         };
         let h = self.hold.get();
-        let hold = if h & HOLD_MORE == 0 {
+        let hold = if h.addr() & HOLD_MORE == 0 {
             // One hold: the copy shares it (no allocation).
             add(&unpack(h));
             h
         } else {
             // SAFETY: the pin's boxed holds (see `hold`), borrowed.
-            let holds = unsafe { &*((h & !HOLD_MORE) as *const Holds) }.clone();
+            let holds = unsafe { &*more(h) }.clone();
             holds.iter().for_each(add);
-            Box::into_raw(Box::new(holds)) as usize | HOLD_MORE
+            pack_more(Box::new(holds))
         };
         Pin {
             gens: self.gens,
@@ -322,7 +340,7 @@ impl<G: Numbered> Drop for Pin<'_, G> {
     #[inline]
     fn drop(&mut self) {
         let h = *self.hold.get_mut();
-        if h & HOLD_MORE != 0 {
+        if h.addr() & HOLD_MORE != 0 {
             return Self::drop_more(self.gens, h);
         }
         let (rec, slot) = unpack(h);

@@ -50,8 +50,8 @@ impl<G: Numbered> Gens<G> {
         for r in self.records() {
             for s in &r.named {
                 let a = s.load(order);
-                if a != 0 {
-                    v.push(a);
+                if !a.is_null() {
+                    v.push(a.addr());
                 }
             }
         }
@@ -122,7 +122,7 @@ impl<G: Numbered> Gens<G> {
             let next = unsafe { (*n).next };
             // SAFETY: as above.
             let gen = unsafe { (*n).gen };
-            if named.contains(&(gen as usize)) {
+            if named.contains(&gen.addr()) {
                 prev = n;
             } else {
                 self.unlink(prev, n, next);

@@ -10,7 +10,7 @@ use std::ptr::{self, NonNull};
 
 use super::fork::{token, FORK_EPOCH};
 use super::{Gens, Numbered};
-use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::sync::{Arc, AtomicPtr, Ordering};
 
 /// Generations one record can name at once; a thread that pins more
 /// distinct generations at the same time chains another record.
@@ -40,9 +40,11 @@ fn state_word(state: u64) -> u64 {
 /// One thread's pins for one map, owned by the map's registry.
 #[derive(Debug)]
 pub(super) struct ThreadRec {
-    /// Addresses of the generations pinned (0 = free slot). Written only by
-    /// the owning thread, read by reclaimers.
-    pub(super) named: [AtomicUsize; SLOTS],
+    /// The generations pinned (null = free slot). Written only by the
+    /// owning thread, read by reclaimers (who compare addresses only; the
+    /// owner's pin dereferences what it stored, so these are pointers that
+    /// keep their provenance, not integers).
+    pub(super) named: [AtomicPtr<()>; SLOTS],
     /// Pins per slot. Touched only by the owning thread (or by the fork
     /// reset, once the owner does not exist).
     pub(super) counts: [Cell<u32>; SLOTS],
@@ -69,7 +71,7 @@ unsafe impl Send for ThreadRec {}
 impl ThreadRec {
     fn new(state: u64) -> ThreadRec {
         ThreadRec {
-            named: std::array::from_fn(|_| AtomicUsize::new(0)),
+            named: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             counts: std::array::from_fn(|_| Cell::new(0)),
             more: RefCell::new(None),
             state: std::sync::atomic::AtomicU64::new(state_word(state)),

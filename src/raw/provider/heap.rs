@@ -9,6 +9,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -100,7 +101,19 @@ struct Registry {
     /// Bytes of all segments not yet freed.
     used: u64,
     limit: u64,
+    /// This kernel's number (distinct for every kernel of the process), the
+    /// per-kernel part of its seeds.
+    kernel_no: u64,
+    /// Seeds handed out so far.
+    seeds: u64,
 }
+
+/// Kernels made so far in this process.
+static KERNELS: AtomicU64 = AtomicU64::new(0);
+
+/// The start time every "process" of a heap kernel has: all its handles
+/// live in this one process, which is alive.
+pub(crate) const HEAP_START_TIME: u64 = 1;
 
 /// A process-local stand-in for the kernel's SysV objects: maps made on a
 /// `HeapKernel` live in heap memory and are visible to every handle opened
@@ -135,6 +148,7 @@ impl HeapKernel {
             reg: Arc::new(Mutex::new(Registry {
                 next_id: 1,
                 limit,
+                kernel_no: KERNELS.fetch_add(1, Ordering::Relaxed),
                 ..Registry::default()
             })),
         }
@@ -158,15 +172,35 @@ impl HeapKernel {
     }
 
     /// Overwrites bytes of segment `id` at `offset` (clipped to the
-    /// segment), as a buggy or hostile process could: with relaxed atomic
-    /// byte stores, so that it is no data race with readers. Returns how
-    /// many bytes were written.
+    /// segment), as a buggy or hostile process could. Returns how many
+    /// bytes were written.
+    ///
+    /// While some handle maps the segment, with relaxed atomic byte stores
+    /// (no data race with its readers). While none does, with a plain copy
+    /// under the registry's lock: the engine then cannot touch the bytes,
+    /// and Miri (which does not support byte-sized atomics over words the
+    /// engine wrote with wider atomics: it stops with an internal error)
+    /// runs it. Tests that run under Miri scribble with no handle open.
     pub fn scribble(&self, id: i32, offset: usize, bytes: &[u8]) -> usize {
-        let region = match locked(&self.reg).segments.get(&id) {
-            Some(s) => s.region.clone(),
-            None => return 0,
+        let r = locked(&self.reg);
+        let Some(s) = r.segments.get(&id) else {
+            return 0;
         };
+        let region = s.region.clone();
         let n = bytes.len().min(region.len().saturating_sub(offset));
+        if s.nattch == 0 {
+            // SAFETY: `offset + n <= region.len()`; nobody maps the segment
+            // (nattch 0, and attaching takes the registry lock we hold), so
+            // no engine access can race with this write, and the last
+            // detach (under this lock) happens before it; `bytes` is not
+            // in the region (the caller cannot borrow unmapped segment
+            // memory).
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), region.base().as_ptr().add(offset), n)
+            };
+            return n;
+        }
+        drop(r);
         for (i, b) in bytes[..n].iter().enumerate() {
             // SAFETY: `offset + i < region.len()`; the region lives while
             // `region` (an Arc) does; every access to segment memory by the
@@ -277,8 +311,11 @@ impl Provider for HeapKernel {
     fn stat(&self, id: i32, name: &str) -> Result<ShmInfo> {
         let r = locked(&self.reg);
         let s = r.segments.get(&id).ok_or_else(|| not_found(name))?;
-        // SAFETY: geteuid/getegid have no preconditions.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        // Owned by this process's user (so `removable_by_me` holds). The
+        // heap kernel keeps no group (`set_owner` ignores it): gid 0, not
+        // `getegid`, which Miri does not support.
+        // SAFETY: geteuid has no preconditions.
+        let (uid, gid) = (unsafe { libc::geteuid() }, 0);
         Ok(ShmInfo {
             size: s.size,
             nattch: s.nattch,
@@ -383,6 +420,27 @@ impl Provider for HeapKernel {
         Ok(r.locks
             .get(&key)
             .map(|l| Box::new(self.lock_ref(key, l.clone())) as Lock))
+    }
+
+    /// Deterministic (no system call, no clock): the kernel's number and
+    /// how many seeds it handed out, mixed by XXH3, so that maps differ in
+    /// seed and a test run is repeatable.
+    fn random_seed(&self) -> u64 {
+        let mut r = locked(&self.reg);
+        r.seeds += 1;
+        let n = r.seeds;
+        crate::hash::hash_key(r.kernel_no, &n.to_le_bytes())
+    }
+
+    /// Every handle on a heap kernel is in this process: its pid has the
+    /// fixed start time [`HEAP_START_TIME`], no other pid exists.
+    fn process_start_time(&self, pid: u32) -> Option<u64> {
+        (pid == std::process::id()).then_some(HEAP_START_TIME)
+    }
+
+    /// Only this process exists (see `process_start_time`).
+    fn process_alive(&self, pid: u32) -> bool {
+        pid == std::process::id()
     }
 }
 
@@ -543,13 +601,23 @@ impl HeapKernel {
 }
 
 impl HeapKernel {
-    /// A copy of segment `id`'s bytes (relaxed atomic byte loads, so that
-    /// it is no data race with a writer); empty if there is no such segment.
+    /// A copy of segment `id`'s bytes; empty if there is no such segment.
+    /// Relaxed atomic byte loads while some handle maps it (no data race
+    /// with a writer), a plain copy under the registry's lock while none
+    /// does (see [`scribble`](HeapKernel::scribble): what Miri runs).
     pub fn read(&self, id: i32) -> Vec<u8> {
-        let (region, len) = match locked(&self.reg).segments.get(&id) {
-            Some(s) => (s.region.clone(), s.size as usize),
-            None => return Vec::new(),
+        let r = locked(&self.reg);
+        let Some(s) = r.segments.get(&id) else {
+            return Vec::new();
         };
+        let (region, len) = (s.region.clone(), s.size as usize);
+        if s.nattch == 0 {
+            // SAFETY: `len <= region.len()`; nobody maps the segment and
+            // attaching takes the lock we hold, so no write races with this
+            // read (the last detach happened before it).
+            return unsafe { std::slice::from_raw_parts(region.base().as_ptr(), len) }.to_vec();
+        }
+        drop(r);
         (0..len)
             .map(|i| {
                 // SAFETY: `i < len <= region.len()`; the region lives while

@@ -9,9 +9,11 @@
 //!   whole engine without system objects; "another process" is another
 //!   handle on the same `HeapKernel`.
 //!
-//! Only creation, attachment, removal, identification and the write lock
-//! go through the provider (dynamic dispatch, on the write and lifecycle
-//! paths only): a read never calls it.
+//! Only creation, attachment, removal, identification, the write lock and
+//! the facts about processes the engine asks for (a fresh hash seed, a
+//! process's start time, whether a process exists) go through the provider
+//! (dynamic dispatch, on the write and lifecycle paths only): a read never
+//! calls it.
 
 mod heap;
 mod sysv;
@@ -78,6 +80,13 @@ pub(crate) trait Provider: Send + Sync + fmt::Debug {
     ) -> Result<LockOpen>;
     /// The lock at `key`, if there is one (`KeyInUse` if it is not shmkv's).
     fn find_lock(&self, key: libc::key_t, name: &str) -> Result<Option<Lock>>;
+    /// A fresh hash seed for a new map (`/dev/urandom` for SysV).
+    fn random_seed(&self) -> u64;
+    /// Start time of process `pid` (what tells a reused pid apart: clock
+    /// ticks after boot for SysV), `None` if there is no such process.
+    fn process_start_time(&self, pid: u32) -> Option<u64>;
+    /// Whether process `pid` exists (`kill(pid, 0)` for SysV).
+    fn process_alive(&self, pid: u32) -> bool;
 }
 
 /// A map's writer lock, with the tag that names a creator between its

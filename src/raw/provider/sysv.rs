@@ -70,6 +70,18 @@ impl Provider for SysV {
     fn find_lock(&self, key: libc::key_t, name: &str) -> Result<Option<Lock>> {
         Ok(Semaphore::find(key, name)?.map(|s| Box::new(s) as Lock))
     }
+
+    fn random_seed(&self) -> u64 {
+        crate::hash::random_seed()
+    }
+
+    fn process_start_time(&self, pid: u32) -> Option<u64> {
+        sys::process_start_time(pid)
+    }
+
+    fn process_alive(&self, pid: u32) -> bool {
+        sys::process_alive(pid)
+    }
 }
 
 impl LockSet for Semaphore {

@@ -243,3 +243,84 @@ fn racing_open_or_create_makes_one_map() {
     m.destroy().unwrap();
     assert_eq!(k.objects(), (0, 0));
 }
+
+/// The root segment's bytes (no handle may be open).
+fn root_image(k: &HeapKernel, data_id: i32) -> Vec<u8> {
+    let ids: Vec<i32> = k
+        .segment_ids()
+        .into_iter()
+        .filter(|&i| i != data_id)
+        .collect();
+    assert_eq!(ids.len(), 1, "one root besides the data segment");
+    k.read(ids[0])
+}
+
+fn word_at(img: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(img[at..at + 8].try_into().unwrap())
+}
+
+/// Facts about processes come from the provider: a map made on a heap
+/// kernel records the kernel's start time for its creator (not one read
+/// from `/proc`), and takes its hash seed from the kernel (distinct per
+/// map, no `/dev/urandom`). Under Miri the old code stopped at the
+/// `open` of `/dev/urandom`.
+#[test]
+fn a_heap_map_takes_its_seed_and_creator_identity_from_the_kernel() {
+    use crate::raw::layout::RootHeader;
+    use std::mem::offset_of;
+    let k = HeapKernel::new();
+    let mut seeds = Vec::new();
+    for name in ["m1", "m2"] {
+        let m = k.create(name, &tiny()).unwrap();
+        let data = m.stats().unwrap().data_shmid;
+        drop(m);
+        let img = root_image(&k, data);
+        assert_eq!(
+            word_at(&img, offset_of!(RootHeader, creator_pid)),
+            u64::from(std::process::id())
+        );
+        assert_eq!(
+            word_at(&img, offset_of!(RootHeader, creator_start)),
+            super::heap::HEAP_START_TIME
+        );
+        seeds.push(word_at(&img, offset_of!(RootHeader, hash_seed)));
+        assert!(k.destroy_by_name(name, &Options::new()).unwrap());
+    }
+    assert_ne!(seeds[0], seeds[1], "each map its own seed");
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// A creator that died after marking its root (`ROOT_CREATING`) is told
+/// dead by the provider (its pid is not alive on the kernel), so
+/// `open_or_create` repairs the map; a live one (this process) is left
+/// alone with an error.
+#[test]
+fn a_dead_creator_is_told_apart_from_a_live_one_by_the_kernel() {
+    use crate::raw::layout::{RootHeader, ROOT_CREATING};
+    use std::mem::offset_of;
+    let k = HeapKernel::new();
+    let m = k.create("m", &tiny()).unwrap();
+    let data = m.stats().unwrap().data_shmid;
+    drop(m);
+    let root = k.segment_ids().into_iter().find(|&i| i != data).unwrap();
+    k.scribble(
+        root,
+        offset_of!(RootHeader, magic),
+        &ROOT_CREATING.to_le_bytes(),
+    );
+    // This process: alive, so the half-made map is not repaired.
+    let e = k.open_or_create("m", &tiny()).unwrap_err();
+    assert!(matches!(e, Error::Corrupted(_)), "{e}");
+    // Another pid: dead on this kernel, so the map is made afresh.
+    let other = u64::from(std::process::id()) + 1;
+    k.scribble(
+        root,
+        offset_of!(RootHeader, creator_pid),
+        &other.to_le_bytes(),
+    );
+    let m = k.open_or_create("m", &tiny()).unwrap();
+    m.insert(b"x", b"1").unwrap();
+    assert_eq!(m.len(), 1);
+    m.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
