@@ -1,0 +1,430 @@
+//! Adversarial review of today's changes (two-word pin, heap provider,
+//! read-only sleepers, read-only view back-off, replayed removes), over the
+//! heap provider: several handles on one `HeapKernel` stand for several
+//! processes. No SysV objects are made here.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shmkv::__private::HeapKernel;
+use shmkv::{Error, Options};
+
+fn tiny() -> Options {
+    Options::new().capacity(1).arena_size(4096u64)
+}
+
+/// The value of key `k` at write `n`: its bytes name both, so a torn or
+/// freed value does not pass the check.
+fn val(k: u8, n: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![k; len.max(9)];
+    v[1..9].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
+fn check(k: u8, v: &[u8]) -> u64 {
+    assert!(v.len() >= 9, "value too short: {}", v.len());
+    assert_eq!(v[0], k, "value of key {k} has key byte {}", v[0]);
+    assert!(v[9..].iter().all(|&b| b == k), "value of key {k} torn");
+    u64::from_le_bytes(v[1..9].try_into().unwrap())
+}
+
+/// Readers on one handle hold `Ref`s (plain, cloned, from views) across
+/// generation switches that another handle makes by growing and compacting;
+/// every held value stays intact (a freed heap region is reused by the
+/// next generation's allocation, so a premature reclaim shows up as a
+/// changed value), and everything is freed at the end.
+#[test]
+fn review_refs_survive_concurrent_switches() {
+    let k = HeapKernel::new();
+    let w = k.create("m", &tiny()).unwrap();
+    let r = k.open("m", &Options::new()).unwrap();
+    for i in 0..8u8 {
+        w.insert(&[i], &val(i, 0, 40)).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let reads = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..2u8 {
+            let (r, stop, reads) = (&r, &stop, &reads);
+            s.spawn(move || {
+                let mut held = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = ((n + u64::from(t)) % 8) as u8;
+                    if let Some(v) = r.get_ref(&[key]).unwrap() {
+                        check(key, &v);
+                        if n % 3 == 0 {
+                            held.push((key, v.clone()));
+                        }
+                        held.push((key, v));
+                    }
+                    if n % 7 == 0 {
+                        let es = r.entries().unwrap();
+                        for (kk, vv) in &es {
+                            check(kk[0], vv);
+                        }
+                        if let Some((kk, vv)) = es.into_iter().next() {
+                            held.push((kk[0], vv));
+                        }
+                    }
+                    if n % 11 == 0 {
+                        r.view(|v| {
+                            let a = v.get(&[key])?;
+                            if let Some(a) = &a {
+                                check(key, a);
+                            }
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                    for (kk, vv) in &held {
+                        check(*kk, vv);
+                    }
+                    if held.len() > 40 {
+                        // Drop from the front (oldest generations first)
+                        // and from the middle.
+                        held.drain(..10);
+                        held.remove(held.len() / 2);
+                    }
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+                for (kk, vv) in &held {
+                    check(*kk, vv);
+                }
+            });
+        }
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(4) {
+            n += 1;
+            let key = (n % 8) as u8;
+            w.insert(&[key], &val(key, n, 40 + (n % 300) as usize))
+                .unwrap();
+            if n % 50 == 0 {
+                w.compact().unwrap();
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(reads.load(Ordering::Relaxed) > 100);
+    // Everything released: one more read reclaims what is left.
+    for i in 0..8u8 {
+        check(i, &r.get(&[i]).unwrap().unwrap());
+    }
+    assert_eq!(r.stats().unwrap().mapped_generations, 1);
+    drop(r);
+    w.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+    assert_eq!(k.used_bytes(), 0);
+}
+
+/// A batch removes a key, moves to a new generation, re-inserts it, moves
+/// again, removes it again and moves a third time (commit); then again
+/// with the last operation an insert. The result must match a model, the
+/// counters must verify.
+#[test]
+fn review_remove_move_reinsert_move_remove() {
+    let k = HeapKernel::new();
+    let m = k.create("m", &tiny()).unwrap();
+    m.insert(b"victim", &val(1, 1, 100)).unwrap();
+    m.insert(b"other", &val(2, 1, 100)).unwrap();
+    // Fills the arena with garbage: each call forces a move within a batch.
+    let churn = |b: &mut shmkv::RawBatch<'_>, tag: u8| -> shmkv::Result<()> {
+        for i in 0..12 {
+            b.insert(&[b'c', tag], &val(tag, i, 700))?;
+        }
+        Ok(())
+    };
+    let gen0 = m.stats().unwrap().generation;
+    m.write(|b| {
+        assert!(b.remove(b"victim")?);
+        churn(b, 10)?;
+        assert_eq!(b.get(b"victim")?, None);
+        b.insert(b"victim", &val(1, 2, 50))?;
+        churn(b, 11)?;
+        assert_eq!(b.get(b"victim")?.map(<[u8]>::to_vec), Some(val(1, 2, 50)));
+        assert!(b.remove(b"victim")?);
+        assert!(!b.remove(b"victim")?, "removed twice");
+        churn(b, 12)?;
+        assert_eq!(b.get(b"victim")?, None);
+        // A key that the batch inserts and removes, never in the base.
+        b.insert(b"ghost", &val(3, 1, 60))?;
+        assert!(b.remove(b"ghost")?);
+        churn(b, 13)?;
+        Ok(())
+    })
+    .unwrap();
+    assert!(m.stats().unwrap().generation > gen0, "moved");
+    assert_eq!(m.get(b"victim").unwrap(), None);
+    assert_eq!(m.get(b"ghost").unwrap(), None);
+    assert_eq!(m.get(b"other").unwrap(), Some(val(2, 1, 100)));
+    // other + 4 churn keys
+    assert_eq!(m.len(), 5);
+    let rep = m.verify().unwrap();
+    assert!(rep.is_ok(), "{rep:?}");
+    // Now in place (no move): the stats must agree with the slots.
+    m.write(|b| {
+        b.insert(b"victim", &val(1, 3, 10))?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(m.len(), 6);
+    assert!(m.verify().unwrap().is_ok());
+    m.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// A batch whose only effect, after two moves, is the removal of a key the
+/// batch itself inserted (the replay stages removes of absent keys only):
+/// the map is unchanged apart from its generation; version and counters
+/// stay sane.
+#[test]
+fn review_batch_of_only_absent_removes_after_moves() {
+    let k = HeapKernel::new();
+    let m = k.create("m", &tiny()).unwrap();
+    m.insert(b"keep", &val(1, 1, 20)).unwrap();
+    let v0 = m.version();
+    m.write(|b| {
+        for i in 0..30u64 {
+            b.insert(b"tmp", &val(9, i, 900))?;
+        }
+        assert!(b.remove(b"tmp")?);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(m.get(b"tmp").unwrap(), None);
+    assert_eq!(m.len(), 1);
+    assert!(m.version() > v0);
+    let st = m.stats().unwrap();
+    assert_eq!((st.live, st.tombstones), (1, 0), "{st:?}");
+    assert!(m.verify().unwrap().is_ok());
+    m.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// `HeapKernel::with_limit`: a move that cannot get memory fails with
+/// `Full`, the map is unchanged, and no segment is left behind.
+#[test]
+fn review_move_failing_for_memory_leaves_nothing() {
+    let k = HeapKernel::with_limit(64 * 1024);
+    let m = k.create("m", &tiny()).unwrap();
+    m.insert(b"a", &val(1, 1, 100)).unwrap();
+    let before = (k.objects(), k.used_bytes());
+    let e = m
+        .write(|b| {
+            for i in 0..200u64 {
+                b.insert(&i.to_le_bytes(), &val(2, i, 900))?;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::Full { .. }), "{e:?}");
+    assert_eq!((k.objects(), k.used_bytes()), before);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m.get(b"a").unwrap(), Some(val(1, 1, 100)));
+    assert!(m.verify().unwrap().is_ok());
+    m.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// A read-only handle waits for a change (registering through a second,
+/// writable mapping of the root); a destroy wakes it with `NotFound`, and
+/// after it is dropped every object is gone (the second mapping does not
+/// keep the root alive).
+#[test]
+fn review_read_only_sleeper_and_destroy() {
+    let k = HeapKernel::new();
+    let w = k.create("m", &tiny()).unwrap();
+    let ro = k.open("m", &Options::new().read_only(true)).unwrap();
+    let v = ro.version();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| ro.wait_for_change(v, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(50));
+        w.insert(b"x", b"y").unwrap();
+        assert!(h.join().unwrap().unwrap().is_some());
+    });
+    let v = ro.version();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| ro.wait_for_change(v, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        w.destroy().unwrap();
+        let r = h.join().unwrap();
+        assert!(matches!(r, Err(Error::NotFound { .. })), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    });
+    drop(ro);
+    assert_eq!(k.objects(), (0, 0));
+    assert_eq!(k.used_bytes(), 0);
+}
+
+/// A read-only view under a writer that commits without pause: it returns
+/// (a result or `Busy`) within about the lock timeout, never hangs.
+#[test]
+fn review_read_only_view_under_constant_writes_returns() {
+    let k = HeapKernel::new();
+    let w = k.create("m", &tiny()).unwrap();
+    let ro = k
+        .open(
+            "m",
+            &Options::new()
+                .read_only(true)
+                .lock_timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    for i in 0..20u8 {
+        w.insert(&[i], &val(i, 0, 30)).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = (n % 20) as u8;
+                w.insert(&[key], &val(key, n, 30)).unwrap();
+            }
+        });
+        for _ in 0..5 {
+            let t = Instant::now();
+            let r = ro.view(|v| {
+                let mut sum = 0;
+                for i in 0..20u8 {
+                    if let Some(x) = v.get(&[i])? {
+                        check(i, &x);
+                        sum += 1;
+                    }
+                    // Slow closure: a write lands in between.
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Ok(sum)
+            });
+            assert!(matches!(r, Ok(20) | Err(Error::Busy { .. })), "{r:?}");
+            assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    drop(ro);
+    w.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
+
+/// Handles ("processes") that open_or_create, write, read and destroy the
+/// same map concurrently. Acceptable outcomes are `NotFound` (the map was
+/// destroyed under us) and `AlreadyExists`; never `Corrupted` or another
+/// error, and nothing is left once every handle is gone.
+#[test]
+fn review_lifecycle_races_on_one_name() {
+    let k = HeapKernel::new();
+    let opts = tiny().lock_timeout(Duration::from_secs(2));
+    let errors = std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new());
+    let note = |e: &Error| {
+        let name = format!("{e:?}");
+        let short = name.split(['{', '(', ' ']).next().unwrap().to_string();
+        let key = if matches!(e, Error::NotFound { .. } | Error::AlreadyExists { .. }) {
+            short
+        } else {
+            name
+        };
+        *errors.lock().unwrap().entry(key).or_default() += 1;
+    };
+    let start = Instant::now();
+    let (opened, ooc_notfound, ooc_lock_gone) =
+        (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for t in 0..3u8 {
+            let (k, opts, note) = (&k, &opts, &note);
+            let (opened, ooc_notfound, ooc_lock_gone) = (&opened, &ooc_notfound, &ooc_lock_gone);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while start.elapsed() < Duration::from_secs(3) {
+                    n += 1;
+                    let m = match k.open_or_create("m", opts) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            if let Error::NotFound { name } = &e {
+                                ooc_notfound.fetch_add(1, Ordering::Relaxed);
+                                if name != "m" {
+                                    ooc_lock_gone.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            note(&e);
+                            continue;
+                        }
+                    };
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    for i in 0..5u8 {
+                        if let Err(e) = m.insert(&[t, i], &val(i, n, 50)) {
+                            note(&e);
+                        }
+                        match m.get(&[t, i]) {
+                            Ok(Some(v)) => {
+                                check(i, &v);
+                            }
+                            Ok(None) => {}
+                            Err(e) => note(&e),
+                        }
+                    }
+                    if n % 3 == u64::from(t) {
+                        if let Err(e) = m.destroy() {
+                            note(&e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let _ = k.destroy_by_name("m", &opts);
+    let errors = errors.into_inner().unwrap();
+    eprintln!(
+        "{errors:?} opened {opened:?}, open_or_create NotFound {ooc_notfound:?} \
+         (of which a removed lock: {ooc_lock_gone:?})"
+    );
+    assert!(
+        errors
+            .keys()
+            .all(|k| k == "NotFound" || k == "AlreadyExists"),
+        "{errors:#?}"
+    );
+    assert_eq!(k.objects(), (0, 0));
+    assert_eq!(k.used_bytes(), 0);
+}
+
+/// `open_or_create` that waits for the lock while another handle destroys
+/// the map: the map no longer exists, so it should be created (or at worst
+/// a `NotFound` naming the map); it returns `NotFound { name: "(destroyed
+/// while open)" }` instead, the lock provider's placeholder (the error of
+/// `LockSet::acquire` is passed on unmapped by `Engine::connect`).
+#[test]
+fn review_open_or_create_waiting_on_a_destroyed_lock() {
+    let k = HeapKernel::new();
+    let opts = tiny().lock_timeout(Duration::from_secs(5));
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let a = k.open_or_create("m", &opts).unwrap();
+        let c = k.open("m", &opts).unwrap();
+        let r = std::thread::scope(|s| {
+            // `a` holds the lock for a while; `c` queues to destroy, then
+            // a third handle queues in open_or_create.
+            let hold = s.spawn(|| {
+                a.write(|_| {
+                    std::thread::sleep(Duration::from_millis(150));
+                    Ok(())
+                })
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            let d = s.spawn(move || c.destroy());
+            std::thread::sleep(Duration::from_millis(20));
+            let r = k.open_or_create("m", &opts).map(drop);
+            hold.join().unwrap().unwrap();
+            d.join().unwrap().unwrap();
+            r
+        });
+        drop(a);
+        seen.push(format!("{r:?}"));
+        let _ = k.destroy_by_name("m", &opts);
+    }
+    assert_eq!(k.objects(), (0, 0));
+    assert!(seen.iter().all(|r| r == "Ok(())"), "{seen:#?}");
+}
