@@ -428,3 +428,173 @@ fn review_open_or_create_waiting_on_a_destroyed_lock() {
     assert_eq!(k.objects(), (0, 0));
     assert!(seen.iter().all(|r| r == "Ok(())"), "{seen:#?}");
 }
+
+/// The read path writes no shared memory (house rule; under SysV a
+/// read-only handle's mapping is read-only, but `HeapKernel::attach`
+/// ignores `read_only`, so over the heap only a byte comparison can tell):
+/// every read operation of a read-only and of a read-write handle leaves
+/// every segment's bytes as they were.
+#[test]
+fn review_reads_write_no_shared_memory() {
+    let k = HeapKernel::new();
+    let w = k.create("m", &tiny()).unwrap();
+    for i in 0..30u8 {
+        w.insert(&[i], &val(i, 1, 60)).unwrap();
+    }
+    w.remove(&[3]).unwrap();
+    let ro = k.open("m", &Options::new().read_only(true)).unwrap();
+    let snapshot = |k: &HeapKernel| {
+        k.segment_ids()
+            .into_iter()
+            .map(|id| (id, k.read(id)))
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot(&k);
+    for m in [&ro, &w] {
+        for i in 0..32u8 {
+            let _ = m.get(&[i]).unwrap();
+            let _ = m.get_ref(&[i]).unwrap();
+            let _ = m.contains_key(&[i]).unwrap();
+        }
+        let _ = m.len();
+        let _ = m.version();
+        let _ = m.entries().unwrap();
+        m.view(|v| {
+            let _ = v.get(&[1])?;
+            v.entries()
+        })
+        .map(drop)
+        .unwrap();
+        let _ = m.stats().unwrap();
+        assert!(m.verify().unwrap().is_ok());
+        // A wait that times out registers and leaves again.
+        let v = m.version();
+        assert_eq!(
+            m.wait_for_change(v, Duration::from_millis(5)).unwrap(),
+            None
+        );
+    }
+    let after = snapshot(&k);
+    for ((id, a), (_, b)) in before.iter().zip(&after) {
+        let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+        assert!(diff.is_empty(), "segment {id}: bytes {diff:?} changed");
+    }
+    drop(ro);
+    w.destroy().unwrap();
+}
+
+/// Nested pins of one thread across switches: a `Ref` taken before a
+/// switch, one whose read made this handle switch (its pin holds the old
+/// and the new generation), clones of both, views; dropped in every
+/// order, each generation stays mapped exactly while something holds it.
+#[test]
+fn review_nested_refs_across_switches_release_in_any_order() {
+    let k = HeapKernel::new();
+    let a = k.create("m", &tiny()).unwrap();
+    let b = k.open("m", &Options::new()).unwrap();
+    a.insert(b"x", &val(1, 1, 30)).unwrap();
+    let g1 = b.stats().unwrap().data_shmid;
+    let r1 = b.get_ref(b"x").unwrap().unwrap();
+    a.insert(b"x", &val(1, 2, 30)).unwrap();
+    a.compact().unwrap();
+    // This read switches `b`: its pin follows `current` (two holds).
+    let r2 = b.get_ref(b"x").unwrap().unwrap();
+    let g2 = b.stats().unwrap().data_shmid;
+    assert_ne!(g1, g2);
+    let r2c = r2.clone();
+    a.insert(b"x", &val(1, 3, 30)).unwrap();
+    a.compact().unwrap();
+    let (e3, g3) = b
+        .view(|v| Ok((v.get(b"x")?.unwrap(), 0)))
+        .map(|(r, _)| (r, b.stats().unwrap().data_shmid))
+        .unwrap();
+    let e3c = e3.clone();
+    assert_eq!(check(1, &r1), 1);
+    assert_eq!(check(1, &r2), 2);
+    assert_eq!(check(1, &e3), 3);
+    let mapped = |k: &HeapKernel| {
+        let ids = k.segment_ids();
+        [g1, g2, g3].map(|g| ids.contains(&g))
+    };
+    assert_eq!(mapped(&k), [true, true, true]);
+    drop(r2);
+    drop(r1);
+    // r2c still holds g1 (its pin followed from g1 to g2).
+    let _ = b.get(b"x").unwrap();
+    assert_eq!(mapped(&k), [true, true, true]);
+    drop(r2c);
+    let _ = b.get(b"x").unwrap();
+    // The view's pin followed from g2 to g3: its `Ref`s hold both.
+    assert_eq!(mapped(&k), [false, true, true], "g1 released");
+    drop(e3);
+    assert_eq!(check(1, &e3c), 3);
+    assert_eq!(mapped(&k), [false, true, true]);
+    drop(e3c);
+    let _ = b.get(b"x").unwrap();
+    assert_eq!(mapped(&k), [false, false, true], "g2 released");
+    let _ = b.get(b"x").unwrap();
+    assert_eq!(b.stats().unwrap().mapped_generations, 1);
+    drop(b);
+    a.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
+
+struct Held(
+    std::cell::RefCell<Vec<shmkv::Ref<'static, [u8]>>>,
+    &'static shmkv::RawMap,
+);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Runs after the library's thread-local (registered later) is gone:
+        // pins taken here use records of their own; a read here may switch.
+        let m = self.1;
+        let extra = m.get_ref(b"x").unwrap().unwrap();
+        let c = extra.clone();
+        for r in self.0.borrow().iter() {
+            check(1, r);
+        }
+        self.0.borrow_mut().clear();
+        check(1, &c);
+    }
+}
+
+thread_local! {
+    static HELD: std::cell::OnceCell<Held> = const { std::cell::OnceCell::new() };
+}
+
+/// A thread's `Ref`s (one of them with two holds, taken by a switching
+/// read) outlive the library's thread-local; the thread's later
+/// destructor reads again. Every generation is released after the thread
+/// exits, and the pin records are reused by later threads.
+#[test]
+fn review_refs_in_thread_local_destructors_are_released() {
+    let k = HeapKernel::new();
+    let a = k.create("m", &tiny()).unwrap();
+    let b: &'static shmkv::RawMap = Box::leak(Box::new(k.open("m", &Options::new()).unwrap()));
+    a.insert(b"x", &val(1, 1, 30)).unwrap();
+    let a: &'static shmkv::RawMap = Box::leak(Box::new(a));
+    for round in 0..20u64 {
+        // `join` (not a scope) returns after the thread's thread-local
+        // destructors ran.
+        std::thread::spawn(move || {
+            HELD.with(|h| {
+                let h = h.get_or_init(|| Held(Default::default(), b));
+                h.0.borrow_mut().push(b.get_ref(b"x").unwrap().unwrap());
+                a.insert(b"x", &val(1, round + 2, 30)).unwrap();
+                a.compact().unwrap();
+                // Switches: two holds.
+                h.0.borrow_mut().push(b.get_ref(b"x").unwrap().unwrap());
+                a.compact().unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+        let _ = b.get(b"x").unwrap();
+        assert_eq!(b.stats().unwrap().mapped_generations, 1, "round {round}");
+    }
+    let _ = b.get(b"x").unwrap();
+    assert_eq!(b.stats().unwrap().mapped_generations, 1);
+    assert_eq!(k.objects().0, 2, "the root and the generation in force");
+    assert!(k.destroy_by_name("m", &Options::new()).unwrap());
+}
