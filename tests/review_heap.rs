@@ -598,3 +598,43 @@ fn review_refs_in_thread_local_destructors_are_released() {
     assert_eq!(k.objects().0, 2, "the root and the generation in force");
     assert!(k.destroy_by_name("m", &Options::new()).unwrap());
 }
+
+/// Two writers ("processes") on one map, one of them in a tight loop: the
+/// other's writes must get the lock within the lock timeout, as they do
+/// over SysV, where `semop`'s release hands the semaphore to the queued
+/// waiter (see `review_sysv_second_writer_is_not_starved`). The heap lock
+/// lets the releasing writer take it straight back (`release` only
+/// notifies; a woken waiter finds it held again).
+#[test]
+fn review_second_writer_is_not_starved() {
+    let k = HeapKernel::new();
+    let opts = tiny().lock_timeout(Duration::from_millis(500));
+    let a = k.create("m", &opts).unwrap();
+    let b = k.open("m", &opts).unwrap();
+    let stop = AtomicBool::new(false);
+    let (mut ok, mut timeouts) = (0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                a.insert(&[(n % 8) as u8], &val(1, n, 20)).unwrap();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        for i in 0..10u64 {
+            match b.insert(b"b", &val(2, i, 20)) {
+                Ok(()) => ok += 1,
+                Err(Error::LockTimeout { .. }) => timeouts += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    drop(b);
+    a.destroy().unwrap();
+    assert_eq!(
+        timeouts, 0,
+        "{ok} writes got the lock, {timeouts} timed out"
+    );
+}
