@@ -638,3 +638,39 @@ fn review_second_writer_is_not_starved() {
         "{ok} writes got the lock, {timeouts} timed out"
     );
 }
+
+/// `destroy_by_name` queued on the lock behind a `destroy`: the map is
+/// gone when it gets its turn, so "nothing removed" (`Ok(false)`) is the
+/// documented answer; it returns `NotFound { name: "(destroyed while
+/// open)" }` instead (same cause as
+/// `review_open_or_create_waiting_on_a_destroyed_lock`).
+#[test]
+fn review_destroy_by_name_waiting_on_a_destroyed_lock() {
+    let k = HeapKernel::new();
+    let opts = tiny().lock_timeout(Duration::from_secs(5));
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let a = k.create("m", &opts).unwrap();
+        let c = k.open("m", &opts).unwrap();
+        let r = std::thread::scope(|s| {
+            let hold = s.spawn(|| {
+                a.write(|_| {
+                    std::thread::sleep(Duration::from_millis(150));
+                    Ok(())
+                })
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            let d = s.spawn(move || c.destroy());
+            std::thread::sleep(Duration::from_millis(20));
+            let r = k.destroy_by_name("m", &opts);
+            hold.join().unwrap().unwrap();
+            d.join().unwrap().unwrap();
+            r
+        });
+        drop(a);
+        seen.push(format!("{r:?}"));
+        let _ = k.destroy_by_name("m", &opts);
+        assert_eq!(k.objects(), (0, 0));
+    }
+    assert!(seen.iter().all(|r| r == "Ok(false)"), "{seen:#?}");
+}
