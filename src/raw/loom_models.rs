@@ -362,6 +362,50 @@ fn loom_a_reclaim_request_is_not_lost() {
     });
 }
 
+/// Model 4c (review): clones of a pin that followed `current` (boxed
+/// holds, `HOLD_MORE`) against a switch. The reader pins, takes the
+/// generation, clones the pin, lets the clone follow `current` (two holds
+/// if the switch came in between), clones the clone, then drops the pins
+/// in an order that leaves only the last clone: every generation any of
+/// them returned stays unreclaimed while that clone lives, and once it
+/// drops, the retired generation is reclaimed.
+#[test]
+fn loom_review_clones_of_a_followed_pin_against_a_switch() {
+    model(
+        "loom_review_clones_of_a_followed_pin_against_a_switch",
+        || {
+            USED_AFTER_RECLAIM.store(0, std::sync::atomic::Ordering::Relaxed);
+            let gens = Arc::new(Gens::new(gen(1)));
+            let r = {
+                let gens = gens.clone();
+                thread::spawn(move || {
+                    let p = gens.pin();
+                    let a: *const TestGen = p.current();
+                    let q = p.clone();
+                    drop(p);
+                    let b: *const TestGen = q.current();
+                    let c = q.clone();
+                    drop(q);
+                    // SAFETY: loom keeps reclaimed generations alive (the
+                    // graveyard); `access` flags a use after reclaim.
+                    let (n, m) = unsafe { ((*a).access(), (*b).access()) };
+                    let held = c.current_held().map(|g| g.access());
+                    drop(c);
+                    (n, m, held)
+                })
+            };
+            gens.install(gen(2));
+            let (n, m, held) = r.join().unwrap();
+            let used = USED_AFTER_RECLAIM.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(used, 0, "generation {used} used after reclaim");
+            assert!(m >= n, "pins saw {n}, {m}");
+            assert!(held.is_none_or(|h| h == m), "held {held:?}, followed {m}");
+            gens.reclaim();
+            assert_eq!(gens.mapped(), 1, "the retired generation was not reclaimed");
+        },
+    );
+}
+
 /// Model 5: recovery. A writer stops after committing a two-key batch and
 /// applying only the first slot (the second left odd); a second writer runs
 /// recovery while a reader takes a view. The reader sees the old or the new
