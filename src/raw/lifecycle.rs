@@ -288,27 +288,43 @@ impl Engine {
             };
         }
         let geometry = opts.geometry()?;
-        // Creation is serialised by the map's lock, which is created first.
-        let (sem, created_sem) = match p.open_lock(key, true, opts.mode, opts.lock_timeout, name)? {
-            LockOpen::CreatedAndHeld(s) => (s, true),
-            LockOpen::Existing(s) => {
-                s.acquire(opts.lock_timeout)?;
-                (s, false)
+        // A destroy can remove the lock this call waits on, or the map it
+        // just made or found, at any moment: then the map is not there any
+        // more, and making it is still this call's job. Bounded, in case
+        // another process destroys it again and again.
+        for _ in 0..100 {
+            // Creation is serialised by the map's lock, which is created first.
+            let (sem, created_sem) =
+                match p.open_lock(key, true, opts.mode, opts.lock_timeout, name)? {
+                    LockOpen::CreatedAndHeld(s) => (s, true),
+                    LockOpen::Existing(s) => match s.acquire(opts.lock_timeout) {
+                        Ok(()) => (s, false),
+                        // Removed while we waited: a destroy ran.
+                        Err(Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    },
+                };
+            let result = Engine::create_locked(&*p, name, key, opts, mode, geometry, &*sem);
+            if result.is_err() && created_sem {
+                // Nothing of ours is at the key: do not leave a lock behind.
+                sem.remove();
+            } else {
+                let _ = sem.release();
             }
-        };
-        let result = Engine::create_locked(&*p, name, key, opts, mode, geometry, &*sem);
-        if result.is_err() && created_sem {
-            // Nothing of ours is at the key: do not leave a lock behind.
-            sem.remove();
-        } else {
-            let _ = sem.release();
+            return match result? {
+                Some(()) => match Engine::open_existing(p.clone(), name, key, opts) {
+                    // Destroyed between our lock's release and the open.
+                    Err(Error::NotFound { .. }) => continue,
+                    r => r,
+                },
+                None => Err(Error::AlreadyExists {
+                    name: name.to_string(),
+                }),
+            };
         }
-        match result? {
-            Some(()) => Engine::open_existing(p, name, key, opts),
-            None => Err(Error::AlreadyExists {
-                name: name.to_string(),
-            }),
-        }
+        Err(Error::NotFound {
+            name: name.to_string(),
+        })
     }
 
     /// With the lock held: makes sure a complete map is at `key`. Returns
@@ -520,6 +536,13 @@ impl Engine {
         }
         let sem = match p.open_lock(key, false, opts.mode, opts.lock_timeout, name) {
             Ok(LockOpen::Existing(s) | LockOpen::CreatedAndHeld(s)) => s,
+            // A destroy marks the root before it removes the lock: then the
+            // map was destroyed while we opened it.
+            Err(Error::NotFound { .. }) if root::state(r) == RootState::Destroyed => {
+                return Err(Error::NotFound {
+                    name: name.to_string(),
+                })
+            }
             Err(Error::NotFound { .. }) => {
                 return Err(Error::corrupted(format!(
                     "the lock of map {name:?} is missing"
@@ -562,7 +585,13 @@ impl Engine {
         let key = opts.key_for(name)?;
         let sem = p.find_lock(key, name)?;
         if let Some(s) = &sem {
-            s.acquire(opts.lock_timeout)?;
+            match s.acquire(opts.lock_timeout) {
+                Ok(()) => {}
+                // Removed while we waited: another destroy ran; whatever
+                // is at the key now is not what this call was asked about.
+                Err(Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
         }
         // Released on every exit; harmless once the set is removed.
         let _release = Undo(sem.as_ref().map(|s| {
