@@ -407,13 +407,17 @@ fn review_open_or_create_waiting_on_a_destroyed_lock() {
         let r = std::thread::scope(|s| {
             // `a` holds the lock for a while; `c` queues to destroy, then
             // a third handle queues in open_or_create.
-            let hold = s.spawn(|| {
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let a = &a;
+            let hold = s.spawn(move || {
                 a.write(|_| {
+                    held_tx.send(()).unwrap();
                     std::thread::sleep(Duration::from_millis(150));
                     Ok(())
                 })
             });
-            std::thread::sleep(Duration::from_millis(20));
+            // `a` holds the lock before the destroyer queues.
+            held_rx.recv().unwrap();
             let d = s.spawn(move || c.destroy());
             std::thread::sleep(Duration::from_millis(20));
             let r = k.open_or_create("m", &opts).map(drop);
@@ -653,13 +657,17 @@ fn review_destroy_by_name_waiting_on_a_destroyed_lock() {
         let a = k.create("m", &opts).unwrap();
         let c = k.open("m", &opts).unwrap();
         let r = std::thread::scope(|s| {
-            let hold = s.spawn(|| {
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let a = &a;
+            let hold = s.spawn(move || {
                 a.write(|_| {
+                    held_tx.send(()).unwrap();
                     std::thread::sleep(Duration::from_millis(150));
                     Ok(())
                 })
             });
-            std::thread::sleep(Duration::from_millis(20));
+            // `a` holds the lock before the destroyer queues.
+            held_rx.recv().unwrap();
             let d = s.spawn(move || c.destroy());
             std::thread::sleep(Duration::from_millis(20));
             let r = k.destroy_by_name("m", &opts);

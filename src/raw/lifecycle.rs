@@ -518,6 +518,17 @@ impl Engine {
                         .and_then(|s| s.creating_root_pid())
                         .is_some_and(|pid| p.stat(root_id, name).is_ok_and(|i| i.cpid == pid));
                     if !ours {
+                        // The creator stored its marker (and dropped the
+                        // tag) between our two looks: look again.
+                        if root::state(r) != RootState::Foreign {
+                            continue;
+                        }
+                        // Its creation failed and removed it: no map.
+                        if p.stat(root_id, name).map_or(true, |i| i.key != key) {
+                            return Err(Error::NotFound {
+                                name: name.to_string(),
+                            });
+                        }
                         return Err(foreign_segment(key, root_id, name));
                     }
                     if sys::passed(deadline) {

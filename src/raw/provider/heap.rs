@@ -394,6 +394,11 @@ impl Provider for HeapKernel {
         name: &str,
     ) -> Result<LockOpen> {
         let mut r = locked(&self.reg);
+        // A lock being removed (flagged, not yet out of the registry) is
+        // gone already, as a removed SysV set is for `semget`.
+        if r.locks.get(&key).is_some_and(|l| locked(&l.state).removed) {
+            r.locks.remove(&key);
+        }
         if let Some(l) = r.locks.get(&key) {
             return Ok(LockOpen::Existing(Box::new(self.lock_ref(key, l.clone()))));
         }
@@ -419,6 +424,7 @@ impl Provider for HeapKernel {
         let r = locked(&self.reg);
         Ok(r.locks
             .get(&key)
+            .filter(|l| !locked(&l.state).removed)
             .map(|l| Box::new(self.lock_ref(key, l.clone())) as Lock))
     }
 
