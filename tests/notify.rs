@@ -9,6 +9,15 @@ use common::{arg, results, role, spawn, Cleanup, KillOnDrop};
 use shmkv::__private::futex_wakes;
 use shmkv::{Options, RawMap};
 
+/// The tests of this binary run one at a time: `futex_wakes()` counts the
+/// wake calls of the whole process, so one test's writes would show up in
+/// another's count.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -21,6 +30,7 @@ fn monotonic_ns() -> u64 {
 
 #[test]
 fn a_waiter_in_another_process_wakes_within_milliseconds() {
+    let _serial = serial();
     if role().as_deref() == Some("waiter") {
         let ro = std::env::var("READ_ONLY").is_ok();
         let m = RawMap::open(&arg("MAP"), &Options::new().read_only(ro)).unwrap();
@@ -58,6 +68,7 @@ fn a_waiter_in_another_process_wakes_within_milliseconds() {
 
 #[test]
 fn waiting_times_out_and_writes_without_waiters_make_no_wake_calls() {
+    let _serial = serial();
     let c = Cleanup::new("notify-timeout");
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     let v = m.version();
@@ -107,6 +118,7 @@ fn waiting_times_out_and_writes_without_waiters_make_no_wake_calls() {
 /// writes make no wake system call.
 #[test]
 fn a_sleeper_killed_while_waiting_stops_costing_writers_wake_calls() {
+    let _serial = serial();
     if role().as_deref() == Some("sleeper") {
         let ro = std::env::var("READ_ONLY").is_ok();
         let m = RawMap::open(&arg("MAP"), &Options::new().read_only(ro)).unwrap();
@@ -151,6 +163,7 @@ fn a_sleeper_killed_while_waiting_stops_costing_writers_wake_calls() {
 /// whose after state every read returns.
 #[test]
 fn sleepers_wake_when_a_writer_dies_after_its_commit() {
+    let _serial = serial();
     if role().as_deref() == Some("crasher") {
         let m = RawMap::open(&arg("MAP"), &Options::new()).unwrap();
         shmkv::__private::arm(shmkv::__private::CrashPoint::AfterCommit, 0);
@@ -189,6 +202,7 @@ fn sleepers_wake_when_a_writer_dies_after_its_commit() {
 /// through a handle of the destroyed map name it.
 #[test]
 fn waiters_of_a_destroyed_map_get_not_found() {
+    let _serial = serial();
     let c = Cleanup::new("notify-destroy");
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     let rw = RawMap::open(&c.name, &c.opts).unwrap();
@@ -242,6 +256,7 @@ fn voluntary_switches() -> i64 {
 /// at once through the futex.
 #[test]
 fn a_read_only_waiter_sleeps_in_the_kernel_and_is_woken() {
+    let _serial = serial();
     let c = Cleanup::new("ro-sleep");
     let w = RawMap::create(&c.name, &Options::new()).unwrap();
     let ro = RawMap::open(&c.name, &Options::new().read_only(true)).unwrap();
