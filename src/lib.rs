@@ -145,7 +145,7 @@ pub use key::{Key, KeyBytes};
 pub use map::{Batch, Checkable, Loadable, ShmMap, Storable, View};
 pub use options::{key_from_name, Options};
 pub use raw::batch::RawBatch;
-pub use raw::lifecycle::{list_maps, MapListing, MapState};
+pub use raw::listing::{list_maps, MapListing, MapState};
 pub use raw::reference::{Entry, Ref};
 pub use raw::verify::VerifyReport;
 pub use raw::view::RawView;

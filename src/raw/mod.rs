@@ -11,6 +11,7 @@ pub(crate) mod geometry;
 pub(crate) mod hooks;
 pub(crate) mod layout;
 pub(crate) mod lifecycle;
+pub(crate) mod listing;
 pub(crate) mod lock;
 #[cfg(all(test, loom))]
 mod loom_models;

@@ -11,14 +11,15 @@ use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 
-use super::{Lock, LockOpen, LockSet, Provider, Removal, Segment, ShmInfo};
+use super::heap_lock::{HeapLock, LockState};
+use super::{Lock, LockOpen, Provider, Removal, Segment, ShmInfo};
 use crate::error::{Error, Result};
 use crate::sys::procfs::ShmRow;
-use crate::sys::{deadline_after, IPC_PRIVATE};
+use crate::sys::IPC_PRIVATE;
 
 /// A zero-filled, 4096-byte aligned heap buffer.
 #[derive(Debug)]
@@ -75,29 +76,11 @@ struct HeapSegment {
     removed: bool,
 }
 
-/// A map's lock in the registry.
-#[derive(Debug)]
-struct HeapLock {
-    id: i32,
-    state: Mutex<LockState>,
-    freed: Condvar,
-}
-
 #[derive(Debug, Default)]
-struct LockState {
-    held: bool,
-    /// The pid of the last operation (like `GETPID`).
-    pid: i32,
-    /// The creator-of-the-root tag.
-    creating: Option<i32>,
-    removed: bool,
-}
-
-#[derive(Debug, Default)]
-struct Registry {
+pub(super) struct Registry {
     next_id: i32,
     segments: BTreeMap<i32, HeapSegment>,
-    locks: BTreeMap<libc::key_t, Arc<HeapLock>>,
+    pub(super) locks: BTreeMap<libc::key_t, Arc<HeapLock>>,
     /// Bytes of all segments not yet freed.
     used: u64,
     limit: u64,
@@ -120,7 +103,7 @@ pub(crate) const HEAP_START_TIME: u64 = 1;
 /// on the same kernel (clones share it). For tests and fuzzing.
 #[derive(Debug, Clone)]
 pub struct HeapKernel {
-    reg: Arc<Mutex<Registry>>,
+    pub(super) reg: Arc<Mutex<Registry>>,
 }
 
 impl Default for HeapKernel {
@@ -129,7 +112,7 @@ impl Default for HeapKernel {
     }
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the registry leaves it consistent (every
     // update is a single insert, remove or field store).
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -215,7 +198,7 @@ impl HeapKernel {
     }
 }
 
-fn not_found(name: &str) -> Error {
+pub(super) fn not_found(name: &str) -> Error {
     Error::NotFound {
         name: name.to_string(),
     }
@@ -450,133 +433,6 @@ impl Provider for HeapKernel {
     }
 }
 
-/// A handle's reference to a lock of the registry.
-#[derive(Debug)]
-struct HeapLockRef {
-    lock: Arc<HeapLock>,
-    key: libc::key_t,
-    reg: Arc<Mutex<Registry>>,
-}
-
-impl HeapKernel {
-    fn lock_ref(&self, key: libc::key_t, lock: Arc<HeapLock>) -> HeapLockRef {
-        HeapLockRef {
-            lock,
-            key,
-            reg: self.reg.clone(),
-        }
-    }
-}
-
-impl HeapLockRef {
-    fn op(&self) -> MutexGuard<'_, LockState> {
-        let mut s = locked(&self.lock.state);
-        s.pid = std::process::id() as i32;
-        s
-    }
-}
-
-impl LockSet for HeapLockRef {
-    fn mark_creating_root(&self, _name: &str) -> Result<()> {
-        self.op().creating = Some(std::process::id() as i32);
-        Ok(())
-    }
-
-    fn unmark_creating_root(&self, _name: &str) -> Result<()> {
-        self.op().creating = None;
-        Ok(())
-    }
-
-    fn creating_root_pid(&self) -> Option<i32> {
-        locked(&self.lock.state).creating
-    }
-
-    fn acquire(&self, timeout: Duration) -> Result<()> {
-        let start = Instant::now();
-        let deadline = deadline_after(timeout);
-        let mut s = locked(&self.lock.state);
-        loop {
-            if s.removed {
-                return Err(not_found("(destroyed while open)"));
-            }
-            if !s.held {
-                s.held = true;
-                s.pid = std::process::id() as i32;
-                return Ok(());
-            }
-            let wait = match deadline {
-                None => Duration::from_secs(3600),
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => {
-                        return Err(Error::LockTimeout {
-                            waited: start.elapsed(),
-                            holder_pid: Some(s.pid),
-                        })
-                    }
-                },
-            };
-            s = self
-                .lock
-                .freed
-                .wait_timeout(s, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn try_acquire(&self) -> Result<bool> {
-        let mut s = locked(&self.lock.state);
-        if s.removed {
-            return Err(not_found("(destroyed while open)"));
-        }
-        if s.held {
-            return Ok(false);
-        }
-        s.held = true;
-        s.pid = std::process::id() as i32;
-        Ok(true)
-    }
-
-    fn release(&self) -> Result<()> {
-        let mut s = self.op();
-        if s.removed {
-            return Err(not_found("(destroyed while open)"));
-        }
-        s.held = false;
-        drop(s);
-        self.lock.freed.notify_one();
-        Ok(())
-    }
-
-    fn value(&self) -> Option<i32> {
-        let s = locked(&self.lock.state);
-        (!s.removed).then_some(i32::from(!s.held))
-    }
-
-    fn last_pid(&self) -> Option<i32> {
-        let s = locked(&self.lock.state);
-        (!s.removed && s.pid != 0).then_some(s.pid)
-    }
-
-    fn remove(&self) {
-        self.op().removed = true;
-        self.lock.freed.notify_all();
-        // Lock order: a lock's state is never held while taking the registry.
-        let mut r = locked(&self.reg);
-        if r.locks
-            .get(&self.key)
-            .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
-        {
-            r.locks.remove(&self.key);
-        }
-    }
-
-    fn id(&self) -> i32 {
-        self.lock.id
-    }
-}
-
 /// Maps on heap memory: the same engine as over SysV, with this kernel as
 /// the provider.
 impl HeapKernel {
@@ -602,7 +458,7 @@ impl HeapKernel {
 
     /// [`list_maps`](crate::list_maps) on this kernel.
     pub fn list_maps(&self) -> Result<Vec<crate::MapListing>> {
-        crate::raw::lifecycle::list_maps_in(Arc::new(self.clone()))
+        crate::raw::listing::list_maps_in(Arc::new(self.clone()))
     }
 }
 

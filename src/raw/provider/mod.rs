@@ -16,6 +16,7 @@
 //! calls it.
 
 mod heap;
+mod heap_lock;
 mod sysv;
 
 use std::fmt;

@@ -1,0 +1,175 @@
+//! Output of the `shmkv` command: keys given as text or base64, bytes as
+//! JSON, the lock's state, `stat`'s counters.
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use shmkv::Stats;
+
+use crate::fail::{fail, Fail};
+
+/// The key argument as bytes: its text, or base64 with `--key-b64`.
+pub(crate) fn key_bytes(key: &str, b64: bool) -> Result<Vec<u8>, Fail> {
+    if !b64 {
+        return Ok(key.as_bytes().to_vec());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|e| fail("usage", format!("--key-b64 {key:?}: {e}")).code(2))
+}
+
+/// How messages name a key: as given on the command line.
+pub(crate) fn key_label(key: &str, b64: bool) -> String {
+    if b64 {
+        format!("key (base64) {key:?}")
+    } else {
+        format!("key {key:?}")
+    }
+}
+
+/// Exit 4: `key` is not in map `name`.
+pub(crate) fn key_not_found(name: &str, key: &str, b64: bool) -> Fail {
+    fail(
+        "key_not_found",
+        format!("map {name:?}: {} not found", key_label(key, b64)),
+    )
+    .about(name)
+    .code(4)
+}
+
+/// A JSON result `{"map": name, "op": op, "key" or "key_b64": .., more}`.
+pub(crate) fn key_result(name: &str, op: &str, key: &[u8], more: &[(&str, Value)]) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("map".into(), name.into());
+    o.insert("op".into(), op.into());
+    bytes_json(&mut o, "key", key);
+    for (k, v) in more {
+        o.insert((*k).into(), v.clone());
+    }
+    Value::Object(o)
+}
+
+/// The lock as `stat` and `ls` show it. "free" only when the kernel says
+/// the lock is free; a held lock whose holder is unknown says so.
+pub(crate) fn lock_text(s: &Stats) -> String {
+    match (s.lock_held, s.lock_pid) {
+        (true, Some(p)) => format!("held by pid {p}"),
+        (true, None) => "held (holder unknown)".into(),
+        (false, Some(_)) => "free".into(),
+        // `Stats` reads the value and the pid with the same permission: no
+        // pid is a set never operated, or a value that could not be read.
+        (false, None) => {
+            // SAFETY: GETVAL takes no further argument; any semid is safe
+            // to pass (a wrong one fails with EINVAL).
+            let v = unsafe { libc::semctl(s.semid, 0, libc::GETVAL) };
+            match v {
+                1.. => "free".into(),
+                0 => "held (holder unknown)".into(),
+                _ => format!("unknown ({})", std::io::Error::last_os_error()),
+            }
+        }
+    }
+}
+
+/// Bytes as JSON: a UTF-8 string under `field`, else base64 under `field_b64`.
+pub(crate) fn bytes_json(obj: &mut serde_json::Map<String, Value>, field: &str, b: &[u8]) {
+    match std::str::from_utf8(b) {
+        Ok(s) => obj.insert(field.into(), Value::String(s.into())),
+        Err(_) => obj.insert(
+            format!("{field}_b64"),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
+    };
+}
+
+/// The JSON type of `v`, for messages.
+pub(crate) fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `field` (a UTF-8 string) or `field_b64` (base64) of a dump line.
+pub(crate) fn json_bytes(obj: &Value, field: &str) -> Result<Vec<u8>, String> {
+    let b64 = format!("{field}_b64");
+    match (obj.get(field), obj.get(&b64)) {
+        (Some(Value::String(s)), None) => Ok(s.as_bytes().to_vec()),
+        (None, Some(Value::String(b))) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| format!("{b64}: {e}")),
+        (Some(_), Some(_)) => Err(format!("both {field} and {b64} given; give one")),
+        (None, None) => Err(format!("missing \"{field}\" or \"{b64}\"")),
+        (Some(v), None) => Err(format!(
+            "{field} must be a string or {b64} (base64), not {}",
+            json_type(v)
+        )),
+        (None, Some(v)) => Err(format!(
+            "{b64} must be a base64 string, not {}",
+            json_type(v)
+        )),
+    }
+}
+
+pub(crate) fn stats_json(s: &Stats) -> Value {
+    json!({
+        "name": s.name, "key": s.key, "generation": s.generation, "capacity": s.capacity,
+        "entries": s.live, "tombstones": s.tombstones, "arena_size": s.arena_size,
+        "arena_used": s.arena_used, "garbage_bytes": s.garbage_bytes,
+        "segment_size": s.segment_size, "version": s.version, "attached": s.attached,
+        "attached_includes_self": true,
+        "lock_held": s.lock_held, "lock_pid": s.lock_pid, "lock": lock_text(s),
+        "root_shmid": s.root_shmid,
+        "data_shmid": s.data_shmid, "semid": s.semid, "stale_segments": s.stale_segments,
+        "schema": s.schema, "wake_every_write": s.wake_every_write,
+    })
+}
+
+pub(crate) fn print_stats(s: &Stats) {
+    let lock = lock_text(s);
+    println!("name        {}", s.name);
+    println!("key         {:#010x}", s.key);
+    println!("entries     {}", s.live);
+    println!("version     {}", s.version);
+    println!("generation  {}", s.generation);
+    println!("slots       {} ({} tombstones)", s.capacity, s.tombstones);
+    println!(
+        "arena       {} of {} bytes used, {} garbage",
+        s.arena_used, s.arena_size, s.garbage_bytes
+    );
+    println!(
+        "segment     {} bytes (data shmid {}, root shmid {})",
+        s.segment_size, s.data_shmid, s.root_shmid
+    );
+    // This shmkv has the map open too: say so rather than leave it to guess.
+    println!(
+        "attached    {} (this shmkv included: {} without it)",
+        s.attached,
+        s.attached.saturating_sub(1)
+    );
+    println!("lock        {lock} (semid {})", s.semid);
+    if s.wake_every_write {
+        println!("wakes       on every write (read-only waiters sleep in the kernel)");
+    }
+    if let Some(schema) = &s.schema {
+        println!("schema      {schema} (typed: put/load need --raw)");
+    }
+    if !s.stale_segments.is_empty() {
+        println!("stale       {}", stale_text(&s.stale_segments));
+    }
+}
+
+/// The `stale` line: retired segments another user's writer could not remove.
+pub(crate) fn stale_text(ids: &[i32]) -> String {
+    format!(
+        "{} retired segment(s) left for a process allowed to remove them (shmid {})",
+        ids.len(),
+        ids.iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
