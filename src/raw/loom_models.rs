@@ -338,6 +338,82 @@ fn loom_generation_switch_against_a_reader() {
     });
 }
 
+/// A real `Generation` for model 4c: its table over loom atomics (boxed:
+/// loom's atomics cannot be laid over segment memory), its `seg` a segment
+/// of the heap provider, attached and marked for removal as the engine
+/// does, so that dropping the generation (a reclaim) detaches it through
+/// the provider. The segment also keeps the table's memory alive.
+fn heap_generation(k: &super::provider::HeapKernel, number: u64) -> Box<super::gens::Generation> {
+    use super::provider::{Provider, Segment};
+    let id = k
+        .get(crate::sys::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600, "m")
+        .unwrap()
+        .unwrap();
+    let mapped = k.attach(id, false, "m").unwrap();
+    k.remove(id).unwrap();
+    let (table, storage) = LoomTable::new(4, 64).into_parts();
+    table.header().generation.store(number, Ordering::SeqCst);
+    let (base, len) = (mapped.base(), mapped.len());
+    // SAFETY: `mapped` (moved into the new segment) keeps the heap region
+    // of `len` bytes at `base` mapped until the segment drops.
+    let seg = unsafe { Segment::new(id, base, len, Box::new((mapped, storage))) };
+    Box::new(super::gens::Generation {
+        word: number,
+        number,
+        table,
+        seg,
+    })
+}
+
+/// Model 4c: model 4 on the library's own `Generation` type over the heap
+/// provider: the reader pins, reads the generation (its number and its
+/// table's header), pins again (nested) across the writer's `install`,
+/// and reads the outer generation again; every access checks that the
+/// generation was not reclaimed (a reclaim poisons its header). After the
+/// threads, a reclaim leaves one generation mapped, and dropping the
+/// handle detaches every segment through the provider (the kernel is
+/// empty).
+#[test]
+fn loom_generation_switch_over_the_heap_provider() {
+    use super::gens::loom_check::USED_AFTER_RECLAIM as USED;
+    model("loom_generation_switch_over_the_heap_provider", || {
+        USED.store(0, std::sync::atomic::Ordering::Relaxed);
+        let k = super::provider::HeapKernel::new();
+        let gens = Arc::new(Gens::new(heap_generation(&k, 1)));
+        // Built before the threads start (as `new_generation` runs before
+        // `publish`): only the install races with the reader.
+        let second = heap_generation(&k, 2);
+        let r = {
+            let gens = gens.clone();
+            thread::spawn(move || {
+                let outer = gens.pin();
+                let a = outer.current();
+                let n = a.number();
+                assert_eq!(a.table.header().generation.load(Ordering::SeqCst), n);
+                let inner = gens.pin();
+                let m = inner.current().number();
+                drop(inner);
+                let again = a.number();
+                drop(outer);
+                (n, m, again)
+            })
+        };
+        gens.install(second);
+        let (n, m, again) = r.join().unwrap();
+        let used = USED.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(used, 0, "generation {used} used after reclaim");
+        assert!(m >= n && again == n, "pins saw {n}, {m}, {again}");
+        gens.reclaim();
+        assert_eq!(gens.mapped(), 1, "the retired generation was not reclaimed");
+        drop(
+            Arc::try_unwrap(gens)
+                .ok()
+                .expect("the reader's handle is gone"),
+        );
+        assert_eq!(k.objects(), (0, 0), "a segment was not detached");
+    });
+}
+
 /// Model 4b: a reclaim that finds the reclaim lock held is not lost. The
 /// main thread holds a pin on generation 1, installs generation 2 (1 stays,
 /// pinned), then unpins (which reclaims) while another thread reclaims
@@ -515,6 +591,16 @@ fn loom_weakenings_are_caught() {
             Weaken::PinCount,
             "loom_generation_switch_against_a_reader",
             "model 4, nested pin not counted",
+        ),
+        (
+            Weaken::PinDerefFirst,
+            "loom_generation_switch_over_the_heap_provider",
+            "model 4c (real Generation over the heap provider), generation read before the pin is published",
+        ),
+        (
+            Weaken::PinFence,
+            "loom_generation_switch_over_the_heap_provider",
+            "model 4c (real Generation over the heap provider), pin fence",
         ),
         (
             Weaken::ReclaimAgain,

@@ -380,6 +380,14 @@ pub(crate) struct LoomTable {
 
 #[cfg(all(loom, test))]
 impl LoomTable {
+    /// The table, and what keeps its memory alive (to be dropped after it).
+    pub(crate) fn into_parts(self) -> (Table, Box<dyn Send + Sync>) {
+        (
+            self.table,
+            Box::new((self._header, self._slots, self._arena)),
+        )
+    }
+
     pub(crate) fn new(capacity: u64, arena_size: u64) -> LoomTable {
         let header = Box::new(DataHeader::zeroed());
         let slots: Box<[Slot]> = (0..capacity).map(|_| Slot::zeroed()).collect();

@@ -60,7 +60,41 @@ pub(crate) trait Numbered {
 
 impl Numbered for Generation {
     fn number(&self) -> u64 {
+        #[cfg(loom)]
+        loom_check::access(self);
         self.number
+    }
+    /// Under loom a reclaimed generation is kept (not dropped) so that a
+    /// use after reclaim is a failed check instead of a use after free:
+    /// its table header's generation word is poisoned, and every `number()`
+    /// checks it.
+    #[cfg(loom)]
+    fn reclaimed(&self) {
+        loom_check::poison(self);
+    }
+}
+
+/// Use-after-reclaim checks of real `Generation`s in the loom models.
+#[cfg(loom)]
+pub(crate) mod loom_check {
+    use super::Generation;
+    use crate::sync::Ordering;
+
+    /// The header's generation word of a reclaimed generation.
+    const POISON: u64 = u64::MAX;
+    /// Set (to the generation's number) when an access finds it reclaimed;
+    /// loom runs a model's threads on one OS thread, a plain std atomic.
+    pub(crate) static USED_AFTER_RECLAIM: std::sync::atomic::AtomicU64 =
+        std::sync::atomic::AtomicU64::new(0);
+
+    pub(crate) fn access(g: &Generation) {
+        if g.table.header().generation.load(Ordering::SeqCst) == POISON {
+            USED_AFTER_RECLAIM.store(g.number, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn poison(g: &Generation) {
+        g.table.header().generation.store(POISON, Ordering::SeqCst);
     }
 }
 
