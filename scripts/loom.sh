@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the loom models (src/raw/loom_models.rs) and checks that each planted
+# Runs the loom models (src/raw/loom_models/) and checks that each planted
 # weakening makes its model fail. LOOM_MAX_PREEMPTIONS defaults to 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
