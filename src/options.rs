@@ -179,7 +179,7 @@ impl Options {
     /// something scribbled over. Applies to `get`, `get_ref`,
     /// `get_archived`, `contains_key`, views and `entries` of this handle.
     /// Off by default: a read then costs nothing more than one branch;
-    /// on, it hashes the key and value once more (see DESIGN-write.md for
+    /// on, it hashes the key and value once more (see DESIGN.md "Records (arena)" for
     /// the measured cost). [`RawMap::verify`](crate::RawMap::verify) always
     /// checks every record.
     pub fn verify_reads(mut self, on: bool) -> Options {

@@ -115,7 +115,7 @@ fn damaged_header_counters_refuse_writes_and_lose_nothing() {
         for reseal in [false, true] {
             // `view_seq` is not under the check word; an in-range value (0)
             // planted with a matching check word is indistinguishable from
-            // a real one without a scan (out of scope: see DESIGN-write.md).
+            // a real one without a scan (out of scope: see DESIGN.md "Threat model").
             if reseal && (word == off::VIEW_SEQ || bad == 0) {
                 continue;
             }

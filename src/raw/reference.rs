@@ -77,7 +77,7 @@ pub type Entry<'m> = (Ref<'m, [u8]>, Ref<'m, [u8]>);
 
 #[cfg(test)]
 mod tests {
-    /// A `Ref` is a fat pointer and a two-word pin (DESIGN-perf.md).
+    /// A `Ref` is a fat pointer and a two-word pin (DESIGN.md "Reclamation", the pin's shape).
     #[test]
     fn a_ref_is_four_words() {
         assert_eq!(

@@ -34,7 +34,7 @@ const _: () = assert!(std::mem::align_of::<Holds>() > HOLD_SLOT | HOLD_MORE);
 /// `Result<Option<Ref>>` through the caller's stack; with a bigger pin the
 /// compiler copies it in 16-byte pieces that straddle the 8-byte stores
 /// that wrote it (store-to-load forwarding stalls), on the path from one
-/// read's unpin to the next read's pin (DESIGN-perf.md).
+/// read's unpin to the next read's pin (DESIGN.md "Reclamation", the pin's shape).
 pub(crate) struct Pin<'g, G: Numbered = Generation> {
     gens: &'g Gens<G>,
     /// What the pin holds: the address of the record of its first hold

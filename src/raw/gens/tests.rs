@@ -217,7 +217,7 @@ fn a_fork_child_does_not_inherit_held_locks_or_pins() {
     });
 }
 
-/// A pin is two words (DESIGN-perf.md: a bigger pin is copied through the
+/// A pin is two words (DESIGN.md "Reclamation": a bigger pin is copied through the
 /// stack in pieces that stall store-to-load forwarding on every read).
 #[test]
 fn a_pin_is_two_words() {
