@@ -27,10 +27,16 @@ impl Engine {
         if !self.read_only {
             return Some(self.root());
         }
-        let seg = self
-            .waiter_root
-            .get_or_init(|| self.provider.attach(self.root.id, false, &self.name).ok())
-            .as_ref()?;
+        if self.waiter_root.get().is_none() {
+            // Only a refusal is final; another failure is tried again at
+            // the next wait (a racing thread's mapping wins, ours drops).
+            match self.provider.attach(self.root.id, false, &self.name) {
+                Ok(seg) => drop(self.waiter_root.set(Some(seg))),
+                Err(Error::PermissionDenied { .. }) => drop(self.waiter_root.set(None)),
+                Err(_) => return None,
+            }
+        }
+        let seg = self.waiter_root.get()?.as_ref()?;
         // SAFETY: the segment is this handle's root (validated at open),
         // mapped by `seg`, which lives as long as `self`.
         unsafe { root::root_at(seg.base(), seg.len()) }

@@ -89,6 +89,8 @@ pub(super) struct Registry {
     kernel_no: u64,
     /// Seeds handed out so far.
     seeds: u64,
+    /// Attaches still to fail (a transient error, for tests).
+    failing_attaches: u32,
 }
 
 /// Kernels made so far in this process.
@@ -152,6 +154,12 @@ impl HeapKernel {
     /// Bytes of the segments not yet freed.
     pub fn used_bytes(&self) -> u64 {
         locked(&self.reg).used
+    }
+
+    /// Makes the next `n` attaches fail with an I/O error (`EAGAIN`), as a
+    /// transient failure of the kernel would: for tests of error paths.
+    pub fn fail_next_attaches(&self, n: u32) {
+        locked(&self.reg).failing_attaches = n;
     }
 
     /// Overwrites bytes of segment `id` at `offset` (clipped to the
@@ -339,6 +347,10 @@ impl Provider for HeapKernel {
 
     fn attach(&self, id: i32, _read_only: bool, name: &str) -> Result<Segment> {
         let mut r = locked(&self.reg);
+        if r.failing_attaches > 0 {
+            r.failing_attaches -= 1;
+            return Err(Error::os("shmat", Errno::EAGAIN as i32));
+        }
         let s = r.segments.get_mut(&id).ok_or_else(|| not_found(name))?;
         s.nattch += 1;
         let region = s.region.clone();

@@ -324,3 +324,37 @@ fn a_dead_creator_is_told_apart_from_a_live_one_by_the_kernel() {
     m.destroy().unwrap();
     assert_eq!(k.objects(), (0, 0));
 }
+
+/// A transient failure to map the root writable (for registering as a
+/// sleeper) is tried again at the next wait: only a refusal makes a
+/// read-only handle poll for good (from the review).
+#[test]
+fn a_transient_attach_failure_does_not_make_a_read_only_waiter_poll_for_good() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let k = HeapKernel::new();
+    let w = k.create("m", &tiny()).unwrap();
+    let ro = k.open("m", &Options::new().read_only(true)).unwrap();
+    let since = ro.version();
+    k.fail_next_attaches(1);
+    assert_eq!(
+        ro.wait_for_change(since, Duration::from_millis(20))
+            .unwrap(),
+        None
+    );
+    let before = crate::sys::FUTEX_WAKES.load(Ordering::Relaxed);
+    let r = std::thread::scope(|s| {
+        let t = s.spawn(|| ro.wait_for_change(since, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(100));
+        w.insert(b"k", b"v").unwrap();
+        t.join().unwrap()
+    });
+    assert!(r.unwrap().is_some());
+    assert!(
+        crate::sys::FUTEX_WAKES.load(Ordering::Relaxed) > before,
+        "the read-only waiter did not register: the writer made no wake call"
+    );
+    drop(ro);
+    w.destroy().unwrap();
+    assert_eq!(k.objects(), (0, 0));
+}
