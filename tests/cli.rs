@@ -13,7 +13,7 @@ use shmkv::__private::{data_offsets, root_offsets};
 use shmkv::{Options, RawMap, ShmMap};
 
 fn shmkv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shmkv"))
+    Command::new(common::shmkv_bin())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -203,7 +203,7 @@ fn permission_denied_for_another_user() {
     }
     let c = Cleanup::new("cli-perm");
     let _m = RawMap::create(&c.name, &c.opts).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_shmkv"))
+    let out = Command::new(common::shmkv_bin())
         .args(["stat", &c.name])
         .uid(65534)
         .gid(65534)
@@ -224,7 +224,7 @@ fn watch_prints_versions_and_changed_keys() {
     m.insert(b"a", b"1").unwrap();
     m.insert(b"b", b"1").unwrap();
     let mut w = KillOnDrop(Some(
-        Command::new(env!("CARGO_BIN_EXE_shmkv"))
+        Command::new(common::shmkv_bin())
             .args(["watch", &c.name, "--count", "2", "--idle-timeout", "20"])
             .stdout(Stdio::piped())
             .spawn()
@@ -261,7 +261,7 @@ fn watch_lines_cover_exactly_their_versions() {
     m.insert(b"x3", b"same").unwrap();
     let start = m.version();
     let mut w = KillOnDrop(Some(
-        Command::new(env!("CARGO_BIN_EXE_shmkv"))
+        Command::new(common::shmkv_bin())
             .args([
                 "--json",
                 "watch",

@@ -410,7 +410,7 @@ fn destroy_by_name_needs_the_stored_name() {
     }
 
     // The CLI does not fall back to destroy_by_name on a NameMismatch.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shmkv"))
+    let out = std::process::Command::new(common::shmkv_bin())
         .args(["--sysv-key", &key.to_string(), "destroy", &typo, "--yes"])
         .stdin(std::process::Stdio::null())
         .output()

@@ -163,7 +163,7 @@ fn another_user_grows_and_compacts_a_0666_map() {
     assert!(perms(s0.data_shmid).is_some());
     // The CLI shows it.
     for cmd in ["stat", "verify"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_shmkv"))
+        let out = Command::new(common::shmkv_bin())
             .args([cmd, &c.name])
             .output()
             .unwrap();

@@ -106,7 +106,7 @@ fn the_cli_refuses_put_into_a_typed_map_without_raw() {
     let c = Cleanup::new("schema-cli");
     let m: ShmMap<str, u64> = ShmMap::create(&c.name, &c.opts).unwrap();
     m.insert("k", &5).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_shmkv"))
+    let out = Command::new(common::shmkv_bin())
         .args(["put", &c.name, "k", "x"])
         .output()
         .unwrap();
@@ -114,7 +114,7 @@ fn the_cli_refuses_put_into_a_typed_map_without_raw() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("typed") && err.contains("--raw"), "{err}");
     assert_eq!(m.get("k").unwrap(), Some(5));
-    let out = Command::new(env!("CARGO_BIN_EXE_shmkv"))
+    let out = Command::new(common::shmkv_bin())
         .args(["put", "--raw", &c.name, "k2", "x"])
         .output()
         .unwrap();
@@ -123,7 +123,7 @@ fn the_cli_refuses_put_into_a_typed_map_without_raw() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stat = Command::new(env!("CARGO_BIN_EXE_shmkv"))
+    let stat = Command::new(common::shmkv_bin())
         .args(["stat", &c.name])
         .output()
         .unwrap();
