@@ -13,10 +13,13 @@
 //! every process and removes the map.
 
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use shmkv::{Options, ShmMap};
+
+#[path = "signals/mod.rs"]
+mod signals;
+use signals::{exit_code, stop_on_signals, stopped};
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
 struct Backend {
@@ -189,42 +192,5 @@ struct Destroy<'a>(&'a str);
 impl Drop for Destroy<'_> {
     fn drop(&mut self) {
         let _ = shmkv::RawMap::destroy_by_name(self.0, &Options::new());
-    }
-}
-
-/// Set by SIGINT/SIGTERM; every loop of the example checks it.
-static STOP: AtomicBool = AtomicBool::new(false);
-/// The signal that set [`STOP`].
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::Relaxed);
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// SIGINT (Ctrl-C) and SIGTERM set [`STOP`] instead of ending the process
-/// at once, so that the loops end and the drop guards remove the map.
-fn stop_on_signals() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to atomics (async-signal-safe).
-        unsafe { sigaction(sig, &action) }.expect("sigaction");
-    }
-}
-
-fn stopped() -> bool {
-    STOP.load(Ordering::Relaxed)
-}
-
-/// 0, or 128 + the signal that stopped the example (as a shell reports it).
-fn exit_code() -> i32 {
-    match SIGNAL.load(Ordering::Relaxed) {
-        0 => 0,
-        sig => 128 + sig,
     }
 }

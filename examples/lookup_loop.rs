@@ -6,9 +6,12 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use shmkv::{Options, RawMap, ShmMap};
+
+#[path = "signals/mod.rs"]
+mod signals;
+use signals::{exit_code, stop_on_signals, stopped};
 
 fn key(i: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -82,42 +85,5 @@ fn lookup(
                 .expect("present")[0],
         ),
         _ => u64::from(s.get(&k[..]).expect("present")[0]),
-    }
-}
-
-/// Set by SIGINT/SIGTERM; the lookup loop checks it.
-static STOP: AtomicBool = AtomicBool::new(false);
-/// The signal that set [`STOP`].
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::Relaxed);
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// SIGINT (Ctrl-C) and SIGTERM set [`STOP`] instead of ending the process
-/// at once, so that the loop ends and the drop guard removes the map.
-fn stop_on_signals() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to atomics (async-signal-safe).
-        unsafe { sigaction(sig, &action) }.expect("sigaction");
-    }
-}
-
-fn stopped() -> bool {
-    STOP.load(Ordering::Relaxed)
-}
-
-/// 0, or 128 + the signal that stopped the example (as a shell reports it).
-fn exit_code() -> i32 {
-    match SIGNAL.load(Ordering::Relaxed) {
-        0 => 0,
-        sig => 128 + sig,
     }
 }
