@@ -148,7 +148,7 @@ impl Readers {
             .all(|c| matches!(c.try_wait(), Ok(Some(_))))
         {
             if stopped() && !told {
-                self.terminate();
+                signals::terminate(&self.0);
                 told = true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -162,26 +162,11 @@ impl Readers {
         }
         Ok(())
     }
-
-    fn terminate(&self) {
-        for c in &self.0 {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-    }
 }
 
 impl Drop for Readers {
     fn drop(&mut self) {
-        self.terminate();
-        let end = Instant::now() + Duration::from_secs(2);
-        for c in &mut self.0 {
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        signals::stop(&mut self.0);
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shmkv::{Options, ShmMap};
 
@@ -116,7 +116,7 @@ impl Workers {
             .all(|c| matches!(c.try_wait(), Ok(Some(_))))
         {
             if stopped() && !told {
-                self.terminate();
+                signals::terminate(&self.0);
                 told = true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -131,26 +131,11 @@ impl Workers {
         }
         Ok(outs)
     }
-
-    fn terminate(&self) {
-        for c in &self.0 {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-    }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        self.terminate();
-        let end = Instant::now() + Duration::from_secs(2);
-        for c in &mut self.0 {
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        signals::stop(&mut self.0);
     }
 }
 
