@@ -268,13 +268,10 @@ impl<G: Numbered> Pin<'_, G> {
     /// pin lives (the pin takes a further hold if `current` moved).
     #[inline]
     pub(crate) fn current(&self) -> &G {
-        let c = self.gens.current.load(Ordering::Acquire);
-        if c == self.newest() {
-            // SAFETY: `c` is named by one of this pin's slots, so it stays
-            // mapped while the pin lives (PINNED-STAYS-MAPPED).
-            return unsafe { &*c };
+        match self.current_held() {
+            Some(g) => g,
+            None => self.follow(),
         }
-        self.follow()
     }
 
     #[cold]
