@@ -278,6 +278,26 @@ impl Drop for Kids {
     }
 }
 
+/// Set by SIGINT/SIGTERM in the parent: the next wait for children panics,
+/// which kills them and removes the maps (the guards' `Drop`).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as *const () as libc::sighandler_t,
+            )
+        };
+    }
+}
+
 /// Removes a map (all its SysV objects) when dropped, also on panic.
 struct MapGuard(String);
 
@@ -314,13 +334,20 @@ impl Kids {
     fn collect(mut self, limit: Duration) -> Vec<Value> {
         let t = Instant::now();
         loop {
-            if self
-                .0
-                .iter_mut()
-                .all(|c| matches!(c.try_wait(), Ok(Some(_))))
-            {
+            let mut done = true;
+            for c in &mut self.0 {
+                match c.try_wait() {
+                    Ok(Some(st)) => assert!(st.success(), "child {} failed: {st}", c.id()),
+                    _ => done = false,
+                }
+            }
+            if done {
                 break;
             }
+            assert!(
+                !INTERRUPTED.load(Ordering::Relaxed),
+                "interrupted (SIGINT/SIGTERM)"
+            );
             assert!(t.elapsed() < limit, "a child ran past {limit:?}");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -1381,6 +1408,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    catch_signals();
     let cfg = cfg();
     let t = Instant::now();
     let mut out = Out::new();
