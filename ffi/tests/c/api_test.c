@@ -234,15 +234,27 @@ int main(void) {
     CHECK(shmkv_get(reader, S("after-crash"), (uint8_t *)buf, sizeof buf, &len) == SHMKV_OK);
     CHECK(shmkv_insert(reader, S("x"), S("y")) == SHMKV_E_READ_ONLY);
 
-    /* Destroy: other handles see NOT_FOUND. A reference taken before keeps
-     * its bytes. */
+    /* Destroy: other handles see NOT_FOUND. References taken before keep
+     * their bytes, also one whose handle was closed first. */
     CHECK(shmkv_get_ref(reader, S("after-crash"), &r, &p, &len) == SHMKV_OK);
+    ShmkvMap *reader2 = NULL;
+    CHECK(shmkv_open(NAME, &ro, 0, &reader2) == SHMKV_OK);
+    ShmkvRef *r2 = NULL;
+    const uint8_t *p2 = NULL;
+    size_t len2 = 0;
+    CHECK(shmkv_get_ref(reader2, S("a"), &r2, &p2, &len2) == SHMKV_OK);
+    shmkv_close(reader2);
     CHECK(shmkv_destroy(m) == SHMKV_OK);
     CHECK(shmkv_get(reader, S("after-crash"), (uint8_t *)buf, sizeof buf, &len) == SHMKV_E_NOT_FOUND);
     CHECK(len == 2 && memcmp(p, "ok", 2) == 0);
+    CHECK(len2 == 7 && memcmp(p2, "batch-a", 7) == 0);
+    shmkv_ref_release(r2);
     shmkv_ref_release(r);
     shmkv_close(reader);
     shmkv_close(NULL);
+    shmkv_ref_release(NULL);
+    shmkv_snapshot_free(NULL);
+    shmkv_string_free(NULL);
     CHECK(shmkv_open(NAME, &o, 0, &m) == SHMKV_E_NOT_FOUND);
 
     printf("c api test: all checks passed (%s, library %s)\n", NAME, shmkv_library_version());
