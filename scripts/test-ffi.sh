@@ -32,7 +32,7 @@ if ! diff -u ffi/include/shmkv.h "$fresh"; then
     exit 1
 fi
 
-echo "== build libshmkv (release)"
+echo "== build libshmkv_ffi (release)"
 cargo build --release -p shmkv-ffi --quiet
 LIB=$ROOT/target/release
 
@@ -40,13 +40,13 @@ echo "== C: ffi/tests/c/api_test.c"
 out=$(mktemp -d)
 trap 'rm -rf "$out" "$fresh"' EXIT
 cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -I ffi/include ffi/tests/c/api_test.c \
-    -L "$LIB" -lshmkv -Wl,-rpath,"$LIB" -o "$out/api_test"
+    -L "$LIB" -lshmkv_ffi -Wl,-rpath,"$LIB" -o "$out/api_test"
 "$out/api_test"
-echo "== C, linked statically (libshmkv.a)"
+echo "== C, linked statically (libshmkv_ffi.a)"
 cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -I ffi/include ffi/tests/c/api_test.c \
-    "$LIB/libshmkv.a" -lpthread -ldl -lm -o "$out/api_test_static"
+    "$LIB/libshmkv_ffi.a" -lpthread -ldl -lm -o "$out/api_test_static"
 "$out/api_test_static"
 
 echo "== PHP: bindings/php/tests"
-export SHMKV_LIB=$LIB/libshmkv.so
+export SHMKV_FFI_LIB=$LIB/libshmkv_ffi.so
 php -d ffi.enable=1 -d apc.enable_cli=1 bindings/php/tests/run.php

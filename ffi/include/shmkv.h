@@ -1,4 +1,4 @@
-/* shmkv: a hash map in SysV shared memory. C API (libshmkv.so / libshmkv.a). */
+/* shmkv: a hash map in SysV shared memory. C API (libshmkv_ffi.so / libshmkv_ffi.a). */
 
 #ifndef SHMKV_H
 #define SHMKV_H

@@ -4,7 +4,7 @@
 // sem_release, and shm_get_var alone), APCu (apcu_fetch), a PHP array, and
 // one bare FFI call (strlen: the floor of any FFI binding).
 //
-// Usage: SHMKV_LIB=target/release/libshmkv.so \
+// Usage: SHMKV_FFI_LIB=target/release/libshmkv_ffi.so \
 //        php -d ffi.enable=1 -d apc.enable_cli=1 -d apc.shm_size=256M bindings/php/bench/get.php [entries...]
 // Measures: warm throughput (the same keys replayed, in cache), uniform
 // random keys, 16-byte keys and 64-byte values; ns per get = median of 7

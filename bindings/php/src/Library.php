@@ -7,15 +7,15 @@ namespace Shmkv;
 use FFI;
 
 /**
- * Loads libshmkv through PHP's FFI, once per process.
+ * Loads libshmkv_ffi through PHP's FFI, once per process.
  *
  * The declarations come from the C header (ffi/include/shmkv.h) with its
  * preprocessor lines removed (PHP's FFI parser takes declarations only);
  * the status codes come from its #define lines, so the PHP side never
  * keeps a copy of them.
  *
- * Where the library is: the `SHMKV_LIB` environment variable, else
- * `libshmkv.so` through the system's search path. Where the header is:
+ * Where the library is: the `SHMKV_FFI_LIB` environment variable, else
+ * `libshmkv_ffi.so` through the system's search path. Where the header is:
  * `SHMKV_HEADER`, else the copy next to this package in the repository
  * (`ffi/include/shmkv.h`).
  */
@@ -29,7 +29,7 @@ final class Library
     public static function ffi(): FFI
     {
         if (self::$ffi === null) {
-            self::load(getenv('SHMKV_LIB') ?: 'libshmkv.so', getenv('SHMKV_HEADER') ?: null);
+            self::load(getenv('SHMKV_FFI_LIB') ?: 'libshmkv_ffi.so', getenv('SHMKV_HEADER') ?: null);
         }
         return self::$ffi;
     }
@@ -81,7 +81,7 @@ final class Library
         } catch (FFI\Exception $e) {
             throw new ShmkvException(
                 "cannot load $library: {$e->getMessage()} (build it with "
-                . "`cargo build --release -p shmkv-ffi` and set SHMKV_LIB to target/release/libshmkv.so)",
+                . "`cargo build --release -p shmkv-ffi` and set SHMKV_FFI_LIB to target/release/libshmkv_ffi.so)",
                 0,
                 $e,
             );

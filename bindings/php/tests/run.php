@@ -1,6 +1,6 @@
 <?php
 // The PHP library's tests: `php -d ffi.enable=1 bindings/php/tests/run.php`
-// (scripts/test-ffi.sh runs it with SHMKV_LIB pointing at the built
+// (scripts/test-ffi.sh runs it with SHMKV_FFI_LIB pointing at the built
 // library). Every function named test_* in tests/*Test.php runs; each
 // failed check prints where and why; the exit code is the number of failed
 // tests (0 = all passed). Maps made by a test are destroyed afterwards,

@@ -3,7 +3,7 @@
  * callbacks that commit or abort, and a writer killed inside a callback.
  *
  * Built and run by scripts/test-ffi.sh: cc -Wall -Werror against
- * ffi/include/shmkv.h and libshmkv.so. Exits non-zero on the first failed
+ * ffi/include/shmkv.h and libshmkv_ffi.so. Exits non-zero on the first failed
  * check; the map it made is destroyed by an atexit handler in any case. */
 #include <signal.h>
 #include <stdint.h>
