@@ -8,6 +8,7 @@ ROOT=$PWD
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
+command -v valgrind >/dev/null || need_apt+=(valgrind)
 if ! command -v php >/dev/null || ! php -m | grep -qx FFI; then
     need_apt+=(php8.2-cli)
 fi
@@ -42,6 +43,9 @@ trap 'rm -rf "$out" "$fresh"' EXIT
 cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -I ffi/include ffi/tests/c/api_test.c \
     -L "$LIB" -lshmkv_ffi -Wl,-rpath,"$LIB" -o "$out/api_test"
 "$out/api_test"
+echo "== C, under valgrind (memory errors and definite leaks fail the run)"
+valgrind -q --error-exitcode=9 --leak-check=full --show-possibly-lost=no --errors-for-leak-kinds=definite \
+    "$out/api_test"
 echo "== C, linked statically (libshmkv_ffi.a)"
 cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -I ffi/include ffi/tests/c/api_test.c \
     "$LIB/libshmkv_ffi.a" -lpthread -ldl -lm -o "$out/api_test_static"

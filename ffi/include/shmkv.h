@@ -86,6 +86,11 @@
 // [`SHMKV_E_EXISTS`] if the map exists.
 #define SHMKV_EXCL 2
 
+// A batch held open across calls (`shmkv_batch_begin`): the map's write
+// lock is held until `shmkv_batch_commit` or `shmkv_batch_abort` (or
+// `shmkv_close` of its map handle, which aborts it).
+typedef struct ShmkvBatch ShmkvBatch;
+
 // An open map. Close with `shmkv_close` (or consume with `shmkv_destroy`).
 typedef struct ShmkvMap ShmkvMap;
 
@@ -174,13 +179,17 @@ int32_t shmkv_open(const char *name,
 
 // Closes a handle (detaches; the map stays in the kernel). `NULL` is
 // ignored. References and snapshots still held keep the mapping alive.
+// Batches of this handle still open are aborted (nothing of them is
+// applied) and freed: their handles become invalid.
 //
 // # Safety
-// `m` is `NULL` or a handle from `shmkv_open`, not used after this call.
+// `m` is `NULL` or a handle from `shmkv_open`, not used after this call;
+// called on the thread that began its open batches, if any.
 void shmkv_close(struct ShmkvMap *m);
 
 // Removes the map from the kernel (segments and lock) and closes the
-// handle, whatever the result. Other processes' handles get
+// handle, whatever the result (aborting its open batches, as
+// `shmkv_close`). Other processes' handles get
 // `SHMKV_E_NOT_FOUND` on their next call.
 //
 // # Safety
@@ -295,6 +304,62 @@ int32_t shmkv_txn_get(struct ShmkvTxn *t,
                       size_t key_len,
                       const uint8_t **value,
                       size_t *value_len);
+
+// Takes the write lock and opens a batch on `m`: stage with
+// `shmkv_batch_insert`/`_remove`, read it with `shmkv_batch_get`, then
+// `shmkv_batch_commit` (one atomic, crash-safe write) or
+// `shmkv_batch_abort` (nothing). Other writers wait meanwhile. A batch
+// still open when its handle is closed is aborted. Calls on a batch are
+// made on the thread that began it; one thread has at most one open write
+// per map (`SHMKV_E_NESTED_WRITE`).
+//
+// # Safety
+// `m` is an open handle; `batch_out` valid for a write.
+int32_t shmkv_batch_begin(const struct ShmkvMap *m, struct ShmkvBatch **batch_out);
+
+// Stages `key = value` in an open batch.
+//
+// # Safety
+// `b` is an open batch; `key`/`value` valid for their lengths.
+int32_t shmkv_batch_insert(struct ShmkvBatch *b,
+                           const uint8_t *key,
+                           size_t key_len,
+                           const uint8_t *value,
+                           size_t value_len);
+
+// Stages the removal of `key`: `SHMKV_OK` if it was there (as the batch
+// sees the map), `SHMKV_MISSING` if not.
+//
+// # Safety
+// As `shmkv_batch_insert`.
+int32_t shmkv_batch_remove(struct ShmkvBatch *b, const uint8_t *key, size_t key_len);
+
+// The value of `key` as the open batch sees the map (its own staged
+// writes included): valid until the next call on the batch.
+// `SHMKV_MISSING` if absent.
+//
+// # Safety
+// As `shmkv_batch_insert`; the out-pointers valid for writes.
+int32_t shmkv_batch_get(struct ShmkvBatch *b,
+                        const uint8_t *key,
+                        size_t key_len,
+                        const uint8_t **value,
+                        size_t *value_len);
+
+// Applies everything staged as one atomic, crash-safe write, releases
+// the lock and frees the batch (also when the commit fails: then nothing
+// was applied).
+//
+// # Safety
+// `b` is an open batch, not used after this call.
+int32_t shmkv_batch_commit(struct ShmkvBatch *b);
+
+// Discards everything staged, releases the lock and frees the batch.
+// `NULL` is ignored.
+//
+// # Safety
+// `b` is `NULL` or an open batch, not used after this call.
+void shmkv_batch_abort(struct ShmkvBatch *b);
 
 // Number of entries.
 //

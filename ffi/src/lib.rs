@@ -27,10 +27,10 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shmkv::{Entry, Error, Options, RawBatch, RawMap, Ref, Size};
+use shmkv::{Entry, Error, Options, RawBatch, RawMap, RawTxn, Ref, Size};
 
 /// Success.
 pub const SHMKV_OK: i32 = 0;
@@ -126,6 +126,34 @@ pub struct ShmkvMap {
     /// The options it was opened with (for `shmkv_destroy` through a
     /// second handle: same key source).
     opts: Options,
+    /// Batches begun on this handle and still open (their addresses):
+    /// closing the handle aborts and frees them.
+    batches: Mutex<Vec<usize>>,
+}
+
+impl ShmkvMap {
+    /// Aborts and frees every batch still open on this handle.
+    fn abort_batches(&self) {
+        let open = std::mem::take(&mut *self.batches.lock().unwrap_or_else(|e| e.into_inner()));
+        for b in open {
+            // SAFETY: registered by `shmkv_batch_begin` and removed from
+            // the list by `shmkv_batch_commit`/`_abort`, which free it: an
+            // address still listed is a live batch box, freed once here.
+            drop(unsafe { Box::from_raw(b as *mut ShmkvBatch) });
+        }
+    }
+}
+
+/// A batch held open across calls (`shmkv_batch_begin`): the map's write
+/// lock is held until `shmkv_batch_commit` or `shmkv_batch_abort` (or
+/// `shmkv_close` of its map handle, which aborts it).
+pub struct ShmkvBatch {
+    // Field order matters: the transaction (which borrows the map) drops
+    // before the map handle that owns it.
+    txn: RawTxn<'static>,
+    map: Arc<RawMap>,
+    /// The handle it was begun on (to leave its list of open batches).
+    owner: *const ShmkvMap,
 }
 
 /// A zero-copy value: the bytes stay valid and unchanged until
@@ -403,6 +431,7 @@ pub unsafe extern "C" fn shmkv_open(
         let handle = Box::new(ShmkvMap {
             map: Arc::new(map),
             opts,
+            batches: Mutex::new(Vec::new()),
         });
         // SAFETY: checked non-NULL; the caller's contract.
         unsafe { out.write(Box::into_raw(handle)) };
@@ -412,20 +441,27 @@ pub unsafe extern "C" fn shmkv_open(
 
 /// Closes a handle (detaches; the map stays in the kernel). `NULL` is
 /// ignored. References and snapshots still held keep the mapping alive.
+/// Batches of this handle still open are aborted (nothing of them is
+/// applied) and freed: their handles become invalid.
 ///
 /// # Safety
-/// `m` is `NULL` or a handle from `shmkv_open`, not used after this call.
+/// `m` is `NULL` or a handle from `shmkv_open`, not used after this call;
+/// called on the thread that began its open batches, if any.
 #[no_mangle]
 pub unsafe extern "C" fn shmkv_close(m: *mut ShmkvMap) {
     if !m.is_null() {
-        // SAFETY: the caller's contract: a handle from `Box::into_raw`,
-        // closed once.
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(m) })));
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: the caller's contract: a handle from
+            // `Box::into_raw`, closed once.
+            let handle = unsafe { Box::from_raw(m) };
+            handle.abort_batches();
+        }));
     }
 }
 
 /// Removes the map from the kernel (segments and lock) and closes the
-/// handle, whatever the result. Other processes' handles get
+/// handle, whatever the result (aborting its open batches, as
+/// `shmkv_close`). Other processes' handles get
 /// `SHMKV_E_NOT_FOUND` on their next call.
 ///
 /// # Safety
@@ -438,6 +474,7 @@ pub unsafe extern "C" fn shmkv_destroy(m: *mut ShmkvMap) -> i32 {
         }
         // SAFETY: the caller's contract: a handle from `Box::into_raw`.
         let handle = unsafe { Box::from_raw(m) };
+        handle.abort_batches();
         match Arc::try_unwrap(handle.map) {
             Ok(map) => map.destroy()?,
             // References are still held: destroy through a second handle.
@@ -760,6 +797,181 @@ pub unsafe extern "C" fn shmkv_txn_get(
         }
         Ok(SHMKV_OK)
     })
+}
+
+/// Takes the write lock and opens a batch on `m`: stage with
+/// `shmkv_batch_insert`/`_remove`, read it with `shmkv_batch_get`, then
+/// `shmkv_batch_commit` (one atomic, crash-safe write) or
+/// `shmkv_batch_abort` (nothing). Other writers wait meanwhile. A batch
+/// still open when its handle is closed is aborted. Calls on a batch are
+/// made on the thread that began it; one thread has at most one open write
+/// per map (`SHMKV_E_NESTED_WRITE`).
+///
+/// # Safety
+/// `m` is an open handle; `batch_out` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_batch_begin(
+    m: *const ShmkvMap,
+    batch_out: *mut *mut ShmkvBatch,
+) -> i32 {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let h = unsafe { map_of(m) }?;
+        let out = out(batch_out, "batch_out")?;
+        let map = h.map.clone();
+        let txn = map.begin()?;
+        // SAFETY: the transaction borrows `*map`, which the batch keeps
+        // alive in its `map` field, dropped after `txn` (field order).
+        let txn: RawTxn<'static> = unsafe { std::mem::transmute(txn) };
+        let b = Box::into_raw(Box::new(ShmkvBatch { txn, map, owner: m }));
+        h.batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(b as usize);
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { out.write(b) };
+        Ok(SHMKV_OK)
+    })
+}
+
+/// The open batch behind `b`.
+///
+/// # Safety
+/// `b` is `NULL` or a batch from `shmkv_batch_begin` not yet ended.
+unsafe fn open_batch<'a>(b: *mut ShmkvBatch) -> Result<&'a mut RawBatch<'static>, Fail> {
+    // SAFETY: the caller's contract.
+    let b = unsafe { b.as_mut() }.ok_or_else(|| invalid("batch handle is NULL"))?;
+    Ok(b.txn.batch())
+}
+
+/// Takes an open batch out of its handle's list and back into a box.
+///
+/// # Safety
+/// As `open_batch`; `b` is not used after this call.
+unsafe fn end_batch(b: *mut ShmkvBatch) -> Result<Box<ShmkvBatch>, Fail> {
+    if b.is_null() {
+        return Err(invalid("batch handle is NULL"));
+    }
+    // SAFETY: the caller's contract: a live batch from `Box::into_raw`.
+    let batch = unsafe { Box::from_raw(b) };
+    // SAFETY: a batch's handle outlives it (`shmkv_close` ends its batches).
+    let owner = unsafe { &*batch.owner };
+    owner
+        .batches
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&p| p != b as usize);
+    Ok(batch)
+}
+
+/// Stages `key = value` in an open batch.
+///
+/// # Safety
+/// `b` is an open batch; `key`/`value` valid for their lengths.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_batch_insert(
+    b: *mut ShmkvBatch,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> i32 {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (b, key, value) = unsafe {
+            (
+                open_batch(b)?,
+                bytes(key, key_len, "key")?,
+                bytes(value, value_len, "value")?,
+            )
+        };
+        b.insert(key, value)?;
+        Ok(SHMKV_OK)
+    })
+}
+
+/// Stages the removal of `key`: `SHMKV_OK` if it was there (as the batch
+/// sees the map), `SHMKV_MISSING` if not.
+///
+/// # Safety
+/// As `shmkv_batch_insert`.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_batch_remove(
+    b: *mut ShmkvBatch,
+    key: *const u8,
+    key_len: usize,
+) -> i32 {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (b, key) = unsafe { (open_batch(b)?, bytes(key, key_len, "key")?) };
+        Ok(if b.remove(key)? {
+            SHMKV_OK
+        } else {
+            SHMKV_MISSING
+        })
+    })
+}
+
+/// The value of `key` as the open batch sees the map (its own staged
+/// writes included): valid until the next call on the batch.
+/// `SHMKV_MISSING` if absent.
+///
+/// # Safety
+/// As `shmkv_batch_insert`; the out-pointers valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_batch_get(
+    b: *mut ShmkvBatch,
+    key: *const u8,
+    key_len: usize,
+    value: *mut *const u8,
+    value_len: *mut usize,
+) -> i32 {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (b, key) = unsafe { (open_batch(b)?, bytes(key, key_len, "key")?) };
+        let (v_out, l_out) = (out(value, "value")?, out(value_len, "value_len")?);
+        let Some(v) = b.get(key)? else {
+            return Ok(SHMKV_MISSING);
+        };
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe {
+            v_out.write(v.as_ptr());
+            l_out.write(v.len());
+        }
+        Ok(SHMKV_OK)
+    })
+}
+
+/// Applies everything staged as one atomic, crash-safe write, releases
+/// the lock and frees the batch (also when the commit fails: then nothing
+/// was applied).
+///
+/// # Safety
+/// `b` is an open batch, not used after this call.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_batch_commit(b: *mut ShmkvBatch) -> i32 {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let batch = unsafe { end_batch(b) }?;
+        let ShmkvBatch { txn, map, .. } = *batch;
+        let r = txn.commit();
+        drop(map);
+        r?;
+        Ok(SHMKV_OK)
+    })
+}
+
+/// Discards everything staged, releases the lock and frees the batch.
+/// `NULL` is ignored.
+///
+/// # Safety
+/// `b` is `NULL` or an open batch, not used after this call.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_batch_abort(b: *mut ShmkvBatch) {
+    if !b.is_null() {
+        // SAFETY: forwarded from the caller.
+        let _ = catch_unwind(AssertUnwindSafe(|| unsafe { end_batch(b) }.map(drop)));
+    }
 }
 
 /// Writes a `u64` through a checked out-pointer.

@@ -180,6 +180,72 @@ int main(void) {
     uint64_t counter = 0;
     CHECK(shmkv_get(m, S("counter"), (uint8_t *)&counter, 8, &len) == SHMKV_OK && counter == 55);
 
+    const uint8_t *bv = NULL;
+    pid_t bchild;
+    int bstatus = 0;
+    uint64_t bn2 = 0;
+    /* Batches held open across calls: begin ... commit / abort, and a batch
+     * aborted by closing its handle. */
+    {
+        ShmkvMap *h = NULL, *other = NULL;
+        CHECK(shmkv_open(NAME, &o, 0, &h) == SHMKV_OK);
+        CHECK(shmkv_open(NAME, &o, 0, &other) == SHMKV_OK);
+        CHECK(shmkv_version(other, &version) == SHMKV_OK);
+        ShmkvBatch *b = NULL;
+        CHECK(shmkv_batch_begin(h, &b) == SHMKV_OK && b != NULL);
+        CHECK(shmkv_batch_insert(b, S("tx-1"), S("one")) == SHMKV_OK);
+        CHECK(shmkv_batch_insert(b, S("tx-2"), S("two")) == SHMKV_OK);
+        CHECK(shmkv_batch_get(b, S("tx-1"), &bv, &len) == SHMKV_OK && len == 3 && memcmp(bv, "one", 3) == 0);
+        CHECK(shmkv_batch_remove(b, S("tx-2")) == SHMKV_OK);
+        CHECK(shmkv_batch_remove(b, S("tx-2")) == SHMKV_MISSING);
+        CHECK(shmkv_batch_get(b, S("tx-2"), &bv, &len) == SHMKV_MISSING);
+        /* Nothing visible before the commit; a second write on this thread
+         * is refused instead of deadlocking. */
+        CHECK(shmkv_contains(other, S("tx-1")) == SHMKV_MISSING);
+        CHECK(shmkv_insert(h, S("x"), S("y")) == SHMKV_E_NESTED_WRITE);
+        CHECK(shmkv_batch_commit(b) == SHMKV_OK);
+        CHECK(shmkv_version(other, &after) == SHMKV_OK && after == version + 1);
+        CHECK(shmkv_get(other, S("tx-1"), (uint8_t *)buf, sizeof buf, &len) == SHMKV_OK && len == 3);
+        CHECK(shmkv_contains(other, S("tx-2")) == SHMKV_MISSING);
+
+        CHECK(shmkv_batch_begin(h, &b) == SHMKV_OK);
+        CHECK(shmkv_batch_insert(b, S("tx-1"), S("aborted")) == SHMKV_OK);
+        shmkv_batch_abort(b);
+        shmkv_batch_abort(NULL);
+        CHECK(shmkv_get(other, S("tx-1"), (uint8_t *)buf, sizeof buf, &len) == SHMKV_OK);
+        CHECK(len == 3 && memcmp(buf, "one", 3) == 0);
+
+        CHECK(shmkv_batch_begin(h, &b) == SHMKV_OK);
+        CHECK(shmkv_batch_insert(b, S("tx-3"), S("never")) == SHMKV_OK);
+        shmkv_close(h); /* aborts the open batch and releases the lock */
+        CHECK(shmkv_contains(other, S("tx-3")) == SHMKV_MISSING);
+        CHECK(shmkv_version(other, &after) == SHMKV_OK && after == version + 1);
+        CHECK(shmkv_insert(other, S("tx-4"), S("lock free")) == SHMKV_OK);
+        CHECK(shmkv_batch_commit(NULL) == SHMKV_E_INVALID);
+        CHECK(shmkv_batch_begin(NULL, &b) == SHMKV_E_INVALID);
+        shmkv_close(other);
+    }
+
+    /* A process killed with a batch open: nothing of it, lock recovered. */
+    CHECK(shmkv_len(m, &n) == SHMKV_OK);
+    bchild = fork();
+    CHECK(bchild >= 0);
+    if (bchild == 0) {
+        ShmkvBatch *b = NULL;
+        if (shmkv_batch_begin(m, &b) != SHMKV_OK) _exit(2);
+        for (int i = 0; i < 50; i++) {
+            char k[16];
+            snprintf(k, sizeof k, "open-%d", i);
+            if (shmkv_batch_insert(b, S(k), S("x")) != SHMKV_OK) _exit(2);
+        }
+        kill(getpid(), SIGKILL);
+        _exit(3);
+    }
+    CHECK(waitpid(bchild, &bstatus, 0) == bchild && WIFSIGNALED(bstatus) && WTERMSIG(bstatus) == SIGKILL);
+    CHECK(shmkv_contains(m, S("open-0")) == SHMKV_MISSING);
+    CHECK(shmkv_insert(m, S("after-open-batch"), S("ok")) == SHMKV_OK);
+    CHECK(shmkv_len(m, &bn2) == SHMKV_OK && bn2 == n + 1);
+
     /* Snapshot: every entry, consistent. */
     ShmkvSnapshot *s = NULL;
     uint64_t count = 0;
