@@ -147,6 +147,7 @@ pub use options::{key_from_name, Options};
 pub use raw::batch::RawBatch;
 pub use raw::listing::{list_maps, MapListing, MapState};
 pub use raw::reference::{Entry, Ref};
+pub use raw::txn::RawTxn;
 pub use raw::verify::VerifyReport;
 pub use raw::view::RawView;
 pub use raw::write::MAX_KEY_LEN;

@@ -161,6 +161,15 @@ impl RawMap {
         self.e.write(f)
     }
 
+    /// Takes the write lock and opens a batch that stays open across calls,
+    /// for callers that cannot pass a closure to [`write`](RawMap::write)
+    /// (the C API). [`RawTxn::commit`](crate::RawTxn::commit) applies it
+    /// atomically; dropping or aborting it applies nothing. Other writers
+    /// wait for the lock until then.
+    pub fn begin(&self) -> Result<crate::RawTxn<'_>> {
+        self.e.begin()
+    }
+
     /// Rewrites the live entries into a new generation without garbage or
     /// tombstones (same capacity unless the map needs more room), and
     /// publishes it. Readers keep working throughout.

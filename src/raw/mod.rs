@@ -29,6 +29,7 @@ pub(crate) mod schema;
 pub(crate) mod seqlock;
 pub(crate) mod slot;
 pub(crate) mod table;
+pub(crate) mod txn;
 pub(crate) mod verify;
 pub(crate) mod view;
 pub(crate) mod waiters;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The README's test command: every test of the workspace, on a fresh
+# machine too. Installs what the tests need when it is absent (cbindgen,
+# a C compiler, PHP with FFI and APCu), then runs:
+#   1. cargo test --workspace --all-features (the library, the CLI, the C
+#      ABI's crate);
+#   2. scripts/test-ffi.sh: the checked-in C header against a fresh
+#      cbindgen run, the C API from a C program (shared and static
+#      library), the PHP library's tests.
+# Nothing is skipped because a program is missing: it is installed, or the
+# run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== cargo test --workspace --all-features"
+cargo test --workspace --all-features
+# The PHP tests run the `shmkv` command built by the step above.
+export SHMKV_CLI=$PWD/target/debug/shmkv
+echo "== C ABI and PHP library"
+bash scripts/test-ffi.sh
