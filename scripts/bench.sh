@@ -11,7 +11,8 @@
 #    on a free loopback port without persistence, exports
 #    SHMKV_BENCH_REDIS=redis://127.0.0.1:PORT/ for benches/live.rs and stops
 #    it (by its pid) on exit.
-# 3. Runs cargo bench --bench cold, --bench compare, --bench live,
+# 3. Checks the report generator (bench-report.py --selftest), runs
+#    cargo bench --bench cold, --bench compare, --bench live,
 #    scripts/instr-counts.sh, then scripts/bench-report.py (BENCHMARKS.md).
 #    A step that fails is reported and the others still run; the script then
 #    exits non-zero.
@@ -88,8 +89,6 @@ if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/nr_hugepages ] && [ "${hp_size_kb:-0}
 else
   say "huge pages not reserved (needs root and 2 MiB pages): huge-page rows will be missing"
 fi
-export SHMKV_BENCH_NR_HUGEPAGES
-SHMKV_BENCH_NR_HUGEPAGES=$(cat /proc/sys/vm/nr_hugepages)
 
 # --- redis ----------------------------------------------------------------
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -122,6 +121,21 @@ if command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# --- what the report states about the run -----------------------------------
+mkdir -p "$SHMKV_BENCH_DIR"
+python3 - "$SHMKV_BENCH_DIR/run.json" <<PY
+import json, os, sys, time
+json.dump({
+    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "quick": os.environ.get("SHMKV_BENCH_QUICK") == "1",
+    "cold_sizes": os.environ.get("SHMKV_COLD_SIZES"),
+    "nr_hugepages_before": int("${old_hugepages:-0}" or 0) if "${old_hugepages}" else None,
+    "nr_hugepages_during": int(open("/proc/sys/vm/nr_hugepages").read()),
+    "redis": os.environ.get("SHMKV_BENCH_REDIS"),
+    "pin_fence_forced": os.environ.get("SHMKV_PIN_FENCE") not in (None, "", "0"),
+}, open(sys.argv[1], "w"), indent=1)
+PY
+
 # --- the benches ----------------------------------------------------------
 step() { # step NAME COMMAND...
   local name=$1; shift
@@ -135,11 +149,11 @@ step() { # step NAME COMMAND...
     failed+=("$name")
   fi
 }
-mkdir -p "$SHMKV_BENCH_DIR"
 # Old results would be reported as if they were this run's.
 rm -rf "$root/target/criterion"
 for b in cold live; do [[ $skip == *",$b,"* ]] || rm -f "$SHMKV_BENCH_DIR/$b.jsonl"; done
 
+step report-selftest python3 scripts/bench-report.py --selftest
 step cold cargo bench --bench cold
 step compare cargo bench --bench compare
 live_bench() {
