@@ -304,6 +304,11 @@ def row_tables(section, rows, ratio_cols=()):
             if k not in skeys and any(k in r["stats"] for r in rs):
                 skeys.append(k)
         ekeys = sorted({k for r in rs for k in r["extra"]})
+        econst = {k: rs[0]["extra"].get(k) for k in ekeys
+                  if all(r["extra"].get(k) == rs[0]["extra"].get(k) for r in rs)} if len(rs) > 1 else {}
+        ekeys = [k for k in ekeys if k not in econst]
+        # Many varying parameters: one column of "k=v" (only those a row has).
+        joined = len(vary) > 3
         units = {r.get("unit", "") for r in rs}
         unit = units.pop() if len(units) == 1 else ""
         head = f"**{section}**: {measure}, {cache} cache"
@@ -311,12 +316,18 @@ def row_tables(section, rows, ratio_cols=()):
             head += f"; keys: {keysets.pop()}"
         if const:
             head += f"; {params_str(const)}"
+        if econst:
+            head += f"; {params_str(econst)}"
         out += ["", head + (f"; unit {unit}" if unit else ""), ""]
-        header = ["subject"] + vary + (["keys"] if len({r.get('keys') for r in rs}) > 1 else []) \
+        header = ["subject"] + (["params"] if joined else vary) + (["keys"] if len({r.get('keys') for r in rs}) > 1 else []) \
             + [f"{k}" for k in skeys] + [lab for lab, _, _ in ratio_cols] + [f"{k}" for k in ekeys]
         body = []
         for r in rs:
-            cells = [md_subject(r["subject"])] + [num(r["params"].get(k)) for k in vary]
+            cells = [md_subject(r["subject"])]
+            if joined:
+                cells.append(params_str({k: r["params"][k] for k in vary if k in r["params"]}) or "–")
+            else:
+                cells += [num(r["params"].get(k)) for k in vary]
             if "keys" in header:
                 cells.append(r.get("keys", ""))
             cells += [num(r["stats"].get(k)) for k in skeys]
@@ -456,14 +467,15 @@ def crit_tables(crit):
                 funcs.append(c["function"])
         funcs.sort(key=lambda f: list(FUNCS).index(f) if f in FUNCS else len(FUNCS))
         per_elem = all(c.get("elements") for c in cs)
-        unit = "ns per lookup" if per_elem else "ns per iteration (median)"
+        unit = "ns per lookup" if per_elem else \
+            "ns per iteration (median), or per element where the benchmark declares elements"
         out += ["", f"### `{g}`", "", GROUPS.get(g, f"criterion group `{g}`") + f" Cells: {unit}"
                 + ("; ratio to std HashMap get in the same column." if "std_hashmap_get" in funcs else "."), ""]
         by = {(c["function"], c["value"]): c for c in cs}
-        header = ["benchmark"] + [v or "" for v in values]
+        header = ["benchmark"] + [v or "ns" for v in values]
         body = []
         for f in funcs:
-            cells = [FUNCS.get(f, f)]
+            cells = [md_subject(FUNCS.get(f, f))]
             for v in values:
                 c = by.get((f, v))
                 if not c:
@@ -472,7 +484,8 @@ def crit_tables(crit):
                 x = per_op(c)
                 ref = by.get(("std_hashmap_get", v))
                 r_ = ratio(x, per_op(ref)) if ref and f != "std_hashmap_get" else None
-                cells.append(num(x) + (f" ({rfmt(r_)})" if r_ is not None else ""))
+                note = f" per element ({num(c['elements'])} per iteration)" if c.get("elements") and not per_elem else ""
+                cells.append(num(x) + note + (f" ({rfmt(r_)})" if r_ is not None else ""))
             body.append(cells)
         out += table(header, body)
     return out

@@ -168,10 +168,20 @@ step instr bash scripts/instr-counts.sh
 step report python3 scripts/bench-report.py
 
 # --- SysV objects left behind -----------------------------------------------
+# Objects that did not exist at the start and that no process uses: a
+# segment nobody is attached to (every bench process has exited), a
+# semaphore set whose key is not that of an attached segment (a shmkv map's
+# lock shares its root segment's key). Objects of maps other processes on
+# the machine are using now are not counted.
 say "SysV objects made during the run"
-left=$(comm -13 <(echo "$ipc_before") <(ipc_list | sort))
+unused() {
+  awk 'NR > 1 && $7 == 0 { print "shm", $2 }' /proc/sysvipc/shm
+  awk 'NR == FNR { if (FNR > 1 && $7 > 0) used[$1] = 1; next }
+       FNR > 1 && !($1 in used && $1 != 0) { print "sem", $2 }' /proc/sysvipc/shm /proc/sysvipc/sem
+}
+left=$(comm -12 <(comm -13 <(echo "$ipc_before") <(ipc_list | sort)) <(unused | sort))
 if [ -n "$left" ]; then
-  echo "ERROR: SysV objects that did not exist at the start are left (another process on the machine may have made them):"
+  echo "ERROR: SysV objects made during the run and used by no process are left:"
   echo "$left"
   ipcs -m -s
   failed+=("ipc")
