@@ -172,6 +172,11 @@ struct Setup {
     orders: Vec<Vec<u64>>,
     /// Chain steps timed.
     steps: u64,
+    /// Where the chain from key 0 ends after `steps` steps (every contender
+    /// must get there: its lookups returned the right values).
+    chain_end: u64,
+    /// Per pass, the wrapping sum of the values' folds (`next` of each key).
+    pass_sums: Vec<u64>,
     /// Cost of an `Instant` pair, subtracted from timed steps.
     timer_ns: f64,
 }
@@ -235,6 +240,7 @@ impl Chain {
 /// and extra figures.
 fn dependent(
     s: &Setup,
+    expect_end: u64,
     batch: u64,
     mut round: impl FnMut(&mut Chain, u64, u64) -> u64,
 ) -> (Value, Value) {
@@ -253,7 +259,10 @@ fn dependent(
         i = round(&mut c, i, len);
     }
     let mean = start.elapsed().as_nanos() as f64 / s.steps as f64;
-    black_box(i);
+    assert_eq!(
+        i, expect_end,
+        "the chain went astray: a lookup returned a wrong value"
+    );
     let mut v = c.samples;
     v.sort_by(f64::total_cmp);
     let pct = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
@@ -272,10 +281,11 @@ fn dependent(
 fn independent(s: &Setup, mut pass: impl FnMut(&[u64]) -> u64) -> (Value, Value) {
     let mut total = Duration::ZERO;
     let mut per = Vec::new();
-    for order in &s.orders {
+    for (order, &want) in s.orders.iter().zip(&s.pass_sums) {
         let t = Instant::now();
-        black_box(pass(order));
+        let sum = black_box(pass(order));
         let e = t.elapsed();
+        assert_eq!(sum, want, "an independent pass summed wrong values");
         total += e;
         per.push(e.as_nanos() as f64 / order.len() as f64);
     }
@@ -443,7 +453,7 @@ fn build_shmkv(s: &Setup, tag: &str, opts: Options) -> (RawMap, Cleanup) {
 fn measure_shmkv(s: &Setup, out: &mut Out, m: &RawMap, subject: &str, params: Value) {
     let look = |i: u64| fold(&m.get_ref(&key(i)).unwrap().unwrap());
     warm_pages(s.n, look);
-    let lat = dependent(s, u64::MAX, |c, mut i, len| {
+    let lat = dependent(s, s.chain_end, u64::MAX, |c, mut i, len| {
         for _ in 0..len {
             i = c.step(i, look);
         }
@@ -464,7 +474,7 @@ fn shmkv_get_ref(s: &Setup, out: &mut Out) {
 /// Measures a process-local map with plain lookups.
 fn measure_local(s: &Setup, out: &mut Out, subject: &str, look: impl Fn(u64) -> u64 + Copy) {
     warm_pages(s.n, look);
-    let lat = dependent(s, u64::MAX, |c, mut i, len| {
+    let lat = dependent(s, s.chain_end, u64::MAX, |c, mut i, len| {
         for _ in 0..len {
             i = c.step(i, look);
         }
@@ -527,7 +537,7 @@ fn lmdb(s: &Setup, out: &mut Out) {
         warm_pages(s.n, |i| get(&t, i));
     }
     let per_lookup = |i: u64| get(&env.read_txn().unwrap(), i);
-    let lat = dependent(s, u64::MAX, |c, mut i, len| {
+    let lat = dependent(s, s.chain_end, u64::MAX, |c, mut i, len| {
         for _ in 0..len {
             i = c.step(i, per_lookup);
         }
@@ -539,7 +549,7 @@ fn lmdb(s: &Setup, out: &mut Out) {
     });
     let p = json!({"txn": "per lookup", "store": "/dev/shm"});
     out.pair(s, "LMDB (heed), read txn per lookup", p, lat, thr);
-    let lat = dependent(s, BATCH, |c, mut i, len| {
+    let lat = dependent(s, s.chain_end, BATCH, |c, mut i, len| {
         let t = env.read_txn().unwrap();
         for _ in 0..len {
             i = c.step(i, |i| get(&t, i));
@@ -607,7 +617,7 @@ fn mmap_sync(s: &Setup, out: &mut Out) {
         let r = unsafe { reader.read::<Snapshot>(false) }.unwrap();
         fold(&r.map.get(&key(i)).unwrap()[..])
     };
-    let lat = dependent(s, u64::MAX, |c, mut i, len| {
+    let lat = dependent(s, s.chain_end, u64::MAX, |c, mut i, len| {
         for _ in 0..len {
             i = c.step(i, &mut per_lookup);
         }
@@ -619,7 +629,7 @@ fn mmap_sync(s: &Setup, out: &mut Out) {
     });
     let p = json!({"read": "per lookup", "check_bytes": false, "store": "/dev/shm"});
     out.pair(s, "mmap-sync, read() per lookup", p, lat, thr);
-    let lat = dependent(s, BATCH, |c, mut i, len| {
+    let lat = dependent(s, s.chain_end, BATCH, |c, mut i, len| {
         // SAFETY: see above.
         let r = unsafe { reader.read::<Snapshot>(false) }.unwrap();
         for _ in 0..len {
@@ -651,11 +661,14 @@ fn mmap_sync(s: &Setup, out: &mut Out) {
 fn chase_in(s: &Setup, out: &mut Out, buf: &mut [u64], subject: &str, pages: &str) {
     let lines = (buf.len() / 8) as u64;
     let mut rng = Rng(0x0bad_cafe ^ lines);
-    for (l, &to) in sattolo(lines, &mut rng).iter().enumerate() {
+    let cycle = sattolo(lines, &mut rng);
+    for (l, &to) in cycle.iter().enumerate() {
         buf[l * 8] = to;
     }
+    let end = (0..s.steps).fold(0u64, |l, _| cycle[l as usize]);
+    drop(cycle);
     let look = |l: u64| buf[(l * 8) as usize];
-    let lat = dependent(s, u64::MAX, |c, mut i, len| {
+    let lat = dependent(s, end, u64::MAX, |c, mut i, len| {
         for _ in 0..len {
             i = c.step(i, look);
         }
@@ -744,11 +757,19 @@ fn main() {
         let mut rng = Rng(0x1234_5678_9abc_def1 ^ n);
         let next = sattolo(n, &mut rng);
         let m = n.min(lookups) as usize;
-        let orders = (0..PASSES)
+        let orders: Vec<Vec<u64>> = (0..PASSES)
             .map(|_| {
                 let mut o = shuffled(n, &mut rng);
                 o.truncate(m);
                 o
+            })
+            .collect();
+        let chain_end = (0..steps).fold(0u64, |i, _| next[i as usize]);
+        let pass_sums = orders
+            .iter()
+            .map(|o| {
+                o.iter()
+                    .fold(0u64, |a, &i| a.wrapping_add(next[i as usize]))
             })
             .collect();
         let s = Setup {
@@ -756,6 +777,8 @@ fn main() {
             next,
             orders,
             steps,
+            chain_end,
+            pass_sums,
             timer_ns,
         };
         out.n = n;
