@@ -62,7 +62,10 @@ const CHUNK: u64 = 4096;
 type Contender = fn(&Setup, &mut Out);
 
 /// Everything measured, in order. The pointer chase uses the footprint the
-/// shmkv contender measured, so it comes after it.
+/// shmkv contender measured, so it comes after it. A contender on other
+/// memory is a function like [`shmkv_get_ref`] (`build_shmkv` with its
+/// options, then `measure_shmkv` with `json!({"pages": "2m"})`) or
+/// [`pointer_chase`] (`chase_in` over its own buffer, with its page size).
 const CONTENDERS: &[Contender] = &[
     shmkv_get_ref,
     inline_std,
