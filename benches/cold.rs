@@ -33,7 +33,7 @@
 //!
 //! Sizes: `SHMKV_COLD_SIZES` (default `100000,1000000,4000000`;
 //! `SHMKV_BENCH_QUICK=1`: `10000,100000` and shorter chains). Rows go to
-//! `$SHMKV_BENCH_DIR/cold.jsonl` (BENCH-SCHEMA.md), a summary to stdout.
+//! `$SHMKV_BENCH_DIR/cold.jsonl` (format: benches/README.md), a summary to stdout.
 //! Run with `cargo bench --bench cold`; one run per size on a shared
 //! machine: compare ratios.
 #![allow(missing_docs)]

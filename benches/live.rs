@@ -2,7 +2,7 @@
 //! times one process, cannot measure. The binary spawns itself as child
 //! processes for the roles (env `SHMKV_LIVE_ROLE`); they start together on
 //! a flag in a small coordination segment and report one JSON line each on
-//! their stdout. Rows go to `target/shmkv-bench/live.jsonl` (BENCH-SCHEMA:
+//! their stdout. Rows go to `target/shmkv-bench/live.jsonl` (format: benches/README.md;
 //! directory from `SHMKV_BENCH_DIR`), a summary to stdout.
 //!
 //! Sections (16-byte keys, 64-byte values):

@@ -2,8 +2,9 @@
 //! so these are measured here, each repeated and reported as medians):
 //! reader scaling from 1 to 2 processes (shmkv vs each process reading its
 //! own std HashMap), reads while a writer does 10,000 writes/s, and the
-//! memory overhead per entry. Results go to `target/shmkv-bench/scaling.json`
-//! for `scripts/bench-report.py`.
+//! memory overhead per entry. Rows go to `$SHMKV_BENCH_DIR/scaling.jsonl`
+//! (default `target/shmkv-bench`; format: benches/README.md) for
+//! `scripts/bench-report.py`.
 #![allow(missing_docs)]
 
 use std::collections::HashMap;
@@ -170,7 +171,11 @@ fn main() {
     .unwrap();
     map.write(|b| (0..ENTRIES).try_for_each(|i| b.insert(&key(i), &[i as u8; 64])))
         .unwrap();
-    let trials = 3;
+    let trials = if std::env::var("SHMKV_BENCH_QUICK").as_deref() == Ok("1") {
+        1
+    } else {
+        3
+    };
     let mut r: HashMap<&str, Vec<f64>> = HashMap::new();
     for _ in 0..trials {
         r.entry("shmkv_1")
@@ -194,19 +199,53 @@ fn main() {
     }
     let (design, design_cap) = overhead(917_504, 917_504);
     let (million, million_cap) = overhead(1_000_000, 1_000_000);
-    let mut out = String::from("{\n");
+    // Rows for scripts/bench-report.py (format: benches/README.md).
+    let secs = secs();
+    let mut rows = String::new();
     for (k, v) in &r {
         let m = median(v.clone());
         println!("{k:<22} median {m:>14.0} reads/s  (trials {v:.0?})");
-        out += &format!("  \"{k}\": {m},\n");
+        let mut parts = k.split('_');
+        let (kind, readers) = (parts.next().unwrap(), parts.next().unwrap());
+        let writer = if k.ends_with("writer_10k") { 10_000 } else { 0 };
+        let subject = match kind {
+            "shmkv" => "shmkv get_ref",
+            _ => "HashMap<Vec<u8>,Vec<u8>> (one copy per process)",
+        };
+        // ns per read of one process: readers * 1e9 / total reads per second.
+        let ns = readers.parse::<f64>().unwrap() * 1e9 / m;
+        rows += &format!(
+            "{{\"section\": \"scaling\", \"subject\": \"{subject}\", \
+             \"params\": {{\"readers\": {readers}, \"writer_writes_per_s\": {writer}, \
+             \"entries\": {ENTRIES}, \"key_bytes\": 16, \"value_bytes\": 64, \"seconds\": {secs}}}, \
+             \"measure\": \"throughput\", \"cache\": \"warm\", \
+             \"keys\": \"uniform random over all keys, independent\", \"unit\": \"ns\", \
+             \"stats\": {{\"mean\": {ns:.2}, \"n\": {}}}, \
+             \"extra\": {{\"reads_per_s_total\": {m:.0}, \"trials\": {}}}}}\n",
+            v.len(),
+            v.len()
+        );
     }
     println!(
         "overhead at the design load (917,504 entries in {design_cap} slots): {design:.1} B/entry"
     );
     println!("overhead for capacity(1,000,000) ({million_cap} slots): {million:.1} B/entry");
-    out += &format!("  \"overhead_design_load\": {design},\n  \"overhead_1m\": {million},\n  \"slots_1m\": {million_cap}\n}}\n");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shmkv-bench");
+    for (what, entries, slots, bytes) in [
+        ("at the design load", 917_504u64, design_cap, design),
+        ("for capacity(1,000,000)", 1_000_000, million_cap, million),
+    ] {
+        rows += &format!(
+            "{{\"section\": \"memory\", \"subject\": \"shmkv overhead per entry {what}\", \
+             \"params\": {{\"entries\": {entries}, \"slots\": {slots}, \"key_bytes\": 16, \"value_bytes\": 64}}, \
+             \"measure\": \"size\", \"cache\": \"n/a\", \"keys\": \"-\", \"unit\": \"B/entry\", \
+             \"stats\": {{\"mean\": {bytes:.1}}}, \"extra\": {{}}}}\n"
+        );
+    }
+    let dir = std::env::var_os("SHMKV_BENCH_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shmkv-bench"),
+        std::path::PathBuf::from,
+    );
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("scaling.json"), out).unwrap();
+    std::fs::write(dir.join("scaling.jsonl"), rows).unwrap();
     map.destroy().unwrap();
 }

@@ -2,7 +2,7 @@
 """Writes BENCHMARKS.md from the last benchmark run.
 
 Inputs: the result rows of our own bench binaries
-(target/shmkv-bench/*.jsonl, format in BENCH-SCHEMA.md), criterion's
+(target/shmkv-bench/*.jsonl, format in benches/README.md), criterion's
 estimates (target/criterion/**/new/{benchmark,estimates}.json), the
 instruction counts (target/shmkv-bench/instructions.json) and what
 scripts/bench.sh recorded about the run (target/shmkv-bench/run.json).

@@ -12,7 +12,7 @@
 #    SHMKV_BENCH_REDIS=redis://127.0.0.1:PORT/ for benches/live.rs and stops
 #    it (by its pid) on exit.
 # 3. Checks the report generator (bench-report.py --selftest), runs
-#    cargo bench --bench cold, --bench compare, --bench live,
+#    cargo bench --bench cold, --bench compare, --bench live, --bench scaling,
 #    scripts/instr-counts.sh, then scripts/bench-report.py (BENCHMARKS.md).
 #    A step that fails is reported and the others still run; the script then
 #    exits non-zero.
@@ -23,7 +23,7 @@
 #                            the figures are then not the project's figures)
 #   SHMKV_COLD_SIZES=a,b,c   sizes of the cold bench (default 100000,1000000,4000000)
 #   SHMKV_BENCH_HUGEPAGES=N  huge pages to add instead of the computed number
-#   SHMKV_BENCH_SKIP=cold,compare,live,instr   steps to leave out (their old
+#   SHMKV_BENCH_SKIP=cold,compare,live,scaling,instr   steps to leave out (their old
 #                            results, if any, are still reported)
 #   SHMKV_BENCH_DIR          where the benches write their rows
 #                            (default target/shmkv-bench)
@@ -151,7 +151,7 @@ step() { # step NAME COMMAND...
 }
 # Old results would be reported as if they were this run's.
 rm -rf "$root/target/criterion"
-for b in cold live; do [[ $skip == *",$b,"* ]] || rm -f "$SHMKV_BENCH_DIR/$b.jsonl"; done
+for b in cold live scaling; do [[ $skip == *",$b,"* ]] || rm -f "$SHMKV_BENCH_DIR/$b.jsonl"; done
 
 step report-selftest python3 scripts/bench-report.py --selftest
 step cold cargo bench --bench cold
@@ -164,6 +164,7 @@ live_bench() {
   cargo bench --bench live
 }
 step live live_bench
+step scaling cargo bench --bench scaling
 step instr bash scripts/instr-counts.sh
 step report python3 scripts/bench-report.py
 
