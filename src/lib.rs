@@ -145,7 +145,10 @@ pub use key::{Key, KeyBytes};
 pub use map::{Batch, Checkable, Loadable, ShmMap, Storable, View};
 pub use options::{key_from_name, Options};
 pub use raw::batch::RawBatch;
-pub use raw::listing::{list_maps, MapListing, MapState};
+pub use raw::listing::{
+    list_maps, list_orphans, remove_orphan, MapListing, MapState, Orphan, OrphanCause,
+    OrphanRemoval,
+};
 pub use raw::reference::{Entry, Ref};
 pub use raw::txn::RawTxn;
 pub use raw::verify::VerifyReport;

@@ -409,18 +409,8 @@ fn destroy_by_name_needs_the_stored_name() {
         other => panic!("{other:?}"),
     }
 
-    // The CLI does not fall back to destroy_by_name on a NameMismatch.
-    let out = std::process::Command::new(common::shmkv_bin())
-        .args(["--sysv-key", &key.to_string(), "destroy", &typo, "--yes"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&a), "{err}");
-    assert_eq!(again.get(b"k2").unwrap().unwrap(), b"v2");
-    assert!(RawMap::open(&a, &opts).is_ok());
-
+    // The CLI side (no fall back to destroy_by_name on a NameMismatch):
+    // cli/tests/cli.rs `cli_destroy_does_not_fall_back_on_a_name_mismatch`.
     let s = m.stats().unwrap();
     drop(again);
     m.destroy().unwrap();

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Cleanup;
 use shmkv::{Error, Options, RawMap, ShmMap};
 
@@ -99,33 +97,4 @@ fn raw_inserts_into_a_typed_map_are_refused_unless_allowed() {
     // than an archived u64 instead of forming a reference past it.
     let r = unsafe { m.get_archived_unchecked("short") };
     assert!(matches!(r, Err(Error::Value(_))), "{r:?}");
-}
-
-#[test]
-fn the_cli_refuses_put_into_a_typed_map_without_raw() {
-    let c = Cleanup::new("schema-cli");
-    let m: ShmMap<str, u64> = ShmMap::create(&c.name, &c.opts).unwrap();
-    m.insert("k", &5).unwrap();
-    let out = Command::new(common::shmkv_bin())
-        .args(["put", &c.name, "k", "x"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("typed") && err.contains("--raw"), "{err}");
-    assert_eq!(m.get("k").unwrap(), Some(5));
-    let out = Command::new(common::shmkv_bin())
-        .args(["put", "--raw", &c.name, "k2", "x"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stat = Command::new(common::shmkv_bin())
-        .args(["stat", &c.name])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&stat.stdout).contains("str -> u64"));
 }

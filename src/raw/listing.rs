@@ -1,16 +1,20 @@
 //! `list_maps`: finding the maps on a machine (or on a provider) without
 //! touching other programs' segments, with each map's state.
+//! `list_orphans`/`remove_orphan`: data segments whose root is gone.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::engine::Engine;
-use super::layout::ROOT_SIZE;
-use super::provider::{Provider, SysV};
+use super::layout::{DataHeader, DATA_HEADER_SIZE, DATA_MAGIC, ROOT_SIZE};
+use super::provider::{Provider, Removal, SysV};
 use super::root::{self, RootState};
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::stats::Stats;
+use crate::sys::procfs::ShmRow;
+use crate::sys::IPC_PRIVATE;
 
 /// What state a listed map is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,4 +161,204 @@ pub(crate) fn list_maps_with(p: Arc<dyn Provider>, all: bool) -> Result<Vec<MapL
         out.push(listing(name, state, stats, error));
     }
     Ok(out)
+}
+
+/// Why a data segment is an orphan (see [`list_orphans`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanCause {
+    /// No segment with the root's shmid is at the root's key any more: the
+    /// root was removed (by hand, or by a destroy that could not remove
+    /// this data segment).
+    RootGone,
+    /// The segment at the root's key with the root's shmid is not a shmkv
+    /// root (its magic was overwritten).
+    RootNotShmkv,
+    /// A shmkv root is there but its identity is corrupted (it does not
+    /// open: `Error::Corrupted`).
+    RootCorrupted,
+}
+
+impl OrphanCause {
+    /// Lower-case name, as `shmkv ls --orphans` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanCause::RootGone => "root_gone",
+            OrphanCause::RootNotShmkv => "root_not_shmkv",
+            OrphanCause::RootCorrupted => "root_corrupted",
+        }
+    }
+}
+
+/// A shmkv data segment whose root is gone or corrupted, found by
+/// [`list_orphans`]: nothing will ever use or remove it, but it holds
+/// memory until removed ([`remove_orphan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The data segment's shmid.
+    pub shmid: i32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Processes that have it attached (a process with a handle on the
+    /// map from before its root went away).
+    pub attached: u64,
+    /// The table generation it holds (from its header).
+    pub generation: u64,
+    /// The SysV key of the root it names (its header's `owner`).
+    pub key: i32,
+    /// The shmid of the root it names.
+    pub root_shmid: i32,
+    /// Pid of the process that made it.
+    pub creator_pid: u32,
+    /// Why it is an orphan.
+    pub cause: OrphanCause,
+}
+
+/// What [`remove_orphan`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanRemoval {
+    /// Marked for removal (it disappears at once, as nobody has it
+    /// attached, or at its last detach with `force`).
+    Removed,
+    /// Not (or no longer) an orphan: gone, being removed, not a shmkv data
+    /// segment, its root is back, or it cannot be read. Left alone.
+    NotAnOrphan,
+    /// Still attached by this many processes, and `force` was not given:
+    /// left alone.
+    Attached(u64),
+    /// The kernel refused the removal (another user's segment).
+    Denied,
+}
+
+/// Every shmkv data segment on this machine whose root is gone or
+/// corrupted (see [`OrphanCause`]). A data segment is recognised by its
+/// header (the `DATA_MAGIC` word) and names its root in its `owner` word
+/// (`key << 32 | root shmid`); it is an orphan when no valid shmkv root
+/// with that shmid is at that key. To read the header, every private
+/// (`IPC_PRIVATE`) segment this process may read is attached read-only for
+/// a moment; nothing is written. Segments this process may not read, and
+/// segments already marked for removal, are not listed. A root still being
+/// created or being destroyed is valid (its creator or destroyer owns its
+/// segments).
+pub fn list_orphans() -> Result<Vec<Orphan>> {
+    list_orphans_in(&SysV)
+}
+
+/// Removes data segment `shmid` if it still is an orphan (checked again,
+/// as [`list_orphans`] does, right before the removal) and nobody has it
+/// attached; with `force`, also while attached (it then disappears at its
+/// last detach: the processes that have it mapped keep their mapping).
+/// Only a segment with shmkv's data magic is ever removed.
+pub fn remove_orphan(shmid: i32, force: bool) -> Result<OrphanRemoval> {
+    remove_orphan_in(&SysV, shmid, force)
+}
+
+fn table(p: &dyn Provider) -> Result<Vec<ShmRow>> {
+    p.segments().map_err(|e| Error::Os {
+        op: "read /proc/sysvipc/shm",
+        source: e,
+    })
+}
+
+/// [`list_orphans`] over any provider.
+pub(crate) fn list_orphans_in(p: &dyn Provider) -> Result<Vec<Orphan>> {
+    let rows = table(p)?;
+    Ok(rows
+        .iter()
+        .filter(|r| r.key == IPC_PRIVATE && r.size >= DATA_HEADER_SIZE as u64)
+        .filter_map(|r| orphan(p, &rows, r.shmid))
+        .collect())
+}
+
+/// [`remove_orphan`] over any provider.
+pub(crate) fn remove_orphan_in(p: &dyn Provider, shmid: i32, force: bool) -> Result<OrphanRemoval> {
+    let rows = table(p)?;
+    let Some(o) = orphan(p, &rows, shmid) else {
+        return Ok(OrphanRemoval::NotAnOrphan);
+    };
+    if o.attached > 0 && !force {
+        return Ok(OrphanRemoval::Attached(o.attached));
+    }
+    Ok(match p.try_remove(shmid) {
+        Removal::Removed => OrphanRemoval::Removed,
+        Removal::Gone => OrphanRemoval::NotAnOrphan,
+        Removal::Denied => OrphanRemoval::Denied,
+    })
+}
+
+/// Segment `shmid` as an orphan, if it is one: a private segment, not
+/// marked for removal, with shmkv's data magic, whose root (as its `owner`
+/// word names it) is not a valid shmkv root in `rows` (a look at the
+/// segment table taken before this call).
+fn orphan(p: &dyn Provider, rows: &[ShmRow], shmid: i32) -> Option<Orphan> {
+    let info = p.stat(shmid, "").ok()?;
+    if info.key != IPC_PRIVATE || p.marked_for_removal(shmid) {
+        return None;
+    }
+    let (magic, owner, generation, size) = {
+        let seg = p.attach(shmid, true, "").ok()?;
+        if seg.len() < std::mem::size_of::<DataHeader>() {
+            return None;
+        }
+        // SAFETY: the mapping holds a full header, is page-aligned and
+        // lives until `seg` drops at the end of this block; the header is
+        // atomics only, so any content is a valid value.
+        let h = unsafe { seg.base().cast::<DataHeader>().as_ref() };
+        (
+            h.magic.load(Ordering::Acquire),
+            h.owner.load(Ordering::Relaxed),
+            h.generation.load(Ordering::Relaxed),
+            seg.len() as u64,
+        )
+    };
+    if magic != DATA_MAGIC {
+        return None;
+    }
+    let (key, root_shmid) = ((owner >> 32) as u32 as i32, owner as u32 as i32);
+    let cause = root_trouble(p, rows, key, root_shmid)?;
+    // The attach count without this process's look (dropped above).
+    let attached = p.stat(shmid, "").map_or(info.nattch, |i| i.nattch);
+    Some(Orphan {
+        shmid,
+        size,
+        attached,
+        generation,
+        key,
+        root_shmid,
+        creator_pid: info.cpid as u32,
+        cause,
+    })
+}
+
+/// What is wrong with the root `root_shmid` at `key`, `None` if it is a
+/// valid shmkv root (or this process cannot tell: it may not read it).
+fn root_trouble(
+    p: &dyn Provider,
+    rows: &[ShmRow],
+    key: i32,
+    root_shmid: i32,
+) -> Option<OrphanCause> {
+    let there = key != IPC_PRIVATE && rows.iter().any(|r| r.key == key && r.shmid == root_shmid);
+    if !there {
+        return Some(OrphanCause::RootGone);
+    }
+    let seg = match p.attach(root_shmid, true, "") {
+        Ok(s) => s,
+        // Removed since the table was read: gone.
+        Err(Error::NotFound { .. }) => return Some(OrphanCause::RootGone),
+        // May not look (or a transient failure): cannot tell, keep it.
+        Err(_) => return None,
+    };
+    // SAFETY: `seg` outlives `r`.
+    let Some(r) = (unsafe { root::root_at(seg.base(), seg.len()) }) else {
+        return Some(OrphanCause::RootNotShmkv);
+    };
+    match root::state(r) {
+        RootState::Foreign => Some(OrphanCause::RootNotShmkv),
+        RootState::Creating | RootState::Destroyed => None,
+        RootState::Complete => match root::validate(r, None) {
+            Err(Error::Corrupted(_)) => Some(OrphanCause::RootCorrupted),
+            // Valid, or another build's (incompatible, not corrupted).
+            _ => None,
+        },
+    }
 }

@@ -328,20 +328,3 @@ pub fn sysv_segments() -> Vec<ShmRow> {
         })
         .collect()
 }
-
-/// The `shmkv` command built with this test run. It is built only with the
-/// `cli` feature (off by default, so that library users do not compile
-/// clap, serde_json and base64): the README's test command,
-/// `cargo test --all-features`, turns it on. Without it, the tests that run
-/// the command fail with this message instead of being skipped.
-#[allow(dead_code)]
-pub fn shmkv_bin() -> &'static str {
-    match option_env!("CARGO_BIN_EXE_shmkv") {
-        // Cargo names the path also when the feature is off (the file may
-        // then be missing, or left from an earlier build).
-        Some(path) if cfg!(feature = "cli") && std::path::Path::new(path).exists() => path,
-        _ => {
-            panic!("the shmkv command is not built: run the tests with `cargo test --all-features`")
-        }
-    }
-}

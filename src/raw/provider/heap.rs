@@ -380,6 +380,13 @@ impl Provider for HeapKernel {
             .collect())
     }
 
+    fn marked_for_removal(&self, id: i32) -> bool {
+        locked(&self.reg)
+            .segments
+            .get(&id)
+            .is_some_and(|s| s.removed)
+    }
+
     fn open_lock(
         &self,
         key: libc::key_t,
@@ -471,6 +478,16 @@ impl HeapKernel {
     /// [`list_maps`](crate::list_maps) on this kernel.
     pub fn list_maps(&self) -> Result<Vec<crate::MapListing>> {
         crate::raw::listing::list_maps_in(Arc::new(self.clone()))
+    }
+
+    /// [`list_orphans`](crate::list_orphans) on this kernel.
+    pub fn list_orphans(&self) -> Result<Vec<crate::Orphan>> {
+        crate::raw::listing::list_orphans_in(self)
+    }
+
+    /// [`remove_orphan`](crate::remove_orphan) on this kernel.
+    pub fn remove_orphan(&self, shmid: i32, force: bool) -> Result<crate::OrphanRemoval> {
+        crate::raw::listing::remove_orphan_in(self, shmid, force)
     }
 }
 

@@ -60,6 +60,10 @@ pub(crate) trait Provider: Send + Sync + fmt::Debug {
     fn attach(&self, id: i32, read_only: bool, name: &str) -> Result<Segment>;
     /// Every segment (the `/proc/sysvipc/shm` table).
     fn segments(&self) -> std::io::Result<Vec<ShmRow>>;
+    /// Whether segment `id` is marked for removal (`IPC_RMID` done, still
+    /// attached: `SHM_DEST`); false if unknown or gone. For
+    /// `list_orphans`, which leaves such segments alone.
+    fn marked_for_removal(&self, id: i32) -> bool;
     /// Private segments made by `pid` that nobody has mapped: `(id, size)`
     /// (empty if the table is unreadable).
     fn unattached_private_segments_of(&self, pid: u32) -> Vec<(i32, u64)> {

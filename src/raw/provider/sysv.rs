@@ -10,6 +10,10 @@ use crate::error::Result;
 use crate::sys::procfs::ShmRow;
 use crate::sys::{self, Attached, Removal, SemOpen, Semaphore, ShmInfo};
 
+/// `SHM_DEST` in `shm_perm.mode`: marked for removal, gone at the last
+/// detach (`linux/shm.h`).
+const SHM_DEST: u32 = 0o1000;
+
 /// The kernel's SysV IPC objects.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SysV;
@@ -51,6 +55,17 @@ impl Provider for SysV {
 
     fn segments(&self) -> std::io::Result<Vec<ShmRow>> {
         sys::sysvipc_shm()
+    }
+
+    fn marked_for_removal(&self, id: i32) -> bool {
+        // `sys::shm_stat` keeps only the permission bits of the mode: the
+        // `SHM_DEST` bit is read here.
+        // SAFETY: shmid_ds is plain old data; all-zero is a valid value.
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: `ds` is a valid, writable shmid_ds; any id is safe to
+        // pass (a wrong one fails with EINVAL).
+        let rc = unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) };
+        rc == 0 && u32::from(ds.shm_perm.mode) & SHM_DEST != 0
     }
 
     fn open_lock(

@@ -358,3 +358,104 @@ fn a_transient_attach_failure_does_not_make_a_read_only_waiter_poll_for_good() {
     w.destroy().unwrap();
     assert_eq!(k.objects(), (0, 0));
 }
+
+/// Orphans (`list_orphans`/`remove_orphan`) over the heap kernel: a data
+/// segment whose root was removed is listed and removed (only when nobody
+/// has it attached, unless forced); a segment that is not shmkv's, and the
+/// data segment of a valid map, are never listed nor removed.
+#[test]
+fn orphans_are_data_segments_whose_root_is_gone() {
+    use super::Provider;
+    use crate::raw::listing::{OrphanCause, OrphanRemoval};
+    let k = HeapKernel::new();
+    let keep = k.create("keep", &tiny()).unwrap();
+    let m = k.create("m", &tiny()).unwrap();
+    m.insert(b"k", b"v").unwrap();
+    let s = m.stats().unwrap();
+    // Another program's private segment, with bytes that are not shmkv's.
+    let foreign = k
+        .get(0, 4096, libc::IPC_CREAT | 0o600, "")
+        .unwrap()
+        .unwrap();
+    k.scribble(foreign, 0, b"not a shmkv data segment");
+    assert_eq!(k.list_orphans().unwrap(), vec![]);
+
+    k.remove(s.root_shmid).unwrap();
+    let o = k.list_orphans().unwrap();
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(
+        (
+            o[0].shmid,
+            o[0].key,
+            o[0].root_shmid,
+            o[0].cause,
+            o[0].attached
+        ),
+        (s.data_shmid, s.key, s.root_shmid, OrphanCause::RootGone, 1)
+    );
+    assert_eq!(o[0].generation, s.generation);
+    // `m` still maps it: left alone unless forced.
+    assert_eq!(
+        k.remove_orphan(s.data_shmid, false).unwrap(),
+        OrphanRemoval::Attached(1)
+    );
+    drop(m);
+    assert_eq!(
+        k.remove_orphan(s.data_shmid, false).unwrap(),
+        OrphanRemoval::Removed
+    );
+    assert!(!k.segment_ids().contains(&s.data_shmid));
+    assert_eq!(k.list_orphans().unwrap(), vec![]);
+    // Neither the foreign segment nor a valid map's segment is an orphan.
+    let ks = keep.stats().unwrap();
+    for id in [foreign, ks.data_shmid, ks.root_shmid] {
+        assert_eq!(
+            k.remove_orphan(id, true).unwrap(),
+            OrphanRemoval::NotAnOrphan
+        );
+        assert!(k.segment_ids().contains(&id));
+    }
+    assert_eq!(keep.get(b"k").unwrap(), None);
+    keep.destroy().unwrap();
+    k.remove(foreign).unwrap();
+}
+
+/// A root whose magic or identity is corrupted leaves its data segment an
+/// orphan (`RootNotShmkv`, `RootCorrupted`); `force` removes an attached
+/// one, which stays mapped for its holder until it drops.
+#[test]
+fn orphans_of_corrupted_roots_and_forced_removal() {
+    use crate::__private::root_offsets;
+    use crate::raw::listing::{OrphanCause, OrphanRemoval};
+    let k = HeapKernel::new();
+    let a = k.create("a", &tiny()).unwrap();
+    let b = k.create("b", &tiny()).unwrap();
+    b.insert(b"k", b"v").unwrap();
+    let (sa, sb) = (a.stats().unwrap(), b.stats().unwrap());
+    k.scribble(sa.root_shmid, root_offsets::MAGIC, &[0xee; 8]);
+    k.scribble(sb.root_shmid, root_offsets::NAME_LEN, &[0xff; 4]);
+    let mut o = k.list_orphans().unwrap();
+    o.sort_by_key(|o| o.shmid);
+    let got: Vec<_> = o.iter().map(|o| (o.shmid, o.cause)).collect();
+    let mut want = vec![
+        (sa.data_shmid, OrphanCause::RootNotShmkv),
+        (sb.data_shmid, OrphanCause::RootCorrupted),
+    ];
+    want.sort_by_key(|w| w.0);
+    assert_eq!(got, want);
+    assert_eq!(
+        k.remove_orphan(sb.data_shmid, true).unwrap(),
+        OrphanRemoval::Removed
+    );
+    // Marked for removal: no longer listed, still mapped by `b`.
+    assert_eq!(k.list_orphans().unwrap().len(), 1);
+    assert!(k.segment_ids().contains(&sb.data_shmid));
+    drop(b);
+    assert!(!k.segment_ids().contains(&sb.data_shmid));
+    drop(a);
+    assert_eq!(
+        k.remove_orphan(sa.data_shmid, false).unwrap(),
+        OrphanRemoval::Removed
+    );
+    assert_eq!(k.list_orphans().unwrap(), vec![]);
+}

@@ -1,5 +1,8 @@
 //! The `shmkv` binary against real maps: made with the library, inspected
-//! with the CLI, and the reverse through `load`; every error path.
+//! with the CLI, and the reverse through `load`; every error path. (Also
+//! the CLI halves of library tests: typed maps from `tests/schema.rs`, the
+//! name check of `tests/identity.rs`, stale segments of
+//! `tests/multiuser.rs`.)
 #![allow(unreachable_pub)]
 
 mod common;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use common::{Cleanup, KillOnDrop, Segment};
 use shmkv::__private::{data_offsets, root_offsets};
-use shmkv::{Options, RawMap, ShmMap};
+use shmkv::{key_from_name, Options, RawMap, ShmMap};
 
 fn shmkv(args: &[&str]) -> Output {
     Command::new(common::shmkv_bin())
@@ -613,4 +616,90 @@ fn load_can_create_a_map_that_wakes_on_every_write() {
     assert_eq!(stat(&c.name)["wake_every_write"], true);
     assert_eq!(stat(&plain.name)["wake_every_write"], false);
     assert!(ok(&["stat", &c.name]).contains("wakes       on every write"));
+}
+
+/// From `tests/schema.rs`.
+#[test]
+fn the_cli_refuses_put_into_a_typed_map_without_raw() {
+    let c = Cleanup::new("schema-cli");
+    let m: ShmMap<str, u64> = ShmMap::create(&c.name, &c.opts).unwrap();
+    m.insert("k", &5).unwrap();
+    let out = Command::new(common::shmkv_bin())
+        .args(["put", &c.name, "k", "x"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("typed") && err.contains("--raw"), "{err}");
+    assert_eq!(m.get("k").unwrap(), Some(5));
+    let out = Command::new(common::shmkv_bin())
+        .args(["put", "--raw", &c.name, "k2", "x"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stat = Command::new(common::shmkv_bin())
+        .args(["stat", &c.name])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&stat.stdout).contains("str -> u64"));
+}
+
+/// From `tests/identity.rs` `destroy_by_name_needs_the_stored_name`: the
+/// CLI does not fall back to `destroy_by_name` on a `NameMismatch`.
+#[test]
+fn cli_destroy_does_not_fall_back_on_a_name_mismatch() {
+    let a = common::unique_name("name-a");
+    let typo = common::unique_name("name-typo");
+    let key = key_from_name(&a) ^ 0x2c2c;
+    let opts = Options::new().sysv_key(key);
+    let _ca = Cleanup {
+        name: a.clone(),
+        opts: opts.clone(),
+    };
+    let m = RawMap::create(&a, &opts).unwrap();
+    m.insert(b"k", b"v").unwrap();
+    let out = Command::new(common::shmkv_bin())
+        .args(["--sysv-key", &key.to_string(), "destroy", &typo, "--yes"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&a), "{err}");
+    let again = RawMap::open(&a, &opts).unwrap();
+    assert_eq!(again.get(b"k").unwrap().unwrap(), b"v");
+    let s = m.stats().unwrap();
+    drop(again);
+    m.destroy().unwrap();
+    common::assert_removed(&s);
+}
+
+/// From `tests/multiuser.rs` (where another user's writer leaves a retired
+/// segment it may not remove): `stat` and `verify` show the root's `stale`
+/// list. Here the list is written directly, naming a segment of "another
+/// program" (put back before the map is destroyed).
+#[test]
+fn stat_and_verify_show_stale_segments() {
+    let c = Cleanup::new("cli-stale");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let s = m.stats().unwrap();
+    let other = Segment::create(libc::IPC_PRIVATE, 4096, 0o600);
+    // SAFETY: IPC_RMID ignores the buffer; the segment is ours, attached by
+    // `other` until the end of the test.
+    unsafe { libc::shmctl(other.id(), libc::IPC_RMID, std::ptr::null_mut()) };
+    let root = Segment::root_of(s.key);
+    let _put_back = root.restore(root_offsets::STALE, 8);
+    root.write_u64(root_offsets::STALE, other.id() as u64 + 1);
+    for cmd in ["stat", "verify"] {
+        let text = ok(&[cmd, &c.name]);
+        assert!(
+            text.contains("1 retired segment(s) left for a process allowed to remove them")
+                && text.contains(&format!("shmid {}", other.id())),
+            "{cmd}: {text}"
+        );
+    }
 }

@@ -11,6 +11,8 @@ pub(crate) struct Fail {
     pub(crate) kind: &'static str,
     pub(crate) map: Option<String>,
     pub(crate) msg: String,
+    /// What to do about it (shown after the message; `"hint"` in JSON).
+    pub(crate) hint: Option<String>,
 }
 
 /// Exit code 1 with this kind and message, no map.
@@ -20,6 +22,7 @@ pub(crate) fn fail(kind: &'static str, msg: String) -> Fail {
         kind,
         map: None,
         msg,
+        hint: None,
     }
 }
 
@@ -37,7 +40,25 @@ impl Fail {
             kind: error_kind(&e),
             map: Some(name.to_string()),
             msg,
+            hint: None,
         }
+    }
+
+    /// A missing map's failure says how to create it.
+    pub(crate) fn create_hint(mut self, cli: &crate::Cli) -> Fail {
+        if self.kind == "not_found" {
+            if let Some(name) = &self.map {
+                let key = cli
+                    .sysv_key
+                    .map(|k| format!("--sysv-key {k} "))
+                    .unwrap_or_default();
+                self.hint = Some(format!(
+                    "create it with `shmkv {key}create {}`",
+                    shell_word(name)
+                ));
+            }
+        }
+        self
     }
 
     /// This failure about map `name`.
@@ -62,10 +83,28 @@ impl Fail {
             if let Some(m) = &self.map {
                 o.insert("map".into(), m.clone().into());
             }
+            if let Some(h) = &self.hint {
+                o.insert("hint".into(), h.clone().into());
+            }
             eprintln!("{}", Value::Object(o));
+        } else if let Some(h) = &self.hint {
+            eprintln!("shmkv: {} ({h})", self.msg);
         } else {
             eprintln!("shmkv: {}", self.msg);
         }
+    }
+}
+
+/// `s` as one shell word: as it is when it has no special characters,
+/// else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

@@ -1,0 +1,289 @@
+//! `shmkv create`, `put --create`, the not-found hint, help texts and
+//! shell completions (issue 13).
+#![allow(unreachable_pub)]
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::Cleanup;
+use shmkv::RawMap;
+
+fn shmkv(args: &[&str]) -> Output {
+    Command::new(common::shmkv_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = shmkv(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Exit code and stderr of a failing command.
+fn fails(args: &[&str]) -> (i32, String) {
+    let o = shmkv(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    (
+        o.status.code().unwrap(),
+        String::from_utf8(o.stderr).unwrap(),
+    )
+}
+
+fn stat(name: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&["--json", "stat", name])).unwrap()
+}
+
+/// Permission bits of segment `shmid`.
+fn mode_of(shmid: i32) -> u32 {
+    // SAFETY: shmid_ds is plain data; all-zero is a valid value.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a valid, writable shmid_ds.
+    assert_eq!(unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) }, 0);
+    u32::from(ds.shm_perm.mode) & 0o777
+}
+
+#[test]
+fn create_makes_a_map_of_the_sizes_given() {
+    let c = Cleanup::new("cli-create");
+    let n = c.name.as_str();
+    let out: serde_json::Value = serde_json::from_str(&ok(&[
+        "--json",
+        "create",
+        n,
+        "--capacity",
+        "5000",
+        "--arena",
+        "2mb",
+        "--mode",
+        "0640",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (&out["op"], &out["created"]),
+        (&"create".into(), &true.into())
+    );
+    let s = stat(n);
+    assert_eq!(s["entries"], 0);
+    assert_eq!(s["arena_size"], 2 << 20);
+    // 5000 entries at most 7/8 full: the next power of two slots.
+    assert_eq!(s["capacity"], 8192, "{s}");
+    assert_eq!(out["capacity"], s["capacity"]);
+    let (root, data) = (
+        s["root_shmid"].as_i64().unwrap() as i32,
+        s["data_shmid"].as_i64().unwrap() as i32,
+    );
+    assert_eq!((mode_of(root), mode_of(data)), (0o640, 0o640));
+    // The map works, through the library too.
+    ok(&["put", n, "k", "v"]);
+    let m = RawMap::open(n, &c.opts).unwrap();
+    assert_eq!(m.get(b"k").unwrap().unwrap(), b"v");
+
+    // A second create is an error naming the map; the map is untouched.
+    let (code, err) = fails(&["create", n]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already exists") && err.contains(n), "{err}");
+    let (code, err) = fails(&["--json", "create", n, "--capacity", "1"]);
+    let e: serde_json::Value = serde_json::from_str(&err).unwrap();
+    assert_eq!((code, &e["kind"]), (1, &"already_exists".into()), "{e}");
+    assert_eq!(stat(n)["capacity"], 8192);
+    assert_eq!(m.get(b"k").unwrap().unwrap(), b"v");
+}
+
+/// `--max-size` is honoured: a value that needs the map to grow beyond it
+/// is refused, naming the bound; the same value fits a map without it.
+#[test]
+fn create_honours_max_size() {
+    let bounded = Cleanup::new("cli-max");
+    let free = Cleanup::new("cli-nomax");
+    for (c, more) in [(&bounded, &["--max-size", "200kb"][..]), (&free, &[][..])] {
+        let mut args = vec![
+            "create",
+            c.name.as_str(),
+            "--capacity",
+            "16",
+            "--arena",
+            "64kb",
+        ];
+        args.extend_from_slice(more);
+        ok(&args);
+    }
+    let file = std::env::temp_dir().join(format!("{}.value", bounded.name));
+    std::fs::write(&file, vec![7u8; 300 << 10]).unwrap();
+    let f = file.to_str().unwrap();
+    ok(&["put", &free.name, "big", "--file", f]);
+    let (code, err) = fails(&["--json", "put", &bounded.name, "big", "--file", f]);
+    std::fs::remove_file(&file).unwrap();
+    let e: serde_json::Value = serde_json::from_str(&err).unwrap();
+    assert_eq!((code, &e["kind"]), (1, &"value_too_large".into()), "{e}");
+    assert!(e["error"].as_str().unwrap().contains("(max 204800)"), "{e}");
+    assert_eq!(stat(&bounded.name)["entries"], 0);
+}
+
+#[test]
+fn bad_sizes_and_modes_are_usage_errors() {
+    let c = Cleanup::new("cli-badsize");
+    for (flag, value, says) in [
+        ("--arena", "5 parsecs", "unknown unit"),
+        ("--arena=-3mb", "", "negative"),
+        ("--max-size", "lots", "not a number"),
+        ("--capacity", "many", "invalid digit"),
+        ("--mode", "0800", "octal"),
+        ("--mode", "1777", "outside 0777"),
+    ] {
+        let mut args = vec!["create", c.name.as_str(), flag];
+        if !value.is_empty() {
+            args.push(value);
+        }
+        let (code, err) = fails(&args);
+        let flag = flag.split('=').next().unwrap();
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+    }
+    // Nothing was made.
+    assert!(RawMap::open(&c.name, &c.opts).is_err());
+    // Sizing flags without --create on put: a usage error, nothing made.
+    let (code, err) = fails(&["put", &c.name, "k", "v", "--capacity", "10"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("need --create"), "{err}");
+    assert!(RawMap::open(&c.name, &c.opts).is_err());
+}
+
+#[test]
+fn put_create_makes_the_map_with_its_sizes_once() {
+    let c = Cleanup::new("cli-put-create");
+    let n = c.name.as_str();
+    ok(&[
+        "put",
+        "--create",
+        n,
+        "k",
+        "v",
+        "--capacity",
+        "3000",
+        "--arena",
+        "1mb",
+    ]);
+    let s = stat(n);
+    assert_eq!(
+        (&s["capacity"], &s["arena_size"]),
+        (&4096.into(), &(1 << 20).into())
+    );
+    assert_eq!(ok(&["get", n, "k"]), "v");
+    // The map exists: --create opens it, the sizing flags are not applied.
+    ok(&["put", "--create", n, "k2", "v2", "--capacity", "10"]);
+    let s = stat(n);
+    assert_eq!((&s["capacity"], &s["entries"]), (&4096.into(), &2.into()));
+}
+
+/// A missing map's error says how to create it (in the text; in JSON the
+/// fields stay and a `hint` field is added).
+#[test]
+fn not_found_says_how_to_create_the_map() {
+    let missing = common::unique_name("cli-hint");
+    for args in [
+        vec!["get", missing.as_str(), "k"],
+        vec!["put", missing.as_str(), "k", "v"],
+        vec!["stat", missing.as_str()],
+    ] {
+        let (code, err) = fails(&args);
+        assert_eq!(code, 1, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("not found"), "{err}");
+        assert!(
+            err.contains(&format!("create it with `shmkv create {missing}`")),
+            "{args:?}: {err}"
+        );
+    }
+    let (_, err) = fails(&["--sysv-key", "12345", "get", &missing, "k"]);
+    assert!(
+        err.contains(&format!("`shmkv --sysv-key 12345 create {missing}`")),
+        "{err}"
+    );
+    let (code, err) = fails(&["--json", "get", &missing, "k"]);
+    let e: serde_json::Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(code, 1);
+    assert_eq!(e["kind"], "not_found");
+    assert_eq!(e["map"], missing.as_str());
+    assert_eq!(e["exit_code"], 1);
+    assert_eq!(e["error"], format!("map {missing:?} not found"));
+    assert_eq!(
+        e["hint"],
+        format!("create it with `shmkv create {missing}`")
+    );
+}
+
+#[test]
+fn help_explains_every_argument() {
+    let put = ok(&["help", "put"]);
+    for text in [
+        "Name of the map",
+        "The key",
+        "The value",
+        "--file",
+        "--create",
+        "--capacity",
+        "--arena",
+        "--max-size",
+        "--mode",
+        "--json",
+    ] {
+        assert!(put.contains(text), "{text}: {put}");
+    }
+    // No argument line without its explanation: `<NAME>` alone on a line
+    // (clap prints no help) would be a bare word.
+    for cmd in [
+        "ls",
+        "create",
+        "get",
+        "destroy",
+        "load",
+        "watch",
+        "completions",
+    ] {
+        let h = ok(&["help", cmd]);
+        for l in h.lines().filter(|l| l.starts_with("  ")) {
+            assert!(l.trim().contains("  "), "{cmd}: bare line {l:?}\n{h}");
+        }
+    }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let bash = ok(&["completions", "bash"]);
+    for sub in [
+        "ls",
+        "create",
+        "stat",
+        "verify",
+        "get",
+        "put",
+        "rm",
+        "keys",
+        "dump",
+        "load",
+        "watch",
+        "destroy",
+        "completions",
+    ] {
+        assert!(
+            bash.contains(&format!("shmkv,{sub})")) || bash.contains(&format!("shmkv__{sub}")),
+            "bash completion lacks {sub}"
+        );
+    }
+    assert!(bash.contains("--orphans") && bash.contains("--capacity"));
+    assert!(ok(&["completions", "zsh"]).contains("#compdef shmkv"));
+    assert!(ok(&["completions", "fish"]).contains("complete -c shmkv"));
+    let (code, _) = fails(&["completions", "tcsh"]);
+    assert_eq!(code, 2);
+}
