@@ -136,18 +136,19 @@ final class Library
     }
 
     /**
-     * For `opcache.preload`: declares the library as the FFI scope
-     * `SHMKV` (FFI::load of a cleaned header written to `$cacheDir`), so
-     * that requests use it without loading or parsing anything. Returns
-     * the header file it loaded.
+     * Writes a copy of the header for preloading: declarations only, with
+     * `FFI_SCOPE "SHMKV"` and `FFI_LIB` (the library found as the class
+     * comment says, or `$library`), into `$dir` (default: the temporary
+     * directory); returns its path. Give it to `ffi.preload=` in php.ini
+     * (works when the FPM master runs as root), or let `preload()` load it.
      */
-    public static function preload(?string $library = null, ?string $cacheDir = null): string
+    public static function writePreloadHeader(?string $library = null, ?string $dir = null): string
     {
         $library ??= self::findLibrary();
         $decls = self::declarations(self::headerText(self::headerPath()));
         $text = '#define FFI_SCOPE "' . self::SCOPE . "\"\n#define FFI_LIB " . json_encode($library, JSON_UNESCAPED_SLASHES)
             . "\n" . $decls . "\n";
-        $dir = $cacheDir ?? sys_get_temp_dir();
+        $dir ??= sys_get_temp_dir();
         $file = $dir . '/shmkv-ffi-' . substr(hash('sha256', $text), 0, 16) . '.h';
         if (!is_file($file) || file_get_contents($file) !== $text) {
             $tmp = $file . '.' . getmypid();
@@ -155,8 +156,26 @@ final class Library
                 throw new ShmkvException("cannot write $file");
             }
         }
+        return $file;
+    }
+
+    /**
+     * For an `opcache.preload` script: declares the library as the FFI
+     * scope `SHMKV` with `FFI::load` of `writePreloadHeader()`'s file,
+     * unless `ffi.preload` already did. (PHP refuses `FFI::load` together
+     * with `opcache.preload_user`, i.e. in an FPM master running as root:
+     * use `ffi.preload` there.) Returns how the scope came.
+     */
+    public static function preload(?string $library = null, ?string $dir = null): string
+    {
+        try {
+            FFI::scope(self::SCOPE);
+            return 'ffi.preload';
+        } catch (FFI\Exception) {
+        }
+        $file = self::writePreloadHeader($library, $dir);
         if (FFI::load($file) === null) {
-            throw new ShmkvException("FFI::load($file) failed (is $library there?)");
+            throw new ShmkvException("FFI::load($file) failed");
         }
         return $file;
     }
