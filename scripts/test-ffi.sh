@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The C ABI and the PHP library, tested from C and PHP (part of
 # scripts/test.sh). Installs what is missing: cbindgen (cargo), a C
-# compiler and PHP with FFI and APCu (Debian packages).
+# compiler, PHP with FFI and APCu, and PHPUnit (Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,6 +13,7 @@ if ! command -v php >/dev/null || ! php -m | grep -qx FFI; then
     need_apt+=(php8.2-cli)
 fi
 php -m 2>/dev/null | grep -qx apcu || need_apt+=(php8.2-apcu)
+command -v phpunit >/dev/null || need_apt+=(phpunit)
 if ((${#need_apt[@]})); then
     echo "test-ffi: installing ${need_apt[*]}"
     apt-get update -qq
@@ -51,6 +52,11 @@ cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -I ffi/include ffi/tests/c/a
     "$LIB/libshmkv_ffi.a" -lpthread -ldl -lm -o "$out/api_test_static"
 "$out/api_test_static"
 
-echo "== PHP: bindings/php/tests"
+echo "== PHP: bindings/php/tests (PHPUnit)"
 export SHMKV_FFI_LIB=$LIB/libshmkv_ffi.so
-php -d ffi.enable=1 -d apc.enable_cli=1 bindings/php/tests/run.php
+# The PHP tests also run the Rust `shmkv` command (cross-language checks).
+if [ -z "${SHMKV_CLI:-}" ]; then
+    cargo build --quiet --features cli --bin shmkv
+    export SHMKV_CLI=$ROOT/target/debug/shmkv
+fi
+php -d ffi.enable=1 -d apc.enable_cli=1 "$(command -v phpunit)" -c bindings/php/phpunit.xml

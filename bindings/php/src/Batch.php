@@ -8,9 +8,10 @@ use FFI;
 use FFI\CData;
 
 /**
- * The write in progress inside `Map::batch()`: reads see the batch's own
+ * The write in progress inside `Map::atomic()`: reads see the batch's own
  * writes; nothing is visible to other processes until the callback
  * returns, and then all of it at once. Valid only inside the callback.
+ * The same methods as Map: get, has, set/add, remove/delete, ArrayAccess.
  *
  * @implements \ArrayAccess<string, mixed>
  */
@@ -19,8 +20,9 @@ final class Batch implements \ArrayAccess
     private ?CData $txn;
     private CData $ptr;
     private CData $len;
+    private ?\Throwable $poison = null;
 
-    /** @internal created by Map::batch() */
+    /** @internal created by Map::atomic() */
     public function __construct(private readonly FFI $ffi, CData $txn, private readonly string $codec)
     {
         $this->txn = $txn;
@@ -32,6 +34,18 @@ final class Batch implements \ArrayAccess
     public function close(): void
     {
         $this->txn = null;
+    }
+
+    /** @internal a nested atomic() threw: the whole write aborts. */
+    public function poison(\Throwable $e): void
+    {
+        $this->poison ??= $e;
+    }
+
+    /** @internal */
+    public function poisoned(): ?\Throwable
+    {
+        return $this->poison;
     }
 
     private function t(): CData
@@ -65,9 +79,22 @@ final class Batch implements \ArrayAccess
         Library::check($this->ffi->shmkv_txn_insert($this->t(), $key, strlen($key), $bytes, strlen($bytes)));
     }
 
-    public function delete(string $key): bool
+    /** The same as `set`. */
+    public function add(string $key, mixed $value): void
+    {
+        $this->set($key, $value);
+    }
+
+    /** Stages the removal of `$key`; whether it was there. */
+    public function remove(string $key): bool
     {
         return Library::check($this->ffi->shmkv_txn_remove($this->t(), $key, strlen($key))) === 0;
+    }
+
+    /** The same as `remove`. */
+    public function delete(string $key): bool
+    {
+        return $this->remove($key);
     }
 
     public function offsetExists(mixed $offset): bool
@@ -90,6 +117,6 @@ final class Batch implements \ArrayAccess
 
     public function offsetUnset(mixed $offset): void
     {
-        $this->delete((string) $offset);
+        $this->remove((string) $offset);
     }
 }

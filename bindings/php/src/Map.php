@@ -10,19 +10,21 @@ use FFI\CData;
 /**
  * A shmkv map: a hash map in SysV shared memory that every PHP process of
  * the host can open by name. Reads take no lock and see every value whole;
- * each write (one `set`/`delete`, or a whole `batch`) is atomic and
+ * each write (one `set`/`remove`, or a whole `atomic`) is atomic and
  * survives the writer being killed at any point.
  *
- *     $map = Map::open('routes', ['capacity' => 100_000, 'arena' => '64mb']);
+ *     $map = new Map('routes', ['capacity' => 100_000, 'arena' => '64mb']);
  *     $map['/api'] = ['backend' => '10.0.0.7:8080'];   // any serializable value
  *     $route = $map['/api'];                            // in any process
- *     $map->batch(function (Batch $b) {                 // all or nothing
+ *     $map->atomic(function (Batch $b) {                // all or nothing
  *         $b['hits'] = ($b['hits'] ?? 0) + 1;
  *     });
  *
  * Values are encoded with the map's codec: `serialize` (the default: any
- * PHP value, `false` and `null` included, as `shm_put_var` did), `json`,
- * or `raw` (strings stored as they are, readable by any language).
+ * PHP value, `false` and `null` included, as `shm_put_var` did),
+ * `igbinary` (when the extension is loaded), `json`, or `raw` (strings
+ * stored as they are, readable by any language). Every process must open a
+ * map with the codec its values were written with.
  *
  * @implements \ArrayAccess<string, mixed>
  * @implements \IteratorAggregate<string, mixed>
@@ -31,22 +33,29 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
 {
     private const INITIAL_BUFFER = 4096;
 
+    public const CODECS = ['serialize', 'igbinary', 'json', 'raw'];
+    private const SERIALIZE = 0;
+    private const IGBINARY = 1;
+    private const JSON = 2;
+    private const RAW = 3;
+
+    private const OPTIONS = ['create', 'exclusive', 'capacity', 'arena', 'max_size', 'mode', 'read_only',
+        'lock_timeout', 'verify_reads', 'sysv_key', 'ftok', 'codec', 'library'];
+
     private FFI $ffi;
-    private ?CData $handle;
+    private ?CData $handle = null;
+    /** The read buffer (`char[bufferSize]`), reused by every get. */
     private CData $buffer;
     private int $bufferSize;
-    private CData $len;
-    private CData $u64;
-
-    private function __construct(CData $handle, private readonly string $name, private readonly string $codec)
-    {
-        $this->ffi = Library::ffi();
-        $this->handle = $handle;
-        $this->bufferSize = self::INITIAL_BUFFER;
-        $this->buffer = $this->ffi->new("char[{$this->bufferSize}]");
-        $this->len = $this->ffi->new('size_t');
-        $this->u64 = $this->ffi->new('uint64_t');
-    }
+    /** `size_t[1]`: passed as `size_t *` without an FFI::addr per call. */
+    private CData $lenp;
+    /** `uint64_t[1]`, likewise. */
+    private CData $u64p;
+    private readonly string $name;
+    private readonly string $codec;
+    private readonly int $codecId;
+    /** The batch of the atomic() running on this handle, if any. */
+    private ?Batch $batch = null;
 
     /**
      * Opens the map `$name`, creating it if it does not exist (unless
@@ -61,30 +70,38 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
      *   `verify_reads` (bool: every read checks its record's checksum);
      * - the SysV key: from the name by default, or `sysv_key` (int), or
      *   `ftok` ([path, project id]);
-     * - `codec`: "serialize" (default), "json" or "raw".
+     * - `codec`: "serialize" (default), "igbinary", "json" or "raw";
+     * - `library`: the path of libshmkv_ffi.so (used by the first map a
+     *   process opens; see Library).
      *
      * @param array<string, mixed> $options
      */
-    public static function open(string $name, array $options = []): self
+    public function __construct(string $name, array $options = [])
     {
-        $ffi = Library::ffi();
-        $known = ['create', 'exclusive', 'capacity', 'arena', 'max_size', 'mode', 'read_only',
-            'lock_timeout', 'verify_reads', 'sysv_key', 'ftok', 'codec'];
-        foreach (array_keys($options) as $k) {
-            if (!in_array($k, $known, true)) {
-                throw new InvalidArgumentException("unknown option '$k' (known: " . implode(', ', $known) . ')');
+        foreach ($options as $k => $_) {
+            if (!in_array($k, self::OPTIONS, true)) {
+                throw new InvalidArgumentException("unknown option '$k' (known: " . implode(', ', self::OPTIONS) . ')');
             }
         }
         $codec = $options['codec'] ?? 'serialize';
-        if (!in_array($codec, ['serialize', 'json', 'raw'], true)) {
-            throw new InvalidArgumentException("unknown codec '$codec' (serialize, json or raw)");
+        $codecId = array_search($codec, self::CODECS, true);
+        if ($codecId === false) {
+            throw new InvalidArgumentException("unknown codec '$codec' (" . implode(', ', self::CODECS) . ')');
         }
+        if ($codecId === self::IGBINARY && !function_exists('igbinary_serialize')) {
+            throw new InvalidArgumentException('codec "igbinary" needs the igbinary extension (php8.2-igbinary)');
+        }
+        $library = $options['library'] ?? null;
+        if ($library !== null && !is_string($library)) {
+            throw new InvalidArgumentException('library must be a path');
+        }
+        $ffi = Library::ffi($library);
         $o = $ffi->new('ShmkvOptions');
         $ffi->shmkv_options_init(FFI::addr($o));
-        $o->capacity = self::count_option($options, 'capacity');
+        $o->capacity = self::countOption($options, 'capacity');
         $o->arena_size = isset($options['arena']) ? self::bytes($options['arena']) : 0;
         $o->max_size = isset($options['max_size']) ? self::bytes($options['max_size']) : 0;
-        $o->mode = self::count_option($options, 'mode');
+        $o->mode = self::countOption($options, 'mode');
         $o->read_only = empty($options['read_only']) ? 0 : 1;
         $o->verify_reads = empty($options['verify_reads']) ? 0 : 1;
         if (isset($options['lock_timeout'])) {
@@ -121,10 +138,33 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
                 FFI::free($path);
             }
         }
-        return new self($out, $name, $codec);
+        $this->ffi = $ffi;
+        $this->handle = $out;
+        $this->name = $name;
+        $this->codec = $codec;
+        $this->codecId = $codecId;
+        $this->bufferSize = self::INITIAL_BUFFER;
+        $this->buffer = $ffi->new("char[{$this->bufferSize}]");
+        $this->lenp = $ffi->new('size_t[1]');
+        $this->u64p = $ffi->new('uint64_t[1]');
     }
 
-    /** Parses a size ("64mb", "100 KB", 4096) into bytes. */
+    /**
+     * The same as `new Map($name, $options)`.
+     *
+     * @param array<string, mixed> $options
+     */
+    public static function open(string $name, array $options = []): self
+    {
+        return new self($name, $options);
+    }
+
+    /**
+     * Parses a size ("64mb", "100 KB", 4096) into bytes; units b, k/kb,
+     * m/mb, g/gb, t/tb (case-insensitive).
+     *
+     * @throws InvalidArgumentException on an unknown unit, zero or overflow
+     */
     public static function bytes(int|string $size): int
     {
         if (is_int($size)) {
@@ -133,13 +173,14 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
             }
             return $size;
         }
-        $out = Library::ffi()->new('uint64_t');
-        Library::check(Library::ffi()->shmkv_parse_size($size, FFI::addr($out)));
-        return $out->cdata;
+        $ffi = Library::ffi();
+        $out = $ffi->new('uint64_t[1]');
+        Library::check($ffi->shmkv_parse_size($size, $out));
+        return $out[0];
     }
 
     /** @param array<string, mixed> $options */
-    private static function count_option(array $options, string $key): int
+    private static function countOption(array $options, string $key): int
     {
         $v = $options[$key] ?? 0;
         if (!is_int($v) || $v < 0) {
@@ -148,13 +189,17 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
         return $v;
     }
 
-    /** Removes the map `$name` from the kernel; whether anything was there. */
-    public static function destroyByName(string $name): bool
+    /**
+     * Removes the map `$name` from the kernel; whether anything was there.
+     *
+     * @param array<string, mixed> $options only `library`
+     */
+    public static function destroyByName(string $name, array $options = []): bool
     {
-        $ffi = Library::ffi();
-        $removed = $ffi->new('char');
-        Library::check($ffi->shmkv_destroy_by_name($name, null, FFI::addr($removed)));
-        return $removed->cdata !== "\0";
+        $ffi = Library::ffi($options['library'] ?? null);
+        $removed = $ffi->new('char[1]');
+        Library::check($ffi->shmkv_destroy_by_name($name, null, $removed));
+        return $removed[0] !== "\0";
     }
 
     public function name(): string
@@ -162,54 +207,104 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
         return $this->name;
     }
 
-    private function h(): CData
+    public function codec(): string
     {
-        return $this->handle ?? throw new ShmkvException("map '{$this->name}' is closed");
+        return $this->codec;
+    }
+
+    private function closed(): never
+    {
+        throw new ShmkvException("map '{$this->name}' is closed");
     }
 
     /** The stored bytes of `$key`, or null. One lookup, one copy. */
     public function getRaw(string $key): ?string
     {
+        $rc = $this->ffi->shmkv_get($this->handle ?? $this->closed(), $key, \strlen($key), $this->buffer, $this->bufferSize, $this->lenp);
+        if ($rc === 0) {
+            return FFI::string($this->buffer, $this->lenp[0]);
+        }
+        return $rc === 1 ? null : $this->getSlow($key, $rc);
+    }
+
+    /** A get whose first attempt did not fit the buffer (or failed). */
+    private function getSlow(string $key, int $rc): ?string
+    {
         while (true) {
-            $rc = $this->ffi->shmkv_get($this->h(), $key, strlen($key), $this->buffer, $this->bufferSize, FFI::addr($this->len));
+            if ($rc !== Library::constant('SHMKV_E_BUFFER_TOO_SMALL')) {
+                Library::check($rc);
+            }
+            $this->bufferSize = max($this->lenp[0], 2 * $this->bufferSize);
+            $this->buffer = $this->ffi->new("char[{$this->bufferSize}]");
+            // The value may have changed meanwhile: look again.
+            $rc = $this->ffi->shmkv_get($this->handle ?? $this->closed(), $key, \strlen($key), $this->buffer, $this->bufferSize, $this->lenp);
             if ($rc === 0) {
-                return FFI::string($this->buffer, $this->len->cdata);
+                return FFI::string($this->buffer, $this->lenp[0]);
             }
             if ($rc === 1) {
                 return null;
             }
-            if ($rc === Library::constant('SHMKV_E_BUFFER_TOO_SMALL')) {
-                $this->bufferSize = max($this->len->cdata, 2 * $this->bufferSize);
-                $this->buffer = $this->ffi->new("char[{$this->bufferSize}]");
-                continue; // the value may have changed meanwhile: look again
-            }
-            Library::check($rc);
         }
     }
 
-    /** The value of `$key`, or `$default` when absent. */
+    /**
+     * The value of `$key`, or `$default` when absent (a stored `false` or
+     * `null` is returned as such, not as the default).
+     */
     public function get(string $key, mixed $default = null): mixed
     {
-        $raw = $this->getRaw($key);
-        return $raw === null ? $default : self::decode($this->codec, $raw);
+        // The hot path, kept flat: one FFI call, one copy, one decode.
+        $rc = $this->ffi->shmkv_get($this->handle ?? $this->closed(), $key, \strlen($key), $this->buffer, $this->bufferSize, $this->lenp);
+        if ($rc === 0) {
+            $raw = FFI::string($this->buffer, $this->lenp[0]);
+        } elseif ($rc === 1) {
+            return $default;
+        } else {
+            $raw = $this->getSlow($key, $rc);
+            if ($raw === null) {
+                return $default;
+            }
+        }
+        if ($this->codecId === self::SERIALIZE) {
+            $v = @\unserialize($raw);
+            if ($v !== false || $raw === 'b:0;') {
+                return $v;
+            }
+        }
+        return self::decode($this->codec, $raw);
     }
 
     public function has(string $key): bool
     {
-        return Library::check($this->ffi->shmkv_contains($this->h(), $key, strlen($key))) === 0;
+        return Library::check($this->ffi->shmkv_contains($this->handle ?? $this->closed(), $key, \strlen($key))) === 0;
     }
 
     /** Stores `$value` under `$key`, atomically (crash-safe). */
     public function set(string $key, mixed $value): void
     {
-        $bytes = self::encode($this->codec, $value);
-        Library::check($this->ffi->shmkv_insert($this->h(), $key, strlen($key), $bytes, strlen($bytes)));
+        $bytes = $this->codecId === self::SERIALIZE ? \serialize($value) : self::encode($this->codec, $value);
+        $rc = $this->ffi->shmkv_insert($this->handle ?? $this->closed(), $key, \strlen($key), $bytes, \strlen($bytes));
+        if ($rc !== 0) {
+            Library::check($rc);
+        }
+    }
+
+    /** The same as `set` (the seed's name). */
+    public function add(string $key, mixed $value): void
+    {
+        $this->set($key, $value);
     }
 
     /** Removes `$key`; whether it was there. */
+    public function remove(string $key): bool
+    {
+        return Library::check($this->ffi->shmkv_remove($this->handle ?? $this->closed(), $key, \strlen($key))) === 0;
+    }
+
+    /** The same as `remove`. */
     public function delete(string $key): bool
     {
-        return Library::check($this->ffi->shmkv_remove($this->h(), $key, strlen($key))) === 0;
+        return $this->remove($key);
     }
 
     /**
@@ -218,25 +313,42 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
      * if it throws (the exception is rethrown). Other processes see all of
      * it or none of it, also when this process is killed half-way.
      * Returns what `$fn` returned.
+     *
+     * An `atomic()` inside `$fn` on the same handle joins the outer batch
+     * (its `$fn` gets the same Batch): one write, all or nothing. An
+     * exception thrown by the inner one aborts the whole write even if the
+     * outer `$fn` catches it (the outer `atomic()` rethrows it). Writes
+     * through the Map itself (not the batch) inside `$fn` throw
+     * NestedWriteException.
      */
-    public function batch(callable $fn): mixed
+    public function atomic(callable $fn): mixed
     {
+        if ($this->batch !== null) {
+            try {
+                return $fn($this->batch);
+            } catch (\Throwable $e) {
+                $this->batch->poison($e);
+                throw $e;
+            }
+        }
         $result = null;
         $thrown = null;
-        $codec = $this->codec;
-        $callback = function ($txn, $ctx) use ($fn, $codec, &$result, &$thrown): int {
-            $batch = new Batch($this->ffi, $txn, $codec);
+        $callback = function ($txn, $ctx) use ($fn, &$result, &$thrown): int {
+            $batch = new Batch($this->ffi, $txn, $this->codec);
+            $this->batch = $batch;
             try {
                 $result = $fn($batch);
-                return 0;
+                $thrown = $batch->poisoned();
+                return $thrown === null ? 0 : 1;
             } catch (\Throwable $e) {
                 $thrown = $e;
                 return 1;
             } finally {
+                $this->batch = null;
                 $batch->close();
             }
         };
-        $rc = $this->ffi->shmkv_write($this->h(), $callback, null);
+        $rc = $this->ffi->shmkv_write($this->handle ?? $this->closed(), $callback, null);
         if ($thrown !== null) {
             throw $thrown;
         }
@@ -244,18 +356,24 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
         return $result;
     }
 
+    /** The same as `atomic`. */
+    public function batch(callable $fn): mixed
+    {
+        return $this->atomic($fn);
+    }
+
     /** Number of entries. */
     public function count(): int
     {
-        Library::check($this->ffi->shmkv_len($this->h(), FFI::addr($this->u64)));
-        return $this->u64->cdata;
+        Library::check($this->ffi->shmkv_len($this->handle ?? $this->closed(), $this->u64p));
+        return $this->u64p[0];
     }
 
     /** The number of writes committed so far (changes with every write). */
     public function version(): int
     {
-        Library::check($this->ffi->shmkv_version($this->h(), FFI::addr($this->u64)));
-        return $this->u64->cdata;
+        Library::check($this->ffi->shmkv_version($this->handle ?? $this->closed(), $this->u64p));
+        return $this->u64p[0];
     }
 
     /**
@@ -265,40 +383,42 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     public function waitForChange(int $since, float $timeout): ?int
     {
         $ms = max(0, (int) ceil($timeout * 1000));
-        $rc = Library::check($this->ffi->shmkv_wait_for_change($this->h(), $since, $ms, FFI::addr($this->u64)));
-        return $rc === 0 ? $this->u64->cdata : null;
+        $rc = Library::check($this->ffi->shmkv_wait_for_change($this->handle ?? $this->closed(), $since, $ms, $this->u64p));
+        return $rc === 0 ? $this->u64p[0] : null;
     }
 
     /** Every key, from one consistent snapshot. @return list<string> */
     public function keys(): array
     {
-        return array_keys($this->toArray(false));
+        return array_map('strval', array_keys($this->toArray(false)));
     }
 
     /**
-     * Every entry, from one consistent snapshot.
+     * Every entry, from one consistent snapshot. (PHP turns keys that look
+     * like integers into ints.)
      *
      * @return array<string, mixed>
      */
     public function toArray(bool $decode = true): array
     {
-        $snap = $this->ffi->new('ShmkvSnapshot *');
-        $n = $this->ffi->new('uint64_t');
-        Library::check($this->ffi->shmkv_snapshot($this->h(), FFI::addr($snap), FFI::addr($n)));
-        $k = $this->ffi->new('const char *');
-        $v = $this->ffi->new('const char *');
-        $kl = $this->ffi->new('size_t');
-        $vl = $this->ffi->new('size_t');
+        $ffi = $this->ffi;
+        $snap = $ffi->new('ShmkvSnapshot *');
+        $n = $ffi->new('uint64_t');
+        Library::check($ffi->shmkv_snapshot($this->handle ?? $this->closed(), FFI::addr($snap), FFI::addr($n)));
+        $k = $ffi->new('const char *');
+        $v = $ffi->new('const char *');
+        $kl = $ffi->new('size_t');
+        $vl = $ffi->new('size_t');
         $out = [];
         try {
             for ($i = 0; $i < $n->cdata; $i++) {
-                Library::check($this->ffi->shmkv_snapshot_entry($snap, $i, FFI::addr($k), FFI::addr($kl), FFI::addr($v), FFI::addr($vl)));
+                Library::check($ffi->shmkv_snapshot_entry($snap, $i, FFI::addr($k), FFI::addr($kl), FFI::addr($v), FFI::addr($vl)));
                 $key = $kl->cdata === 0 ? '' : FFI::string($k, $kl->cdata);
                 $raw = $vl->cdata === 0 ? '' : FFI::string($v, $vl->cdata);
                 $out[$key] = $decode ? self::decode($this->codec, $raw) : true;
             }
         } finally {
-            $this->ffi->shmkv_snapshot_free($snap);
+            $ffi->shmkv_snapshot_free($snap);
         }
         return $out;
     }
@@ -312,7 +432,7 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     public function stats(): array
     {
         $json = $this->ffi->new('char *');
-        Library::check($this->ffi->shmkv_stats_json($this->h(), FFI::addr($json)));
+        Library::check($this->ffi->shmkv_stats_json($this->handle ?? $this->closed(), FFI::addr($json)));
         try {
             return json_decode(FFI::string($json), true, 8, JSON_THROW_ON_ERROR);
         } finally {
@@ -323,19 +443,22 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     /** A full consistency check; throws CorruptedException with the problems. */
     public function verify(): void
     {
-        Library::check($this->ffi->shmkv_verify($this->h()));
+        Library::check($this->ffi->shmkv_verify($this->handle ?? $this->closed()));
     }
 
     /** Rewrites the live entries without garbage; readers keep working. */
     public function compact(): void
     {
-        Library::check($this->ffi->shmkv_compact($this->h()));
+        Library::check($this->ffi->shmkv_compact($this->handle ?? $this->closed()));
     }
 
-    /** Removes the map from the kernel and closes this handle. */
+    /**
+     * Removes the map from the kernel (segments and lock) and closes this
+     * handle. Other processes' handles get NotFoundException afterwards.
+     */
     public function destroy(): void
     {
-        $h = $this->h();
+        $h = $this->handle ?? $this->closed();
         $this->handle = null;
         Library::check($this->ffi->shmkv_destroy($h));
     }
@@ -347,6 +470,11 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
             $this->ffi->shmkv_close($this->handle);
             $this->handle = null;
         }
+    }
+
+    public function isOpen(): bool
+    {
+        return $this->handle !== null;
     }
 
     public function __destruct()
@@ -374,7 +502,7 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
 
     public function offsetUnset(mixed $offset): void
     {
-        $this->delete((string) $offset);
+        $this->remove((string) $offset);
     }
 
     /** @internal */
@@ -382,6 +510,7 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     {
         return match ($codec) {
             'serialize' => serialize($value),
+            'igbinary' => \igbinary_serialize($value),
             'json' => json_encode($value, JSON_THROW_ON_ERROR | JSON_PRESERVE_ZERO_FRACTION),
             'raw' => is_string($value)
                 ? $value
@@ -401,8 +530,18 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
                 } catch (\JsonException $e) {
                     throw new CorruptedException('stored value is not JSON: ' . $e->getMessage(), 0, $e);
                 }
+            case 'igbinary':
+                // igbinary's header: 4 bytes, version 1 or 2 (big-endian).
+                if (strlen($bytes) < 5 || !in_array(substr($bytes, 0, 4), ["\0\0\0\1", "\0\0\0\2"], true)) {
+                    throw new CorruptedException('stored value is not igbinary data (written with another codec?)');
+                }
+                $v = @\igbinary_unserialize($bytes);
+                if ($v === null && $bytes !== \igbinary_serialize(null)) {
+                    throw new CorruptedException('stored value is not igbinary data (written with another codec?)');
+                }
+                return $v;
             default:
-                if ($bytes === serialize(false)) {
+                if ($bytes === 'b:0;') {
                     return false;
                 }
                 $v = @unserialize($bytes);

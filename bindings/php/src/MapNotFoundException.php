@@ -4,7 +4,7 @@ declare(strict_types=1);
 
 namespace Shmkv;
 
-/** No map exists under this name or key (SHMKV_E_NOT_FOUND). */
-class MapNotFoundException extends ShmkvException
+/** The name of the first version: the same as NotFoundException (what is thrown). */
+class MapNotFoundException extends NotFoundException
 {
 }
