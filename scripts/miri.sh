@@ -77,7 +77,7 @@ MIRIFLAGS="$flags -Zmiri-many-seeds=$provider_seeds" cargo +nightly miri test --
   raw::provider "$@" || status=1
 for t in "${TEST_TARGETS[@]}"; do
   echo "== miri: tests/$t.rs, MIRIFLAGS=$flags"
-  MIRIFLAGS="$flags" cargo +nightly miri test --test "$t" -- "$@" || status=1
+  MIRIFLAGS="$flags" cargo +nightly miri test --features __test-hooks --test "$t" -- "$@" || status=1
 done
 echo "== miri: ${SECONDS} s"
 if [ "$status" -ne 0 ]; then

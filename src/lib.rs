@@ -14,7 +14,9 @@
 //! struct Backend { host: String, port: u16, weight: u32 }
 //!
 //! let name = format!("doc-usage-{}", std::process::id());
-//! # let _cleanup = shmkv::__private::DestroyOnDrop(name.clone());
+//! # struct Cleanup(String);
+//! # impl Drop for Cleanup { fn drop(&mut self) { let _ = shmkv::RawMap::destroy_by_name(&self.0, &shmkv::Options::new()); } }
+//! # let _cleanup = Cleanup(name.clone());
 //! let opts = Options::new().capacity(10_000).arena_size(Size::parse("4mb")?);
 //! let map: ShmMap<str, Backend> = ShmMap::open_or_create(&name, &opts)?;
 //! map.insert("api", &Backend { host: "10.0.0.7".into(), port: 8080, weight: 3 })?;
@@ -160,19 +162,11 @@ pub use stats::Stats;
 
 /// Test support: crash points of the write protocol, the heap-backed table
 /// for fuzzing, and the layout offsets tests scribble on. Not part of the
-/// stable API.
+/// API: only with the feature `__test-hooks`, which the project's own tests
+/// and fuzz targets turn on (`scripts/test.sh`: `--all-features`).
+#[cfg(any(test, feature = "__test-hooks"))]
 #[doc(hidden)]
 pub mod __private {
-    /// Removes the named map's kernel objects when dropped (doc tests use it
-    /// so that a failing example leaves nothing behind).
-    pub struct DestroyOnDrop(pub String);
-
-    impl Drop for DestroyOnDrop {
-        fn drop(&mut self) {
-            let _ = crate::RawMap::destroy_by_name(&self.0, &crate::Options::new());
-        }
-    }
-
     pub use crate::raw::hooks::{arm, CrashPoint};
     pub use crate::raw::provider::HeapKernel;
 

@@ -63,7 +63,9 @@ fn decode<V: Loadable>(bytes: &[u8]) -> Result<V> {
 /// # fn main() -> shmkv::Result<()> {
 /// use shmkv::{Options, ShmMap};
 /// let name = format!("doc-typed-{}", std::process::id());
-/// # let _cleanup = shmkv::__private::DestroyOnDrop(name.clone());
+/// # struct Cleanup(String);
+/// # impl Drop for Cleanup { fn drop(&mut self) { let _ = shmkv::RawMap::destroy_by_name(&self.0, &shmkv::Options::new()); } }
+/// # let _cleanup = Cleanup(name.clone());
 /// let map: ShmMap<str, (u32, String)> = ShmMap::create(&name, &Options::new())?;
 /// map.insert("a", &(1, "one".to_string()))?;
 /// let v = map.get_archived("a")?.expect("present");
@@ -287,7 +289,9 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
     /// # fn main() -> shmkv::Result<()> {
     /// # use shmkv::{Options, ShmMap};
     /// # let name = format!("doc-batch-{}", std::process::id());
-    /// # let _cleanup = shmkv::__private::DestroyOnDrop(name.clone());
+    /// # struct Cleanup(String);
+    /// # impl Drop for Cleanup { fn drop(&mut self) { let _ = shmkv::RawMap::destroy_by_name(&self.0, &shmkv::Options::new()); } }
+    /// # let _cleanup = Cleanup(name.clone());
     /// let counters: ShmMap<str, u64> = ShmMap::create(&name, &Options::new())?;
     /// counters.write(|b| {
     ///     let hits = b.get("hits")?.unwrap_or(0);

@@ -89,6 +89,7 @@ impl RawMap {
     }
 
     /// [`destroy_by_name`](RawMap::destroy_by_name) over a provider.
+    #[cfg(any(test, feature = "__test-hooks"))]
     pub(crate) fn destroy_by_name_in(p: &dyn Provider, name: &str, opts: &Options) -> Result<bool> {
         Engine::destroy_by_name(p, name, opts)
     }

@@ -1,8 +1,10 @@
 //! Test-only crash points of the write protocol. A test process arms one
 //! point; when the writer reaches it, the process kills itself with SIGKILL,
 //! which is exactly what a crash at that instruction looks like to others.
-//! Unarmed, a point costs one Relaxed load of a process-local static.
+//! Unarmed, a point costs one Relaxed load of a process-local static; without
+//! the `__test-hooks` feature (the project's tests turn it on) it is nothing.
 
+#[cfg(any(test, feature = "__test-hooks"))]
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Where a writer can be made to die.
@@ -57,18 +59,22 @@ impl CrashPoint {
     }
 }
 
+#[cfg(any(test, feature = "__test-hooks"))]
 static ARMED: AtomicU32 = AtomicU32::new(0);
 /// Number of times the armed point is passed before the crash.
+#[cfg(any(test, feature = "__test-hooks"))]
 static SKIP: AtomicU64 = AtomicU64::new(0);
 
 /// Arms `point`: the process SIGKILLs itself the `skip + 1`-th time a writer
 /// reaches it.
+#[cfg(any(test, feature = "__test-hooks"))]
 pub fn arm(point: CrashPoint, skip: u64) {
     SKIP.store(skip, Ordering::Relaxed);
     ARMED.store(point as u32, Ordering::Relaxed);
 }
 
 /// Called by the writer at each point.
+#[cfg(any(test, feature = "__test-hooks"))]
 #[inline]
 pub(crate) fn reached(point: CrashPoint) {
     if ARMED.load(Ordering::Relaxed) == point as u32 {
@@ -82,3 +88,9 @@ pub(crate) fn reached(point: CrashPoint) {
         }
     }
 }
+
+/// Without the `__test-hooks` feature (a release build of a library user)
+/// the crash points compile to nothing.
+#[cfg(not(any(test, feature = "__test-hooks")))]
+#[inline(always)]
+pub(crate) fn reached(_point: CrashPoint) {}

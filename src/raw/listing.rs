@@ -77,6 +77,7 @@ pub fn list_maps(all: bool) -> Result<Vec<MapListing>> {
 }
 
 /// [`list_maps`] over any provider, without `all`.
+#[cfg(any(test, feature = "__test-hooks"))]
 pub(crate) fn list_maps_in(p: Arc<dyn Provider>) -> Result<Vec<MapListing>> {
     list_maps_with(p, false)
 }

@@ -19,7 +19,9 @@ pub(crate) mod procfs;
 pub(crate) mod sem;
 pub(crate) mod shm;
 
-pub(crate) use futex::{futex_wait, futex_wake_all, FUTEX_WAKES};
+pub(crate) use futex::{futex_wait, futex_wake_all};
+#[cfg(any(test, feature = "__test-hooks"))]
+pub(crate) use futex::FUTEX_WAKES;
 pub(crate) use procfs::{process_alive, process_start_time, sysvipc_shm};
 pub(crate) use sem::{SemOpen, Semaphore};
 pub(crate) use shm::{

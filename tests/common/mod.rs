@@ -3,6 +3,14 @@
 //! (the test binary re-executed in a "role").
 #![allow(dead_code)]
 
+// The tests use `shmkv::__private` (crash points, the heap kernel, layout
+// offsets), which exists only with this feature: fail loudly, never skip.
+#[cfg(not(feature = "__test-hooks"))]
+compile_error!(
+    "the tests need the feature __test-hooks: run `bash scripts/test.sh` \
+     (or `cargo test --workspace --all-features`)"
+);
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -7,7 +7,8 @@
 //! - `heap`: a process-local registry of heap regions and locks standing in
 //!   for the kernel ([`HeapKernel`]), so that tests, fuzzing and Miri run the
 //!   whole engine without system objects; "another process" is another
-//!   handle on the same `HeapKernel`.
+//!   handle on the same `HeapKernel`. Compiled for the project's tests
+//!   only (`cfg(test)` or the `__test-hooks` feature).
 //!
 //! Only creation, attachment, removal, identification, the write lock and
 //! the facts about processes the engine asks for (a fresh hash seed, a
@@ -15,7 +16,9 @@
 //! (dynamic dispatch, on the write and lifecycle paths only): a read never
 //! calls it.
 
+#[cfg(any(test, feature = "__test-hooks"))]
 mod heap;
+#[cfg(any(test, feature = "__test-hooks"))]
 mod heap_lock;
 mod sysv;
 
@@ -29,6 +32,7 @@ use crate::error::Result;
 use crate::sys::procfs::ShmRow;
 pub(crate) use crate::sys::{Removal, ShmInfo};
 
+#[cfg(any(test, feature = "__test-hooks"))]
 pub use self::heap::HeapKernel;
 pub(crate) use self::sysv::SysV;
 
