@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use shmkv::{Options, RawMap, Size};
+use shmkv::{HugePages, Options, RawMap, Size};
 
 fn key(i: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -125,6 +125,65 @@ impl Drop for Cleanup {
     }
 }
 
+/// A copy of the pointer chase's array on huge pages (`MAP_HUGETLB`).
+struct HugeChase {
+    ptr: *mut u64,
+    bytes: usize,
+}
+
+impl HugeChase {
+    fn new(src: &[u64]) -> Option<HugeChase> {
+        let page = std::fs::read_to_string("/proc/meminfo")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("Hugepagesize:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<usize>()
+            .ok()?
+            * 1024;
+        let bytes = (src.len() * 8).div_ceil(page) * page;
+        // SAFETY: an anonymous mapping, no address hint.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            println!(
+                "no huge pages pointer chase: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        // SAFETY: the mapping holds `bytes >= src.len() * 8` bytes, is
+        // page aligned, and is not `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p.cast::<u64>(), src.len()) };
+        Some(HugeChase {
+            ptr: p.cast(),
+            bytes,
+        })
+    }
+    fn at(&self, i: usize) -> u64 {
+        assert!(i < self.bytes / 8);
+        // SAFETY: in bounds (asserted), initialised by `new`.
+        unsafe { *self.ptr.add(i) }
+    }
+}
+
+impl Drop for HugeChase {
+    fn drop(&mut self) {
+        // SAFETY: mapped by `new` with this length.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let sizes: Vec<u64> = std::env::var("SHMKV_COLD_SIZES")
@@ -162,6 +221,29 @@ fn main() {
             .unwrap();
         }
         let footprint = m.stats().unwrap().segment_size;
+        // The same map on huge pages, when the kernel has them
+        // (`echo N > /proc/sys/vm/nr_hugepages`).
+        let hname = format!("{name}-huge");
+        let _hcleanup = Cleanup(hname.clone());
+        let mh = RawMap::create(
+            &hname,
+            &Options::new()
+                .capacity(n)
+                .arena_size(Size::from(n * 112 + (1 << 20)))
+                .huge_pages(HugePages::Require),
+        )
+        .map_err(|e| println!("no huge pages contender: {e}"))
+        .ok();
+        if let Some(mh) = &mh {
+            for chunk in (0..n).collect::<Vec<_>>().chunks(100_000) {
+                mh.write(|b| {
+                    chunk
+                        .iter()
+                        .try_for_each(|&i| b.insert(&key(i), &value(next[i as usize])))
+                })
+                .unwrap();
+            }
+        }
         let inline: HashMap<[u8; 16], [u8; 64]> =
             (0..n).map(|i| (key(i), value(next[i as usize]))).collect();
         let boxed: HashMap<Vec<u8>, Vec<u8>> = (0..n)
@@ -213,6 +295,20 @@ fn main() {
             ch,
             f64::NAN,
         );
+        if let Some(mh) = &mh {
+            let r = chain(steps, timer_ns, |i| {
+                first_word(&mh.get_ref(&key(i)).unwrap().unwrap())
+            });
+            let ri = indep(Box::new(|i| {
+                first_word(&mh.get_ref(&key(i)).unwrap().unwrap())
+            }));
+            report("shmkv get_ref (huge pages)", r, ri);
+        }
+        if let Some(h) = HugeChase::new(&chase) {
+            let r = chain(steps, timer_ns, |l| h.at((l * 8) as usize));
+            report("pointer chase (huge pages)", r, f64::NAN);
+        }
+        drop(mh);
         drop(m);
     }
 }
