@@ -135,7 +135,9 @@ fn huge_pages_with_the_kernel() {
     // Reads, writes and growth (from a handle opened without the option).
     let other = RawMap::open(&c.name, &Options::new()).unwrap();
     for i in 0u64..40 {
-        other.insert(&i.to_le_bytes(), &(i * 7).to_le_bytes()).unwrap();
+        other
+            .insert(&i.to_le_bytes(), &(i * 7).to_le_bytes())
+            .unwrap();
     }
     let s2 = m.stats().unwrap();
     assert!(s2.generation > s.generation && s2.huge_pages, "{s2:?}");
