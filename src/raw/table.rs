@@ -304,35 +304,6 @@ impl Table {
         record_checksum(body) == u64::from_le_bytes(w)
     }
 
-    /// Asks the CPU to start loading the cache lines of the record at
-    /// arena offset `record` with lengths `lens` (up to three), so that the misses on its header, key
-    /// and value overlap instead of following one another. A prefetch is a
-    /// hint: it reads nothing into the program, writes nothing, never
-    /// faults (also on a wrong offset from a torn or scribbled slot: the
-    /// address is computed with wrapping arithmetic and never dereferenced)
-    /// and makes no system call. A no-op off x86-64 and under Miri.
-    #[inline(always)]
-    pub(crate) fn prefetch_record(&self, record: u64, lens: Lens) {
-        #[cfg(all(target_arch = "x86_64", not(miri)))]
-        {
-            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // The record's first two lines and the line of its last value
-            // byte (the same line again for short records): every line of
-            // a record up to 129 bytes, no loop, no branch.
-            let last = value_offset_in_record(lens.key_len()) + lens.value_len();
-            let start = self.arena.as_ptr().wrapping_add(record as usize);
-            let end = start.wrapping_add(last as usize).wrapping_sub(1);
-            for p in [start, start.wrapping_add(64), end] {
-                // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 CPU
-                // has; it never dereferences its argument in the program's
-                // sense (no fault, no read the program sees).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
-            }
-        }
-        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-        let _ = (record, lens);
-    }
-
     /// Lock-free lookup: linear probing from `hash`, each slot read under
     /// its seqlock; the offset is followed only after the read validated.
     #[inline(always)]
@@ -359,7 +330,6 @@ impl Table {
                 Some(Tag::EMPTY) => return Ok(None),
                 Some(Tag::FULL) => {
                     if s.hash == hash && s.lens.key_len() == key.len() as u64 {
-                        self.prefetch_record(s.rec.offset(), s.lens);
                         let f = self.locate(i, s.rec.offset(), s.lens)?;
                         if self.key_of(&f) == key {
                             return Ok(Some(f));
