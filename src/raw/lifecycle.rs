@@ -191,7 +191,7 @@ impl Engine {
         key: libc::key_t,
         opts: &Options,
         mode: Mode,
-        (slots, arena, data_size): (u64, u64, u64),
+        geometry @ (slots, arena, _): (u64, u64, u64),
         sem: &dyn LockSet,
     ) -> Result<Option<()>> {
         // A creator killed between its `shmget` of the root and the root's
@@ -246,15 +246,7 @@ impl Engine {
                     discard_data_segments(p, r, pack_owner(key, root_id), false);
                     p.remove(root_id)?;
                     drop(root_seg);
-                    return Engine::create_locked(
-                        p,
-                        name,
-                        key,
-                        opts,
-                        mode,
-                        (slots, arena, data_size),
-                        sem,
-                    );
+                    return Engine::create_locked(p, name, key, opts, mode, geometry, sem);
                 }
                 // A creator died before finishing: we hold the lock, so it
                 // does not run (nobody can have opened the map). Remove what
