@@ -45,7 +45,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shmkv::{Options, RawMap, Size};
+use shmkv::{HugePages, Options, RawMap, Size};
 
 /// Lookups per transaction / `read()` in the batched variants.
 const BATCH: u64 = 4096;
@@ -68,12 +68,14 @@ type Contender = fn(&Setup, &mut Out);
 /// [`pointer_chase`] (`chase_in` over its own buffer, with its page size).
 const CONTENDERS: &[Contender] = &[
     shmkv_get_ref,
+    shmkv_get_ref_huge,
     inline_std,
     inline_xxh3,
     boxed_std,
     lmdb,
     mmap_sync,
     pointer_chase,
+    pointer_chase_huge,
 ];
 
 fn key(i: u64) -> [u8; 16] {
@@ -431,7 +433,7 @@ impl Drop for Scratch {
 
 /// Builds shmkv's map of `s`'s entries with `opts` (capacity and arena set
 /// here); the caller keeps the returned cleanup guard alive.
-fn build_shmkv(s: &Setup, tag: &str, opts: Options) -> (RawMap, Cleanup) {
+fn build_shmkv(s: &Setup, tag: &str, opts: Options) -> Option<(RawMap, Cleanup)> {
     let n = s.n;
     let name = format!("shmkv-bench-cold-{tag}-{}-{n}", std::process::id());
     let _ = RawMap::destroy_by_name(&name, &Options::new());
@@ -440,7 +442,8 @@ fn build_shmkv(s: &Setup, tag: &str, opts: Options) -> (RawMap, Cleanup) {
         &name,
         &opts.capacity(n).arena_size(Size::from(n * 112 + (1 << 20))),
     )
-    .unwrap();
+    .map_err(|e| println!("!! shmkv ({tag}) not measured at {n} entries: {e}"))
+    .ok()?;
     for chunk in (0..n).collect::<Vec<_>>().chunks(100_000) {
         m.write(|b| {
             chunk
@@ -449,7 +452,7 @@ fn build_shmkv(s: &Setup, tag: &str, opts: Options) -> (RawMap, Cleanup) {
         })
         .unwrap();
     }
-    (m, cleanup)
+    Some((m, cleanup))
 }
 
 /// Measures `RawMap::get_ref` on `m` as `subject` with `params`.
@@ -469,9 +472,22 @@ fn measure_shmkv(s: &Setup, out: &mut Out, m: &RawMap, subject: &str, params: Va
 }
 
 fn shmkv_get_ref(s: &Setup, out: &mut Out) {
-    let (m, _cleanup) = build_shmkv(s, "4k", Options::new());
+    let (m, _cleanup) = build_shmkv(s, "4k", Options::new()).expect("a map on normal pages");
     out.footprint = Some(m.stats().unwrap().segment_size);
-    measure_shmkv(s, out, &m, "shmkv get_ref", json!({}));
+    measure_shmkv(s, out, &m, "shmkv get_ref", json!({"pages": "4k"}));
+}
+
+/// The same map with its data segment on huge pages (`HugePages::Require`),
+/// when the kernel has them (`scripts/bench.sh` reserves them).
+fn shmkv_get_ref_huge(s: &Setup, out: &mut Out) {
+    let opts = Options::new().huge_pages(HugePages::Require);
+    if let Some((m, _cleanup)) = build_shmkv(s, "2m", opts) {
+        assert!(
+            m.stats().unwrap().huge_pages,
+            "Require gave a map on huge pages"
+        );
+        measure_shmkv(s, out, &m, "shmkv get_ref", json!({"pages": "2m"}));
+    }
 }
 
 /// Measures a process-local map with plain lookups.
@@ -694,6 +710,81 @@ fn pointer_chase(s: &Setup, out: &mut Out) {
     let lines = (footprint / 64).max(2);
     let mut buf = vec![0u64; (lines * 8) as usize];
     chase_in(s, out, &mut buf, "pointer chase", "4k");
+}
+
+/// A copy of the pointer chase's array on huge pages (`MAP_HUGETLB`).
+struct HugeChase {
+    ptr: *mut u64,
+    bytes: usize,
+}
+
+impl HugeChase {
+    fn new(src: &[u64]) -> Option<HugeChase> {
+        let page = std::fs::read_to_string("/proc/meminfo")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("Hugepagesize:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<usize>()
+            .ok()?
+            * 1024;
+        let bytes = (src.len() * 8).div_ceil(page) * page;
+        // SAFETY: an anonymous mapping, no address hint.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            println!(
+                "no huge pages pointer chase: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        // SAFETY: the mapping holds `bytes >= src.len() * 8` bytes, is
+        // page aligned, and is not `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p.cast::<u64>(), src.len()) };
+        Some(HugeChase {
+            ptr: p.cast(),
+            bytes,
+        })
+    }
+    fn as_mut_slice(&mut self) -> &mut [u64] {
+        // SAFETY: the mapping holds `bytes` bytes, 8-aligned, initialised
+        // by `new`, and is borrowed mutably with `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes / 8) }
+    }
+}
+
+impl Drop for HugeChase {
+    fn drop(&mut self) {
+        // SAFETY: mapped by `new` with this length.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
+/// The pointer chase over shmkv's footprint on huge pages (`MAP_HUGETLB`),
+/// when the kernel has them.
+fn pointer_chase_huge(s: &Setup, out: &mut Out) {
+    let footprint = out
+        .footprint
+        .expect("the pointer chase comes after shmkv in CONTENDERS");
+    let lines = (footprint / 64).max(2);
+    let src = vec![0u64; (lines * 8) as usize];
+    if let Some(mut h) = HugeChase::new(&src) {
+        drop(src);
+        let buf = h.as_mut_slice();
+        let len = buf.len();
+        chase_in(s, out, &mut buf[..len - len % 8], "pointer chase", "2m");
+    }
 }
 
 /// The median cost of an `Instant::now` pair with nothing between.

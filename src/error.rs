@@ -193,6 +193,23 @@ pub enum Error {
         /// Its recorded schema.
         schema: String,
     },
+    /// The map's policy is [`HugePages::Require`](crate::HugePages::Require)
+    /// and the kernel refused a data segment on huge pages (no free
+    /// reserved huge pages, no permission, or no huge page support). Nothing
+    /// stored was changed: a write that needed a new segment (growth) did
+    /// not happen, a create left nothing behind. Reserve pages with
+    /// `sysctl -w vm.nr_hugepages=<pages>` (as root).
+    #[error("{}", huge_text(name, *bytes, *page_size, .errno))]
+    HugePagesUnavailable {
+        /// The map.
+        name: String,
+        /// Bytes of the segment that was refused (whole huge pages).
+        bytes: u64,
+        /// The kernel's huge page size (`Hugepagesize`), 0 if it has none.
+        page_size: u64,
+        /// What `shmget` said, if it was called.
+        errno: Option<i32>,
+    },
     /// A write was started inside another write on the same map and thread.
     #[error("nested write on the same map (would deadlock)")]
     NestedWrite,
@@ -257,6 +274,27 @@ fn holder_text(pid: &Option<i32>) -> String {
         Some(p) => format!("held by pid {p}"),
         None => "holder unknown".to_string(),
     }
+}
+
+fn huge_text(name: &str, bytes: u64, page_size: u64, errno: &Option<i32>) -> String {
+    let why = match errno {
+        Some(e) => format!(
+            "shmget(SHM_HUGETLB): {}",
+            std::io::Error::from_raw_os_error(*e)
+        ),
+        None => "this kernel reports no huge page size".to_string(),
+    };
+    let pages = if page_size == 0 {
+        0
+    } else {
+        bytes.div_ceil(page_size)
+    };
+    format!(
+        "map {name:?} requires huge pages (HugePages::Require) and the kernel refused a \
+         segment of {bytes} bytes ({pages} huge pages of {page_size} bytes; {why}); \
+         reserve them with `sysctl -w vm.nr_hugepages=<pages>` (needs {pages} free, \
+         see HugePages_Free in /proc/meminfo) or create the map with HugePages::Try"
+    )
 }
 
 impl Error {

@@ -145,7 +145,7 @@ pub use error::{Error, Incompatible, Result};
 pub use hash::format_fingerprint;
 pub use key::{Key, KeyBytes};
 pub use map::{Batch, Checkable, Loadable, ShmMap, Storable, View};
-pub use options::{key_from_name, Options};
+pub use options::{key_from_name, HugePages, Options};
 pub use raw::batch::RawBatch;
 pub use raw::listing::{
     list_maps, list_orphans, remove_orphan, MapListing, MapState, Orphan, OrphanCause,

@@ -17,6 +17,30 @@ enum KeySource {
     Ftok(PathBuf, u8),
 }
 
+/// Where a map's data segments live: normal pages, or huge pages
+/// (`SHM_HUGETLB`, the size in `/proc/meminfo` `Hugepagesize`, usually
+/// 2 MiB) from the kernel's reserved pool (`vm.nr_hugepages`). On huge
+/// pages a lookup's two memory accesses (slot, record) no longer miss the
+/// TLB (DESIGN.md "Huge pages"). Chosen when the map is created and
+/// recorded in it: every writer that later makes a new generation (growth,
+/// compaction), also another process that opened the map without the
+/// option, follows the recorded choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HugePages {
+    /// Normal pages (the default).
+    #[default]
+    Off,
+    /// Huge pages when the kernel gives them, normal pages otherwise (no
+    /// reserved pages, not allowed, or rounding to whole huge pages would
+    /// exceed `max_size`). [`Stats::huge_pages`](crate::Stats::huge_pages)
+    /// says which the current segment got.
+    Try,
+    /// Huge pages only: creating the map, or a write that needs a new data
+    /// segment, fails with [`Error::HugePagesUnavailable`] when the kernel
+    /// refuses them; nothing stored is changed then.
+    Require,
+}
+
 /// Options for creating or opening a map. Builder style:
 ///
 /// ```
@@ -47,6 +71,8 @@ pub struct Options {
     pub(crate) raw_writes: bool,
     /// `wake_every_write`.
     pub(crate) wake_every_write: bool,
+    /// `huge_pages`.
+    pub(crate) huge_pages: HugePages,
     /// Set by `ShmMap`: the full schema text of the typed handle.
     pub(crate) typed: Option<String>,
 }
@@ -79,6 +105,7 @@ impl Options {
             schema: None,
             raw_writes: false,
             wake_every_write: false,
+            huge_pages: HugePages::Off,
             typed: None,
             key: KeySource::Name,
         }
@@ -164,6 +191,15 @@ impl Options {
     /// Off by default.
     pub fn wake_every_write(mut self, on: bool) -> Options {
         self.wake_every_write = on;
+        self
+    }
+
+    /// Chosen when the map is created (recorded in it; ignored when
+    /// opening): put the data segments on huge pages, see [`HugePages`].
+    /// Segment sizes are then rounded up to whole huge pages (the extra
+    /// bytes go to the arena). Off by default.
+    pub fn huge_pages(mut self, policy: HugePages) -> Options {
+        self.huge_pages = policy;
         self
     }
 

@@ -49,4 +49,9 @@ pub struct Stats {
     /// Whether writers wake sleepers after every write
     /// ([`Options::wake_every_write`](crate::Options::wake_every_write)).
     pub wake_every_write: bool,
+    /// Whether the current data segment is on huge pages (`SHM_HUGETLB`).
+    pub huge_pages: bool,
+    /// The map's huge page policy, recorded at creation
+    /// ([`Options::huge_pages`](crate::Options::huge_pages)).
+    pub huge_page_policy: crate::HugePages,
 }

@@ -121,6 +121,7 @@ pub(crate) fn error_kind(e: &Error) -> &'static str {
         Error::KeyTooLarge { .. } => "key_too_large",
         Error::ValueTooLarge { .. } => "value_too_large",
         Error::Full { .. } => "full",
+        Error::HugePagesUnavailable { .. } => "huge_pages_unavailable",
         Error::LockTimeout { .. } => "lock_timeout",
         Error::Busy { .. } => "busy",
         Error::TypedMap { .. } => "typed_map",

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use shmkv::Stats;
+use shmkv::{HugePages, Stats};
 
 use crate::fail::{fail, Fail};
 
@@ -114,6 +114,15 @@ pub(crate) fn json_bytes(obj: &Value, field: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// `Options::huge_pages` as the command prints it.
+fn policy_text(p: HugePages) -> &'static str {
+    match p {
+        HugePages::Off => "off",
+        HugePages::Try => "try",
+        HugePages::Require => "require",
+    }
+}
+
 pub(crate) fn stats_json(s: &Stats) -> Value {
     json!({
         "name": s.name, "key": s.key, "generation": s.generation, "capacity": s.capacity,
@@ -125,6 +134,7 @@ pub(crate) fn stats_json(s: &Stats) -> Value {
         "root_shmid": s.root_shmid,
         "data_shmid": s.data_shmid, "semid": s.semid, "stale_segments": s.stale_segments,
         "schema": s.schema, "wake_every_write": s.wake_every_write,
+        "huge_pages": s.huge_pages, "huge_page_policy": policy_text(s.huge_page_policy),
     })
 }
 
@@ -151,6 +161,17 @@ pub(crate) fn print_stats(s: &Stats) {
         s.attached.saturating_sub(1)
     );
     println!("lock        {lock} (semid {})", s.semid);
+    if s.huge_page_policy != HugePages::Off || s.huge_pages {
+        println!(
+            "pages       {} (huge page policy {})",
+            if s.huge_pages {
+                "huge (SHM_HUGETLB)"
+            } else {
+                "normal"
+            },
+            policy_text(s.huge_page_policy)
+        );
+    }
     if s.wake_every_write {
         println!("wakes       on every write (read-only waiters sleep in the kernel)");
     }

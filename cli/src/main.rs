@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use shmkv::{Options, RawMap, Size};
+use shmkv::{HugePages, Options, RawMap, Size};
 
 mod commands;
 mod fail;
@@ -92,13 +92,13 @@ struct Sizing {
     /// instead of polling (costs every write a system call).
     #[arg(long)]
     wake_every_write: bool,
-    // HUGE-PAGES (to add at merge, once `shmkv::HugePages` exists):
-    //   /// Back the data segments with huge pages: off, try (fall back to
-    //   /// normal pages), require (fail without them).
-    //   #[arg(long, value_name = "WHEN", value_parser = ["off", "try", "require"])]
-    //   huge_pages: Option<String>,
-    // and in `Sizing::apply`: map "off"/"try"/"require" to
-    // `HugePages::{Off, Try, Require}` and call `o.huge_pages(..)`.
+    /// Back the map's data segments with huge pages (SHM_HUGETLB): off
+    /// (default), try (fall back to normal pages when the kernel has none
+    /// free), require (fail without them; reserve with `sysctl -w
+    /// vm.nr_hugepages=N`). Recorded in the map: every writer that grows it
+    /// follows it.
+    #[arg(long, value_name = "WHEN", value_parser = ["off", "try", "require"])]
+    huge_pages: Option<String>,
 }
 
 impl Sizing {
@@ -109,6 +109,7 @@ impl Sizing {
             || self.max_size.is_some()
             || self.mode.is_some()
             || self.wake_every_write
+            || self.huge_pages.is_some()
     }
 
     /// `o` with these flags.
@@ -125,6 +126,11 @@ impl Sizing {
         if let Some(m) = self.mode {
             o = o.mode(m);
         }
+        o = match self.huge_pages.as_deref() {
+            Some("try") => o.huge_pages(HugePages::Try),
+            Some("require") => o.huge_pages(HugePages::Require),
+            _ => o,
+        };
         o.wake_every_write(self.wake_every_write)
     }
 }

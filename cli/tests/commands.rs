@@ -287,3 +287,42 @@ fn completions_for_bash_zsh_and_fish() {
     let (code, _) = fails(&["completions", "tcsh"]);
     assert_eq!(code, 2);
 }
+
+/// `HugePages_Free` of /proc/meminfo.
+fn huge_pages_free() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn create_with_huge_pages_records_the_policy() {
+    let c = Cleanup::new("cli-huge-try");
+    ok(&["create", &c.name, "--huge-pages", "try"]);
+    let s = stat(&c.name);
+    assert_eq!(s["huge_page_policy"], "try", "{s}");
+    // With no free huge page, `try` falls back to normal pages.
+    if huge_pages_free() == 0 {
+        assert_eq!(s["huge_pages"], false, "{s}");
+    }
+    let text = ok(&["stat", &c.name]);
+    assert!(text.contains("huge page policy try"), "{text}");
+
+    let r = Cleanup::new("cli-huge-require");
+    if huge_pages_free() == 0 {
+        let (code, err) = fails(&["--json", "create", &r.name, "--huge-pages", "require"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("huge_pages_unavailable"), "{err}");
+        assert!(err.contains("vm.nr_hugepages"), "{err}");
+        assert!(RawMap::open(&r.name, &shmkv::Options::new()).is_err());
+    } else {
+        ok(&["create", &r.name, "--huge-pages", "require"]);
+        assert_eq!(stat(&r.name)["huge_pages"], true);
+    }
+    let (code, err) = fails(&["create", "x", "--huge-pages", "sometimes"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = fails(&["put", &c.name, "k", "v", "--huge-pages", "try"]);
+    assert_eq!(code, 2, "sizing flags need --create: {err}");
+}

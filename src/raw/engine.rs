@@ -418,6 +418,8 @@ impl Engine {
             stale_segments: root::stale_list(self.root()),
             schema: super::schema::recorded(self.root()).map(|(_, t)| t),
             wake_every_write: waiters::wakes_every_write(self.root()),
+            huge_pages: g.table.huge_page_size() != 0,
+            huge_page_policy: super::resize::huge_policy(self.root()),
         })
     }
 }

@@ -92,7 +92,8 @@ pub(crate) struct RootHeader {
     /// to remove (another user's): `shmid + 1`, 0 = free. Every lock
     /// holder tries to remove them (`discard_recorded`).
     pub(crate) stale: [StdAtomicU64; STALE_SLOTS],
-    /// Flags chosen at creation: [`ROOT_FLAG_WAKE_EVERY_WRITE`].
+    /// Flags chosen at creation: [`ROOT_FLAG_WAKE_EVERY_WRITE`],
+    /// [`ROOT_FLAG_HUGE_TRY`], [`ROOT_FLAG_HUGE_REQUIRE`].
     pub(crate) flags: StdAtomicU64,
     /// Sleepers in `wait_for_change` by process: `pid << 32 | count`, so
     /// that the count of a process killed while sleeping can be taken back.
@@ -111,6 +112,17 @@ pub(crate) struct RootHeader {
 /// processes that may not write the root) sleep in the kernel too
 /// (`Options::wake_every_write`).
 pub(crate) const ROOT_FLAG_WAKE_EVERY_WRITE: u64 = 1;
+
+/// Root flag: data segments are made on huge pages (`SHM_HUGETLB`) when the
+/// kernel has them, on normal pages otherwise (`HugePages::Try`). Every
+/// writer that makes a generation follows the root's flags, whatever its
+/// own `Options` say.
+pub(crate) const ROOT_FLAG_HUGE_TRY: u64 = 2;
+/// Root flag: data segments are made on huge pages only; a write that needs
+/// a new segment fails with `Error::HugePagesUnavailable` when the kernel
+/// has none (`HugePages::Require`). Never set together with
+/// [`ROOT_FLAG_HUGE_TRY`].
+pub(crate) const ROOT_FLAG_HUGE_REQUIRE: u64 = 4;
 
 /// `pending` while a writer is inside `shmget`: this bit, with the writer's
 /// pid in the low 32 bits. Recovery then looks for a private segment of
@@ -220,7 +232,10 @@ pub(crate) struct DataHeader {
     /// The root this generation belongs to: `key << 32 | root shmid`
     /// (immutable; checked at open so a stray shmid is never accepted).
     pub(crate) owner: AtomicU64,
-    _reserved: [AtomicU64; 15],
+    /// Size of the huge pages the segment was made on (`SHM_HUGETLB`),
+    /// 0 for normal pages (immutable; for `Stats::huge_pages`).
+    pub(crate) huge_page_size: AtomicU64,
+    _reserved: [AtomicU64; 14],
 }
 
 #[cfg(not(loom))]
@@ -259,6 +274,8 @@ const _: () = assert!(offset_of!(DataHeader, commit) == 104);
 const _: () = assert!(offset_of!(DataHeader, counters_check) == 112);
 #[cfg(not(loom))]
 const _: () = assert!(offset_of!(DataHeader, owner) == 128);
+#[cfg(not(loom))]
+const _: () = assert!(offset_of!(DataHeader, huge_page_size) == 136);
 
 /// One bucket: a seqlock word and three data words, all atomics.
 #[repr(C)]
@@ -377,6 +394,7 @@ mod loom_zeroed {
                 counters_check: AtomicU64::new(counters_check(0, 0, 0, 0)),
                 _reserved_counters: std::array::from_fn(|_| z()),
                 owner: z(),
+                huge_page_size: z(),
                 _reserved: std::array::from_fn(|_| z()),
             }
         }

@@ -12,7 +12,9 @@ use super::layout::{
     pack_current, pack_owner, unpack_current, RootHeader, CURRENT_DESTROYED, ROOT_MAGIC, ROOT_SIZE,
 };
 use super::provider::{LockOpen, LockSet, Provider};
-use super::resize::{discard_data_segments, discard_recorded, make_pending_segment};
+use super::resize::{
+    discard_data_segments, discard_recorded, huge_policy_flags, make_data_segment,
+};
 use super::root::{self, RootState};
 use super::table::Table;
 use super::waiters;
@@ -189,7 +191,7 @@ impl Engine {
         key: libc::key_t,
         opts: &Options,
         mode: Mode,
-        (slots, arena, data_size): (u64, u64, u64),
+        geometry @ (slots, arena, _): (u64, u64, u64),
         sem: &dyn LockSet,
     ) -> Result<Option<()>> {
         // A creator killed between its `shmget` of the root and the root's
@@ -244,15 +246,7 @@ impl Engine {
                     discard_data_segments(p, r, pack_owner(key, root_id), false);
                     p.remove(root_id)?;
                     drop(root_seg);
-                    return Engine::create_locked(
-                        p,
-                        name,
-                        key,
-                        opts,
-                        mode,
-                        (slots, arena, data_size),
-                        sem,
-                    );
+                    return Engine::create_locked(p, name, key, opts, mode, geometry, sem);
                 }
                 // A creator died before finishing: we hold the lock, so it
                 // does not run (nobody can have opened the map). Remove what
@@ -285,14 +279,15 @@ impl Engine {
                 super::layout::ROOT_FLAG_WAKE_EVERY_WRITE
             } else {
                 0
-            },
+            } | huge_policy_flags(opts.huge_pages),
             Ordering::Relaxed,
         );
         if let Some(f) = unmark.0.take() {
             f();
         }
         let perms = p.stat(root_id, name)?;
-        let data_id = make_pending_segment(p, r, data_size, &perms, name)?;
+        let made = make_data_segment(p, r, (slots, arena), &perms, name)?;
+        let data_id = made.id;
         let mut undo_data = Undo(Some(move || {
             let _ = p.remove(data_id);
         }));
@@ -303,10 +298,10 @@ impl Engine {
             Table::init(
                 data_seg.base(),
                 data_seg.len(),
-                slots,
-                arena,
+                (slots, made.arena),
                 1,
                 pack_owner(key, root_id),
+                made.huge_page_size,
             )?
         };
         reached(CrashPoint::MidCreate);

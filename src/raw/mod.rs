@@ -10,7 +10,10 @@ pub(crate) mod gens;
 pub(crate) mod geometry;
 // Crash points: the writer's calls compile to nothing without test
 // support, which leaves the rest of the module unused.
-#[cfg_attr(not(any(test, feature = "__test-hooks")), allow(dead_code, unreachable_pub))]
+#[cfg_attr(
+    not(any(test, feature = "__test-hooks")),
+    allow(dead_code, unreachable_pub)
+)]
 pub(crate) mod hooks;
 pub(crate) mod layout;
 pub(crate) mod lifecycle;

@@ -7,14 +7,18 @@ use std::sync::atomic::Ordering;
 use super::engine::{Engine, Undo};
 use super::gens::Generation;
 use super::hooks::{reached, CrashPoint};
+use nix::errno::Errno;
+
 use super::layout::{
-    data_geometry, pack_current, pack_owner, unpack_current, DataHeader, RootHeader,
-    CURRENT_DESTROYED, DATA_MAGIC, PENDING_CREATING,
+    checked_align_up, data_geometry, pack_current, pack_owner, unpack_current, DataHeader,
+    RootHeader, CURRENT_DESTROYED, DATA_MAGIC, PENDING_CREATING, ROOT_FLAG_HUGE_REQUIRE,
+    ROOT_FLAG_HUGE_TRY, ROOT_SIZE,
 };
 use super::provider::{Provider, Removal, ShmInfo};
 use super::root;
 use super::table::Table;
 use crate::error::{Error, Result};
+use crate::options::HugePages;
 use crate::sys;
 
 /// Makes a private data segment of `size` bytes, recorded in the root's
@@ -24,24 +28,33 @@ use crate::sys;
 /// permission bits (`root`: the root's `IPC_STAT`), so that a writer who
 /// is another user makes a generation every user of the map can use, and
 /// that the map's owner may remove.
+/// With `huge`, on huge pages (`SHM_HUGETLB`): the kernel's refusal is
+/// then `Ok(Err(errno))`, nothing recorded.
 pub(super) fn make_pending_segment(
     p: &dyn Provider,
     r: &RootHeader,
     size: u64,
     root: &ShmInfo,
     name: &str,
-) -> Result<i32> {
+    huge: bool,
+) -> Result<std::result::Result<i32, Errno>> {
     r.pending_size.store(size, Ordering::Relaxed);
     r.pending.store(
         PENDING_CREATING | u64::from(std::process::id()),
         Ordering::Release,
     );
-    let flags = libc::IPC_CREAT | libc::IPC_EXCL | root.mode as i32;
+    let mut flags = libc::IPC_CREAT | libc::IPC_EXCL | root.mode as i32;
+    if huge {
+        flags |= libc::SHM_HUGETLB;
+    }
     let made = p.get(sys::IPC_PRIVATE, size as usize, flags, name);
     let id = match made {
         Ok(Ok(id)) => id,
         Ok(Err(errno)) => {
             r.pending.store(0, Ordering::Release);
+            if huge {
+                return Ok(Err(errno));
+            }
             return Err(Error::os("shmget", errno as i32));
         }
         Err(e) => {
@@ -55,7 +68,110 @@ pub(super) fn make_pending_segment(
         r.pending.store(0, Ordering::Release);
         return Err(e);
     }
-    Ok(id)
+    Ok(Ok(id))
+}
+
+/// The map's huge page policy, from the root's flags (recorded at
+/// creation, so every writer follows it).
+pub(crate) fn huge_policy(r: &RootHeader) -> HugePages {
+    let f = r.flags.load(Ordering::Relaxed);
+    if f & ROOT_FLAG_HUGE_REQUIRE != 0 {
+        HugePages::Require
+    } else if f & ROOT_FLAG_HUGE_TRY != 0 {
+        HugePages::Try
+    } else {
+        HugePages::Off
+    }
+}
+
+/// The root flag bits of a huge page policy.
+pub(crate) fn huge_policy_flags(policy: HugePages) -> u64 {
+    match policy {
+        HugePages::Off => 0,
+        HugePages::Try => ROOT_FLAG_HUGE_TRY,
+        HugePages::Require => ROOT_FLAG_HUGE_REQUIRE,
+    }
+}
+
+/// A data segment just made (recorded in `pending`, not initialised).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NewSegment {
+    pub(super) id: i32,
+    /// Arena bytes: as asked, or more so that the segment fills whole huge
+    /// pages.
+    pub(super) arena: u64,
+    /// The huge page size it is on, 0 for normal pages.
+    pub(super) huge_page_size: u64,
+}
+
+/// Makes the data segment of a new generation of `slots` and `arena`
+/// bytes under the map's huge page policy (the root's flags): with `Try`
+/// or `Require`, on huge pages, its size rounded up to whole huge pages
+/// (the extra bytes go to the arena); with `Try`, on normal pages (of the
+/// size asked) when the kernel refuses or whole huge pages would exceed
+/// `max_size`; with `Require`, those are errors
+/// (`HugePagesUnavailable`, `Full`), and nothing is left behind.
+pub(super) fn make_data_segment(
+    p: &dyn Provider,
+    r: &RootHeader,
+    (slots, arena): (u64, u64),
+    root: &ShmInfo,
+    name: &str,
+) -> Result<NewSegment> {
+    let (_, arena_offset, size) =
+        data_geometry(slots, arena).ok_or_else(|| Error::corrupted("size"))?;
+    let policy = huge_policy(r);
+    if policy != HugePages::Off {
+        let page = p.huge_page_size().filter(|s| s.is_power_of_two());
+        let rounded = page.and_then(|pg| checked_align_up(size, pg).map(|s| (pg, s)));
+        let max = r.max_size.load(Ordering::Relaxed);
+        let refused =
+            |page_size: u64, bytes: u64, errno: Option<i32>| Error::HugePagesUnavailable {
+                name: name.to_string(),
+                bytes,
+                page_size,
+                errno,
+            };
+        match rounded {
+            None if policy == HugePages::Require => {
+                return Err(refused(page.unwrap_or(0), size, None));
+            }
+            None => {}
+            Some((_, bytes))
+                if max != 0
+                    && bytes.saturating_add(ROOT_SIZE as u64) > max
+                    && policy == HugePages::Require =>
+            {
+                return Err(Error::Full {
+                    what: "max_size",
+                    needed: bytes.saturating_add(ROOT_SIZE as u64),
+                    available: max,
+                });
+            }
+            // Try: whole huge pages would exceed max_size: normal pages.
+            Some((_, bytes)) if max != 0 && bytes.saturating_add(ROOT_SIZE as u64) > max => {}
+            Some((pg, bytes)) => match make_pending_segment(p, r, bytes, root, name, true)? {
+                Ok(id) => {
+                    return Ok(NewSegment {
+                        id,
+                        arena: bytes - arena_offset,
+                        huge_page_size: pg,
+                    })
+                }
+                Err(e) if policy == HugePages::Require => {
+                    return Err(refused(pg, bytes, Some(e as i32)))
+                }
+                Err(_) => {}
+            },
+        }
+    }
+    let id = make_pending_segment(p, r, size, root, name, false)?
+        .map_err(|e| Error::os("shmget", e as i32))?;
+    Ok(NewSegment {
+        id,
+        arena,
+        huge_page_size: 0,
+    })
 }
 
 /// Whether a data segment named by a root word is this map's.
@@ -241,7 +357,6 @@ impl Engine {
         slots: u64,
         arena: u64,
     ) -> Result<Box<Generation>> {
-        let (_, _, size) = data_geometry(slots, arena).ok_or_else(|| Error::corrupted("size"))?;
         let r = self.root();
         if root::stale_full(r) {
             let owner = pack_owner(self.key, self.root.id);
@@ -260,7 +375,8 @@ impl Engine {
             }
         }
         let root_info = self.provider.stat(self.root.id, &self.name)?;
-        let id = make_pending_segment(&*self.provider, r, size, &root_info, &self.name)?;
+        let made = make_data_segment(&*self.provider, r, (slots, arena), &root_info, &self.name)?;
+        let id = made.id;
         let mut undo = Undo(Some(|| {
             let _ = self.provider.remove(id);
             self.root().pending.store(0, Ordering::Release);
@@ -269,7 +385,16 @@ impl Engine {
         let owner = pack_owner(self.key, self.root.id);
         // SAFETY: a new segment is zero-filled and unpublished; `seg` moves
         // into the returned generation with the table, which drops first.
-        let table = unsafe { Table::init(seg.base(), seg.len(), slots, arena, number, owner) }?;
+        let table = unsafe {
+            Table::init(
+                seg.base(),
+                seg.len(),
+                (slots, made.arena),
+                number,
+                owner,
+                made.huge_page_size,
+            )
+        }?;
         undo.0 = None;
         Ok(Box::new(Generation {
             word: pack_current(number as u32, id),

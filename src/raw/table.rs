@@ -94,10 +94,10 @@ impl Table {
     pub(crate) unsafe fn init(
         base: NonNull<u8>,
         len: usize,
-        capacity: u64,
-        arena_size: u64,
+        (capacity, arena_size): (u64, u64),
         generation: u64,
         owner: u64,
+        huge_page_size: u64,
     ) -> Result<Table> {
         let (slots_offset, arena_offset, total) = data_geometry(capacity, arena_size)
             .ok_or_else(|| Error::corrupted("geometry overflow"))?;
@@ -117,6 +117,7 @@ impl Table {
         h.arena_offset.store(arena_offset, Ordering::Relaxed);
         h.arena_size.store(arena_size, Ordering::Relaxed);
         h.owner.store(owner, Ordering::Relaxed);
+        h.huge_page_size.store(huge_page_size, Ordering::Relaxed);
         h.counters_check
             .store(counters_check(0, 0, 0, 0), Ordering::Relaxed);
         h.magic.store(DATA_MAGIC, Ordering::Release);
@@ -213,6 +214,11 @@ impl Table {
 
     pub(crate) fn segment_size(&self) -> u64 {
         self.segment_size
+    }
+
+    /// The huge page size the segment was made on, 0 for normal pages.
+    pub(crate) fn huge_page_size(&self) -> u64 {
+        self.header().huge_page_size.load(Ordering::Relaxed)
     }
 
     /// Raw pointer to arena byte `off`.

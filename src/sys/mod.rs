@@ -19,13 +19,14 @@ pub(crate) mod procfs;
 pub(crate) mod sem;
 pub(crate) mod shm;
 
-pub(crate) use futex::{futex_wait, futex_wake_all};
 #[cfg(any(test, feature = "__test-hooks"))]
 pub(crate) use futex::FUTEX_WAKES;
-pub(crate) use procfs::{process_alive, process_start_time, sysvipc_shm};
+pub(crate) use futex::{futex_wait, futex_wake_all};
+pub(crate) use procfs::{huge_page_size, process_alive, process_start_time, sysvipc_shm};
 pub(crate) use sem::{SemOpen, Semaphore};
 pub(crate) use shm::{
-    shm_get, shm_remove, shm_set_owner, shm_stat, shm_try_remove, Attached, Removal, ShmInfo,
+    shm_get, shm_get_raw, shm_remove, shm_set_owner, shm_stat, shm_try_remove, Attached, Removal,
+    ShmInfo,
 };
 
 /// `IPC_PRIVATE`: a key that always makes a new, unnamed object.

@@ -51,3 +51,42 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid, 0) == 0 || Errno::last() == Errno::EPERM }
 }
+
+/// The kernel's default huge page size: `Hugepagesize` of `/proc/meminfo`
+/// (in kB there), `None` if the line is missing or unreadable (no hugetlb
+/// support). `SHM_HUGETLB` segments use this size.
+pub(crate) fn huge_page_size() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_huge_page_size(&text)
+}
+
+/// The `Hugepagesize:` line of a `/proc/meminfo` text, in bytes.
+pub(crate) fn parse_huge_page_size(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("Hugepagesize:"))?;
+    let mut words = line["Hugepagesize:".len()..].split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    let unit = match words.next() {
+        Some("kB") => 1024,
+        None => 1,
+        Some(_) => return None,
+    };
+    n.checked_mul(unit).filter(|b| b.is_power_of_two())
+}
+
+#[cfg(test)]
+mod huge_page_size_tests {
+    use super::parse_huge_page_size;
+
+    #[test]
+    fn parses_the_meminfo_line() {
+        let t = "MemTotal: 1 kB\nHugepagesize:       2048 kB\nHugetlb: 0 kB\n";
+        assert_eq!(parse_huge_page_size(t), Some(2 << 20));
+        assert_eq!(
+            parse_huge_page_size("Hugepagesize: 1048576 kB\n"),
+            Some(1 << 30)
+        );
+        assert_eq!(parse_huge_page_size("MemTotal: 1 kB\n"), None);
+        assert_eq!(parse_huge_page_size("Hugepagesize: 3 kB\n"), None);
+        assert_eq!(parse_huge_page_size("Hugepagesize: x kB\n"), None);
+    }
+}

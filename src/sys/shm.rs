@@ -69,6 +69,23 @@ pub(crate) fn shm_get(
     }
 }
 
+/// `shmget` that reports every failure as its errno (for `SHM_HUGETLB`,
+/// where `ENOMEM`, `EPERM`, `EINVAL` mean "no huge pages" and the caller's
+/// policy decides what follows).
+pub(crate) fn shm_get_raw(
+    key: libc::key_t,
+    size: usize,
+    flags: libc::c_int,
+) -> std::result::Result<libc::c_int, Errno> {
+    // SAFETY: shmget takes plain integers.
+    let id = unsafe { libc::shmget(key, size, flags) };
+    if id >= 0 {
+        Ok(id)
+    } else {
+        Err(Errno::last())
+    }
+}
+
 /// `IPC_STAT` on a segment.
 pub(crate) fn shm_stat(shmid: libc::c_int, name: &str) -> Result<ShmInfo> {
     // SAFETY: shmid_ds is plain old data; all-zero is a valid value.

@@ -72,6 +72,8 @@ struct HeapSegment {
     mode: u32,
     cpid: i32,
     nattch: u64,
+    /// Huge pages it holds (given back when it is freed).
+    huge_pages: u64,
     /// Marked for removal: gone at its last detach, no longer at its key.
     removed: bool,
 }
@@ -91,7 +93,15 @@ pub(super) struct Registry {
     seeds: u64,
     /// Attaches still to fail (a transient error, for tests).
     failing_attaches: u32,
+    /// Huge pages (`SHM_HUGETLB`) still to hand out: the kernel's free
+    /// reserved pool (`vm.nr_hugepages`), 0 by default.
+    huge_pages_free: u64,
+    /// Their size (2 MiB unless a test says otherwise).
+    huge_page_size: u64,
 }
+
+/// The huge page size of a new heap kernel.
+pub(crate) const HEAP_HUGE_PAGE_SIZE: u64 = 2 << 20;
 
 /// Kernels made so far in this process.
 static KERNELS: AtomicU64 = AtomicU64::new(0);
@@ -134,6 +144,7 @@ impl HeapKernel {
                 next_id: 1,
                 limit,
                 kernel_no: KERNELS.fetch_add(1, Ordering::Relaxed),
+                huge_page_size: HEAP_HUGE_PAGE_SIZE,
                 ..Registry::default()
             })),
         }
@@ -154,6 +165,24 @@ impl HeapKernel {
     /// Bytes of the segments not yet freed.
     pub fn used_bytes(&self) -> u64 {
         locked(&self.reg).used
+    }
+
+    /// Models the kernel's pool of reserved huge pages (`vm.nr_hugepages`):
+    /// from now on, `pages` free huge pages of `page_size` bytes (a power
+    /// of two) may be handed out to `SHM_HUGETLB` segments; a segment that
+    /// needs more is refused with `ENOMEM`, as the kernel does. Pages held
+    /// by segments come back when they are freed. A new kernel has none
+    /// (page size 2 MiB).
+    pub fn set_huge_pages(&self, pages: u64, page_size: u64) {
+        assert!(page_size.is_power_of_two(), "huge page size {page_size}");
+        let mut r = locked(&self.reg);
+        r.huge_pages_free = pages;
+        r.huge_page_size = page_size;
+    }
+
+    /// Free huge pages left (see [`set_huge_pages`](HeapKernel::set_huge_pages)).
+    pub fn huge_pages_free(&self) -> u64 {
+        locked(&self.reg).huge_pages_free
     }
 
     /// Makes the next `n` attaches fail with an I/O error (`EAGAIN`), as a
@@ -234,6 +263,7 @@ impl Drop for HeapMapping {
 fn free(r: &mut Registry, id: i32) {
     if let Some(s) = r.segments.remove(&id) {
         r.used = r.used.saturating_sub(s.size);
+        r.huge_pages_free += s.huge_pages;
     }
 }
 
@@ -280,10 +310,20 @@ impl Provider for HeapKernel {
         if size as u64 > available {
             return Err(full());
         }
+        // Huge pages: as the kernel, whole pages from the reserved pool,
+        // ENOMEM when it has too few.
+        let mut huge_pages = 0;
+        if flags & libc::SHM_HUGETLB != 0 {
+            huge_pages = (size as u64).div_ceil(r.huge_page_size);
+            if huge_pages > r.huge_pages_free {
+                return Ok(Err(Errno::ENOMEM));
+            }
+        }
         let region = HeapRegion::new(size).ok_or_else(full)?;
         let id = r.next_id;
         r.next_id = r.next_id.checked_add(1).ok_or_else(full)?;
         r.used += size as u64;
+        r.huge_pages_free -= huge_pages;
         r.segments.insert(
             id,
             HeapSegment {
@@ -293,10 +333,15 @@ impl Provider for HeapKernel {
                 mode: flags as u32 & 0o777,
                 cpid: std::process::id() as i32,
                 nattch: 0,
+                huge_pages,
                 removed: false,
             },
         );
         Ok(Ok(id))
+    }
+
+    fn huge_page_size(&self) -> Option<u64> {
+        Some(locked(&self.reg).huge_page_size)
     }
 
     fn stat(&self, id: i32, name: &str) -> Result<ShmInfo> {

@@ -51,6 +51,9 @@ pub(crate) trait Provider: Send + Sync + fmt::Debug {
         flags: libc::c_int,
         name: &str,
     ) -> Result<std::result::Result<i32, Errno>>;
+    /// The size of the huge pages `SHM_HUGETLB` segments get, `None` if
+    /// there are none (SysV: `Hugepagesize` of `/proc/meminfo`).
+    fn huge_page_size(&self) -> Option<u64>;
     /// `IPC_STAT`.
     fn stat(&self, id: i32, name: &str) -> Result<ShmInfo>;
     /// `IPC_SET`: owner, group and permission bits.

@@ -26,7 +26,14 @@ impl Provider for SysV {
         flags: libc::c_int,
         name: &str,
     ) -> Result<std::result::Result<i32, Errno>> {
+        if flags & libc::SHM_HUGETLB != 0 {
+            return Ok(sys::shm_get_raw(key, size, flags));
+        }
         sys::shm_get(key, size, flags, name)
+    }
+
+    fn huge_page_size(&self) -> Option<u64> {
+        sys::huge_page_size()
     }
 
     fn stat(&self, id: i32, name: &str) -> Result<ShmInfo> {
