@@ -867,10 +867,10 @@ pub unsafe extern "C" fn shmkv_batch_begin(
 ///
 /// # Safety
 /// `b` is `NULL` or a batch from `shmkv_batch_begin` not yet ended.
-unsafe fn open_batch<'a>(b: *mut ShmkvBatch) -> Result<&'a mut RawBatch<'static>, Fail> {
+unsafe fn open_batch<'a>(b: *mut ShmkvBatch) -> Result<&'a mut RawTxn<'static>, Fail> {
     // SAFETY: the caller's contract.
     let b = unsafe { b.as_mut() }.ok_or_else(|| invalid("batch handle is NULL"))?;
-    Ok(b.txn.batch())
+    Ok(&mut b.txn)
 }
 
 /// Takes an open batch out of its handle's list and back into a box.
