@@ -7,23 +7,28 @@ mod common;
 use common::{arg, results, role, spawn, Cleanup};
 use shmkv::{Error, Options, RawMap, Size};
 
+/// The tests of this file run one at a time: one of them counts the
+/// segments this process made, which the others make and remove.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_transaction_is_invisible_until_commit_then_whole() {
+    let _serial = serial();
     let c = Cleanup::new("txn-commit");
     let map = RawMap::create(&c.name, &c.opts).unwrap();
     let reader = RawMap::open(&c.name, &c.opts).unwrap();
     map.insert(b"a", b"0").unwrap();
     let v0 = map.version();
     let mut t = map.begin().unwrap();
-    t.batch().insert(b"a", b"1").unwrap();
-    t.batch().insert(b"b", b"2").unwrap();
-    assert_eq!(
-        t.batch().get(b"a").unwrap(),
-        Some(&b"1"[..]),
-        "sees its own write"
-    );
-    assert!(t.batch().remove(b"b").unwrap());
-    t.batch().insert(b"c", b"3").unwrap();
+    t.insert(b"a", b"1").unwrap();
+    t.insert(b"b", b"2").unwrap();
+    assert_eq!(t.get(b"a").unwrap(), Some(&b"1"[..]), "sees its own write");
+    assert!(t.remove(b"b").unwrap());
+    t.insert(b"c", b"3").unwrap();
     // Other handles (here, another handle of this process) see nothing yet.
     assert_eq!(reader.get(b"a").unwrap().as_deref(), Some(&b"0"[..]));
     assert_eq!(reader.get(b"c").unwrap(), None);
@@ -39,15 +44,16 @@ fn a_transaction_is_invisible_until_commit_then_whole() {
 
 #[test]
 fn abort_and_drop_apply_nothing_and_release_the_lock() {
+    let _serial = serial();
     let c = Cleanup::new("txn-abort");
     let map = RawMap::create(&c.name, &c.opts).unwrap();
     map.insert(b"a", b"0").unwrap();
     let v0 = map.version();
     let mut t = map.begin().unwrap();
-    t.batch().insert(b"a", b"1").unwrap();
+    t.insert(b"a", b"1").unwrap();
     t.abort();
     let mut t = map.begin().unwrap();
-    t.batch().insert(b"b", b"1").unwrap();
+    t.insert(b"b", b"1").unwrap();
     drop(t);
     assert_eq!(map.version(), v0);
     assert_eq!(map.get(b"a").unwrap().as_deref(), Some(&b"0"[..]));
@@ -58,6 +64,7 @@ fn abort_and_drop_apply_nothing_and_release_the_lock() {
 
 #[test]
 fn a_write_inside_an_open_transaction_is_refused_not_a_deadlock() {
+    let _serial = serial();
     let c = Cleanup::new("txn-nested");
     let map = RawMap::create(&c.name, &c.opts).unwrap();
     let t = map.begin().unwrap();
@@ -69,6 +76,7 @@ fn a_write_inside_an_open_transaction_is_refused_not_a_deadlock() {
 
 #[test]
 fn a_transaction_that_grows_the_map_commits_or_leaves_no_segment() {
+    let _serial = serial();
     let opts = Options::new()
         .capacity(16)
         .arena_size(Size::parse("16kb").unwrap());
@@ -86,7 +94,7 @@ fn a_transaction_that_grows_the_map_commits_or_leaves_no_segment() {
     let n0 = segments();
     let mut t = map.begin().unwrap();
     for i in 0..2000u32 {
-        t.batch().insert(&i.to_le_bytes(), &[7u8; 40]).unwrap();
+        t.insert(&i.to_le_bytes(), &[7u8; 40]).unwrap();
     }
     assert!(segments() > n0, "the batch moved to a new generation");
     drop(t);
@@ -94,7 +102,7 @@ fn a_transaction_that_grows_the_map_commits_or_leaves_no_segment() {
     assert_eq!(map.stats().unwrap().generation, before.generation);
     let mut t = map.begin().unwrap();
     for i in 0..2000u32 {
-        t.batch().insert(&i.to_le_bytes(), &[7u8; 40]).unwrap();
+        t.insert(&i.to_le_bytes(), &[7u8; 40]).unwrap();
     }
     t.commit().unwrap();
     assert_eq!(map.len(), 2000);
@@ -103,11 +111,12 @@ fn a_transaction_that_grows_the_map_commits_or_leaves_no_segment() {
 
 #[test]
 fn a_process_killed_with_an_open_transaction_leaves_the_map_as_it_was() {
+    let _serial = serial();
     if role().as_deref() == Some("txn-holder") {
         let map = RawMap::open(&arg("SHMKV_TXN_MAP"), &Options::new()).unwrap();
         let mut t = map.begin().unwrap();
         for i in 0..100u32 {
-            t.batch().insert(&i.to_le_bytes(), b"dead").unwrap();
+            t.insert(&i.to_le_bytes(), b"dead").unwrap();
         }
         println!("RESULT staged");
         // SAFETY: raise is async-signal-safe; the process dies here.

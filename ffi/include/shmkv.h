@@ -275,7 +275,8 @@ int32_t shmkv_remove(const struct ShmkvMap *m, const uint8_t *key, size_t key_le
 // `m` is an open handle; `f` is a valid function; `ctx` is passed as is.
 int32_t shmkv_write(const struct ShmkvMap *m, ShmkvWriteFn f, void *ctx);
 
-// Stages `key = value` in the write in progress.
+// Stages `key = value` in the write in progress. If it fails, the write
+// applies nothing (`shmkv_write` gives `SHMKV_E_ABORTED`).
 //
 // # Safety
 // `t` is the handle given to the running callback; `key`/`value` valid
@@ -287,7 +288,7 @@ int32_t shmkv_txn_insert(struct ShmkvTxn *t,
                          size_t value_len);
 
 // Stages the removal of `key`: `SHMKV_OK` if it was there (in the map or
-// staged), `SHMKV_MISSING` if not.
+// staged), `SHMKV_MISSING` if not. If it fails, the write applies nothing.
 //
 // # Safety
 // As `shmkv_txn_insert`.

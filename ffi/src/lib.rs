@@ -174,6 +174,9 @@ pub struct ShmkvSnapshot {
 /// The write in progress inside a `shmkv_write` callback.
 pub struct ShmkvTxn {
     batch: *mut c_void,
+    /// A staging call (`shmkv_txn_insert`/`_remove`) failed: the write
+    /// applies nothing, whatever the callback returns.
+    failed: bool,
 }
 
 /// The callback of `shmkv_write`: returns 0 to commit, anything else to
@@ -693,15 +696,20 @@ pub unsafe extern "C" fn shmkv_write(m: *const ShmkvMap, f: ShmkvWriteFn, ctx: *
         let r = m.map.write(|b: &mut RawBatch<'_>| {
             let mut txn = ShmkvTxn {
                 batch: ptr::from_mut(b).cast(),
+                failed: false,
             };
             let rc = f(&mut txn, ctx);
-            if rc != 0 {
+            if rc != 0 || txn.failed {
                 aborted.set(Some(rc));
                 return Err(Error::Value(format!("write callback returned {rc}")));
             }
             Ok(())
         });
         match (r, aborted.get()) {
+            (_, Some(0)) => Err(Fail(
+                SHMKV_E_ABORTED,
+                "a shmkv_txn_* call of the write callback failed: nothing was applied".into(),
+            )),
             (_, Some(rc)) => Err(Fail(
                 SHMKV_E_ABORTED,
                 format!("write callback returned {rc}: nothing was applied"),
@@ -724,7 +732,24 @@ unsafe fn batch_of<'a>(t: *mut ShmkvTxn) -> Result<&'a mut RawBatch<'a>, Fail> {
     Ok(unsafe { &mut *t.batch.cast::<RawBatch<'a>>() })
 }
 
-/// Stages `key = value` in the write in progress.
+/// Records a failed staging call (`rc < 0`) in `t`, so that its write
+/// applies nothing (as `shmkv_write` documents); returns `rc`.
+///
+/// # Safety
+/// As `batch_of`.
+unsafe fn staged(t: *mut ShmkvTxn, rc: i32) -> i32 {
+    if rc < 0 {
+        // SAFETY: the caller's contract: `NULL` or the live handle (the
+        // staging call's borrow of it has ended).
+        if let Some(t) = unsafe { t.as_mut() } {
+            t.failed = true;
+        }
+    }
+    rc
+}
+
+/// Stages `key = value` in the write in progress. If it fails, the write
+/// applies nothing (`shmkv_write` gives `SHMKV_E_ABORTED`).
 ///
 /// # Safety
 /// `t` is the handle given to the running callback; `key`/`value` valid
@@ -737,7 +762,7 @@ pub unsafe extern "C" fn shmkv_txn_insert(
     value: *const u8,
     value_len: usize,
 ) -> i32 {
-    guard(|| {
+    let rc = guard(|| {
         // SAFETY: forwarded from the caller.
         let (b, key, value) = unsafe {
             (
@@ -748,17 +773,19 @@ pub unsafe extern "C" fn shmkv_txn_insert(
         };
         b.insert(key, value)?;
         Ok(SHMKV_OK)
-    })
+    });
+    // SAFETY: forwarded from the caller.
+    unsafe { staged(t, rc) }
 }
 
 /// Stages the removal of `key`: `SHMKV_OK` if it was there (in the map or
-/// staged), `SHMKV_MISSING` if not.
+/// staged), `SHMKV_MISSING` if not. If it fails, the write applies nothing.
 ///
 /// # Safety
 /// As `shmkv_txn_insert`.
 #[no_mangle]
 pub unsafe extern "C" fn shmkv_txn_remove(t: *mut ShmkvTxn, key: *const u8, key_len: usize) -> i32 {
-    guard(|| {
+    let rc = guard(|| {
         // SAFETY: forwarded from the caller.
         let (b, key) = unsafe { (batch_of(t)?, bytes(key, key_len, "key")?) };
         Ok(if b.remove(key)? {
@@ -766,7 +793,9 @@ pub unsafe extern "C" fn shmkv_txn_remove(t: *mut ShmkvTxn, key: *const u8, key_
         } else {
             SHMKV_MISSING
         })
-    })
+    });
+    // SAFETY: forwarded from the caller.
+    unsafe { staged(t, rc) }
 }
 
 /// The value of `key` as the write in progress sees it (its own staged
@@ -838,10 +867,10 @@ pub unsafe extern "C" fn shmkv_batch_begin(
 ///
 /// # Safety
 /// `b` is `NULL` or a batch from `shmkv_batch_begin` not yet ended.
-unsafe fn open_batch<'a>(b: *mut ShmkvBatch) -> Result<&'a mut RawBatch<'static>, Fail> {
+unsafe fn open_batch<'a>(b: *mut ShmkvBatch) -> Result<&'a mut RawTxn<'static>, Fail> {
     // SAFETY: the caller's contract.
     let b = unsafe { b.as_mut() }.ok_or_else(|| invalid("batch handle is NULL"))?;
-    Ok(b.txn.batch())
+    Ok(&mut b.txn)
 }
 
 /// Takes an open batch out of its handle's list and back into a box.
@@ -1221,3 +1250,6 @@ pub unsafe extern "C" fn shmkv_snapshot_free(s: *mut ShmkvSnapshot) {
         let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(s) })));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,73 @@
+//! Unit tests of the C ABI called from Rust (review of the batch API).
+
+use super::*;
+
+/// A unique map name; the map is removed when the guard drops (also when
+/// the test fails).
+struct Named(CString);
+
+impl Named {
+    fn new(tag: &str) -> Named {
+        let name = format!("ffi-review-{tag}-{}", std::process::id());
+        let _ = RawMap::destroy_by_name(&name, &Options::new());
+        Named(CString::new(name).unwrap())
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        let _ = RawMap::destroy_by_name(self.0.to_str().unwrap(), &Options::new());
+    }
+}
+
+fn open(n: &Named) -> *mut ShmkvMap {
+    let mut m = ptr::null_mut();
+    // SAFETY: a NUL-terminated name, NULL options, a valid out-pointer.
+    let rc = unsafe { shmkv_open(n.0.as_ptr(), ptr::null(), SHMKV_CREATE, &mut m) };
+    assert_eq!(rc, SHMKV_OK);
+    m
+}
+
+fn contains(m: *mut ShmkvMap, key: &[u8]) -> i32 {
+    // SAFETY: an open handle, a valid key.
+    unsafe { shmkv_contains(m, key.as_ptr(), key.len()) }
+}
+
+/// Stages a key that is too long (refused), then a good key, and asks for
+/// a commit anyway.
+extern "C" fn failed_stage_then_commit(txn: *mut ShmkvTxn, _ctx: *mut c_void) -> i32 {
+    let long = vec![b'k'; 64 * 1024 + 1];
+    // SAFETY: the running callback's handle, valid byte ranges.
+    let rc = unsafe { shmkv_txn_insert(txn, long.as_ptr(), long.len(), b"v".as_ptr(), 1) };
+    assert_eq!(rc, SHMKV_E_KEY_TOO_LARGE);
+    // SAFETY: as above.
+    let rc = unsafe { shmkv_txn_insert(txn, b"good".as_ptr(), 4, b"v".as_ptr(), 1) };
+    assert_eq!(rc, SHMKV_OK);
+    0
+}
+
+/// `shmkv_write` documents that nothing is applied when a staging call
+/// failed, even if the callback then returns 0.
+#[test]
+fn a_write_whose_staging_call_failed_applies_nothing() {
+    let n = Named::new("failed-stage");
+    let m = open(&n);
+    // SAFETY: an open handle, a valid callback.
+    let rc = unsafe { shmkv_write(m, Some(failed_stage_then_commit), ptr::null_mut()) };
+    let applied = contains(m, b"good");
+    // SAFETY: the handle is not used again.
+    unsafe { shmkv_close(m) };
+    assert_eq!(applied, SHMKV_MISSING, "part of a failed batch was applied");
+    assert!(
+        rc < 0,
+        "shmkv_write returned {rc} after a failed staging call"
+    );
+}
+
+/// A map handle may be used from several threads at once (documented):
+/// what it holds is `Sync`.
+#[test]
+fn a_map_handle_is_shareable_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<ShmkvMap>();
+}
