@@ -28,13 +28,19 @@ fn review_sysv_open_or_create_waiting_on_a_destroyed_lock() {
         let a = RawMap::open_or_create(&c.name, &c.opts).unwrap();
         let d = RawMap::open(&c.name, &c.opts).unwrap();
         let r = std::thread::scope(|s| {
-            let hold = s.spawn(|| {
+            // The writer holds the lock before the destroyer starts (a
+            // fixed sleep was not enough on a loaded machine: the destroy
+            // came first and the write found the map gone).
+            let (locked, is_locked) = std::sync::mpsc::channel();
+            let a = &a;
+            let hold = s.spawn(move || {
                 a.write(|_| {
+                    locked.send(()).unwrap();
                     std::thread::sleep(Duration::from_millis(150));
                     Ok(())
                 })
             });
-            std::thread::sleep(Duration::from_millis(20));
+            is_locked.recv().unwrap();
             let dd = s.spawn(move || d.destroy());
             std::thread::sleep(Duration::from_millis(20));
             let r = RawMap::open_or_create(&c.name, &c.opts).map(drop);
