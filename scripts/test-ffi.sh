@@ -56,7 +56,7 @@ echo "== PHP: bindings/php/tests (PHPUnit)"
 export SHMKV_FFI_LIB=$LIB/libshmkv_ffi.so
 # The PHP tests also run the Rust `shmkv` command (cross-language checks).
 if [ -z "${SHMKV_CLI:-}" ]; then
-    cargo build --quiet --features cli --bin shmkv
+    cargo build --quiet -p shmkv-cli
     export SHMKV_CLI=$ROOT/target/debug/shmkv
 fi
 php -d ffi.enable=1 -d apc.enable_cli=1 "$(command -v phpunit)" -c bindings/php/phpunit.xml

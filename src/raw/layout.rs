@@ -20,7 +20,9 @@ pub(crate) const ROOT_CREATING: u64 = u64::from_le_bytes(*b"SHMKVRC\x01");
 pub(crate) const DATA_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVDT\x01");
 /// `"SHMKVRD\x01"`: a redo log staged in the arena.
 pub(crate) const REDO_MAGIC: u64 = u64::from_le_bytes(*b"SHMKVRD\x01");
-/// Bumped on any change of this file.
+/// Bumped on any change that makes a reader interpret a word of a segment
+/// differently (a word taken from reserved space that older builds ignore,
+/// such as `DataHeader::huge_page_size`, does not bump it).
 pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// Hash algorithm id 1: XXH3-64 with the header's seed over the key bytes.
 pub(crate) const HASH_XXH3_64: u32 = 1;
