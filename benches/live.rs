@@ -508,6 +508,7 @@ fn role_reader() {
     let mut samples = Vec::with_capacity(1 << 20);
     let (mut reads, mut overlaps, mut sum) = (0u64, 0u64, 0u64);
     let ru0 = rusage();
+    let retries0 = shmkv::read_retries();
     let start = Instant::now();
     drop(coord);
     while start.elapsed().as_secs_f64() < secs {
@@ -530,12 +531,14 @@ fn role_reader() {
         reads += 64 * 64;
     }
     let el = start.elapsed().as_secs_f64();
+    let retries = shmkv::read_retries() - retries0;
     black_box(sum);
     let n = samples.len() as f64;
     let ru1 = rusage();
     report(
         json!({"nivcsw": ru1.1 - ru0.1, "stats": summarize(samples), "reads_per_s": reads as f64 / el,
-        "overlap_frac": overlaps as f64 / n, "timer_ns": timer}),
+        "overlap_frac": overlaps as f64 / n, "timer_ns": timer,
+        "retries_per_read": retries as f64 / reads as f64}),
     );
 }
 
@@ -991,6 +994,13 @@ fn reads_under_writes(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str) {
                     .map(|r| r["reads_per_s"].as_f64().unwrap())
                     .sum::<f64>()
             ));
+            merged["retries_per_read"] = json!(
+                res[..readers]
+                    .iter()
+                    .map(|r| r["retries_per_read"].as_f64().unwrap())
+                    .sum::<f64>()
+                    / readers as f64
+            );
             merged["reads_overlapping_a_write"] = json!(round3(
                 res[..readers]
                     .iter()
@@ -1023,8 +1033,9 @@ fn reads_under_writes(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str) {
                 "{procs} busy process(es) on {} cores. {NOTE_CORES}; reader_nivcsw: the readers' \
                  involuntary context switches during the run (getrusage). Writers pace by \
                  deadline (sleep while > 300 us away, then yield): an achieved rate below the \
-                 target means the writer did not get the CPU. retries_per_read: not measured \
-                 (shmkv keeps no seqlock retry counter); reads_overlapping_a_write = fraction of \
+                 target means the writer did not get the CPU. retries_per_read: seqlock slot \
+                 retries per read (shmkv::read_retries, averaged over the readers); \
+                 reads_overlapping_a_write = fraction of \
                  timed reads during which the map's version moved (an upper bound on reads that \
                  could have met a write, not a retry count)",
                 out.cores

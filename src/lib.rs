@@ -160,6 +160,15 @@ pub use raw_map::RawMap;
 pub use size::{Size, SizeError};
 pub use stats::Stats;
 
+/// Seqlock retries of lock-free reads in this process so far: reads of a
+/// slot that met it being written (odd, or changed while read) and read it
+/// again. A diagnostic for how often readers meet writers (compare it
+/// before and after a run, per read); process-local, counted only on the
+/// retry path, so reads that meet no writer pay nothing for it.
+pub fn read_retries() -> u64 {
+    raw::seqlock::read_retries()
+}
+
 /// Test support: crash points of the write protocol, the heap-backed table
 /// for fuzzing, and the layout offsets tests scribble on. Not part of the
 /// API: only with the feature `__test-hooks`, which the project's own tests

@@ -41,6 +41,7 @@ fn a_view_that_straddles_a_crash_mid_apply_does_not_wait() {
     let ro = RawMap::open(&c.name, &c.opts.clone().read_only(true)).unwrap();
 
     let mut runs = 0;
+    let retries = shmkv::read_retries();
     let t = Instant::now();
     let got = ro
         .view(|v| {
@@ -58,6 +59,11 @@ fn a_view_that_straddles_a_crash_mid_apply_does_not_wait() {
         .unwrap();
     let took = t.elapsed();
     eprintln!("view ran {runs} times, took {took:?}, got {got:?}");
+    // The odd slot was read again: the process's retry counter moved.
+    assert!(
+        shmkv::read_retries() > retries,
+        "a read of a slot left odd was not counted as a retry"
+    );
     assert_eq!(
         got,
         (Some(b"a-before".to_vec()), Some(b"b-after".to_vec())),

@@ -26,6 +26,21 @@ pub(crate) struct SlotRead {
     pub(crate) lens: Lens,
 }
 
+/// Slot reads that met a slot being written (odd, or changed while read)
+/// and read it again, in this process (`crate::read_retries`). Counted only
+/// on that path; a process-local counter, never shared memory.
+static READ_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cold]
+fn note_retry() {
+    READ_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`crate::read_retries`].
+pub(crate) fn read_retries() -> u64 {
+    READ_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Slot {
     /// Reads the slot's words consistently, or `None` if the slot stayed
     /// odd (or kept changing) for [`SPIN_LIMIT`] tries.
@@ -48,6 +63,7 @@ impl Slot {
                     });
                 }
             }
+            note_retry();
             crate::sync::spin_loop();
         }
         None
