@@ -827,7 +827,7 @@ fn main() {
     let dir = std::env::var_os("SHMKV_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shmkv-bench")
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/shmkv-bench")
         });
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cold.jsonl");

@@ -382,7 +382,7 @@ struct Out {
 impl Out {
     fn new() -> Out {
         let dir = std::env::var("SHMKV_BENCH_DIR").map_or_else(
-            |_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shmkv-bench"),
+            |_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/shmkv-bench"),
             std::path::PathBuf::from,
         );
         std::fs::create_dir_all(&dir).unwrap();

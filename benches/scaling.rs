@@ -242,7 +242,7 @@ fn main() {
         );
     }
     let dir = std::env::var_os("SHMKV_BENCH_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shmkv-bench"),
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/shmkv-bench"),
         std::path::PathBuf::from,
     );
     std::fs::create_dir_all(&dir).unwrap();

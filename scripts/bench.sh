@@ -12,7 +12,7 @@
 #    SHMKV_BENCH_REDIS=redis://127.0.0.1:PORT/ for benches/live.rs and stops
 #    it (by its pid) on exit.
 # 3. Checks the report generator (bench-report.py --selftest), runs
-#    cargo bench --bench cold, --bench compare, --bench live, --bench scaling,
+#    cargo bench -p shmkv-benches --bench cold, compare, live and scaling,
 #    scripts/instr-counts.sh, then scripts/bench-report.py (BENCHMARKS.md).
 #    A step that fails is reported and the others still run; the script then
 #    exits non-zero.
@@ -151,20 +151,23 @@ step() { # step NAME COMMAND...
 }
 # Old results would be reported as if they were this run's.
 rm -rf "$root/target/criterion"
+# Cargo runs a member's benches in its own directory (benches/): criterion
+# writes to the workspace's target/criterion, where the report reads.
+export CRITERION_HOME="$root/target/criterion"
 for b in cold live scaling; do [[ $skip == *",$b,"* ]] || rm -f "$SHMKV_BENCH_DIR/$b.jsonl"; done
 
 step report-selftest python3 scripts/bench-report.py --selftest
-step cold cargo bench --bench cold
-step compare cargo bench --bench compare
+step cold cargo bench -p shmkv-benches --bench cold
+step compare cargo bench -p shmkv-benches --bench compare
 live_bench() {
   if [ ! -f benches/live.rs ]; then
     echo "ERROR: benches/live.rs does not exist in this tree (reads under writes, growth, writers, redis are not measured)"
     return 1
   fi
-  cargo bench --bench live
+  cargo bench -p shmkv-benches --bench live
 }
 step live live_bench
-step scaling cargo bench --bench scaling
+step scaling cargo bench -p shmkv-benches --bench scaling
 step instr bash scripts/instr-counts.sh
 step report python3 scripts/bench-report.py
 
