@@ -1,5 +1,5 @@
 <?php
-// Shmkv\Map::get and ::set from PHP against the seed's primitives
+// Shmkv\Map::get and ::set from PHP against the original class's primitives
 // (sem_acquire + shm_get_var/shm_put_var + sem_release, as its atomGet /
 // atomAdd did, and shm_get_var alone, as its get did), APCu and a PHP
 // array, at 1,000 and 100,000 entries, in one run; then the issue's targets
@@ -12,10 +12,10 @@
 // Method: 16-byte keys, 64-byte string values; a replayed set of 4,096
 // uniform random keys (warm: what a hot worker sees); each contender runs
 // its own loop with direct calls (no closure per call); ns per operation =
-// median of 7 rounds (rounds of 200,000 gets / 20,000 sets; the seed's
+// median of 7 rounds (rounds of 200,000 gets / 20,000 sets; the `sysvshm`/`sysvsem`
 // primitives do fewer at 100,000 entries: they scan a list). Sets overwrite
 // existing keys. The `serialize` codec is Map's default (values are PHP
-// values, as with the seed); `raw` stores strings as they are. APCu runs
+// values, as with shm_put_var); `raw` stores strings as they are. APCu runs
 // with its defaults but for apc.shm_size: apc.entries_hint=4096 hash slots,
 // so at 100,000 entries its chains are ~25 long (add
 // `-d apc.entries_hint=131072` to compare with a sized APCu).
@@ -128,26 +128,26 @@ foreach ($sizes as $entries) {
         $r['set']['APCu apcu_store'] = null;
     }
 
-    // The seed's primitives: one segment, crc32 keys, a semaphore.
+    // The original class's primitives: one segment, crc32 keys, a semaphore.
     $shm = shm_attach(0 /* IPC_PRIVATE */, max(1 << 20, $entries * 200));
     $sem = sem_get(0 /* IPC_PRIVATE */);
     try {
         for ($i = 0; $i < $entries; $i++) {
             shm_put_var($shm, crc32(key_of($i)), $value);
         }
-        $r['get']['seed: sem_acquire + shm_get_var + sem_release'] = measure(function (int $n) use ($shm, $sem, $keys, $mask) {
+        $r['get']['sysvshm: sem_acquire + shm_get_var + sem_release'] = measure(function (int $n) use ($shm, $sem, $keys, $mask) {
             for ($i = 0; $i < $n; $i++) {
                 sem_acquire($sem);
                 shm_get_var($shm, crc32($keys[$i & $mask]));
                 sem_release($sem);
             }
         }, $seedOps);
-        $r['get']['seed: shm_get_var (unlocked)'] = measure(function (int $n) use ($shm, $keys, $mask) {
+        $r['get']['sysvshm: shm_get_var (unlocked)'] = measure(function (int $n) use ($shm, $keys, $mask) {
             for ($i = 0; $i < $n; $i++) {
                 shm_get_var($shm, crc32($keys[$i & $mask]));
             }
         }, $seedOps);
-        $r['set']['seed: sem_acquire + shm_put_var + sem_release'] = measure(function (int $n) use ($shm, $sem, $keys, $mask, $value) {
+        $r['set']['sysvshm: sem_acquire + shm_put_var + sem_release'] = measure(function (int $n) use ($shm, $sem, $keys, $mask, $value) {
             for ($i = 0; $i < $n; $i++) {
                 sem_acquire($sem);
                 shm_put_var($shm, crc32($keys[$i & $mask]), $value);
@@ -226,8 +226,8 @@ foreach (['serialize', 'raw'] as $codec) {
         $apcu = $g['APCu apcu_fetch'];
         $target("Map::get / apcu_fetch at 100,000 entries ($codec codec)",
             $apcu === null ? null : $g["shmkv Map::get ($codec codec)"] / $apcu, 0.5, 'x', true);
-        $target("seed's locked get / Map::get at 100,000 entries ($codec codec)",
-            $g['seed: sem_acquire + shm_get_var + sem_release'] / $g["shmkv Map::get ($codec codec)"], 100, 'x', false);
+        $target("sysvshm locked get / Map::get at 100,000 entries ($codec codec)",
+            $g['sysvshm: sem_acquire + shm_get_var + sem_release'] / $g["shmkv Map::get ($codec codec)"], 100, 'x', false);
     }
 }
 if (!isset($results[1000], $results[100000])) {

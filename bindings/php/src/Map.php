@@ -289,7 +289,7 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
         }
     }
 
-    /** The same as `set` (the seed's name). */
+    /** The same as `set` (the original class's name). */
     public function add(string $key, mixed $value): void
     {
         $this->set($key, $value);

@@ -5,7 +5,7 @@ declare(strict_types=1);
 namespace Shmkv;
 
 /**
- * A drop-in for the seed's `SharedMemory` class (`sysvshm` + `sysvsem`):
+ * A drop-in for the original class's `SharedMemory` class (`sysvshm` + `sysvsem`):
  * the same public API, on top of Map. Switch by changing one `use` line.
  *
  * What is the same: the constructor's signature, the method names and
@@ -13,10 +13,10 @@ namespace Shmkv;
  * values any serializable PHP value. Another process constructing the same
  * `$masterKey` sees the same data.
  *
- * What differs (the seed's defects, gone):
- * - the map is named by the whole `$masterKey` (the seed used
+ * What differs (the original class's defects, gone):
+ * - the map is named by the whole `$masterKey` (the original used
  *   `crc32($masterKey)` as the SysV key) and every key is stored whole (the
- *   seed stored `crc32($key)`: two keys with the same CRC overwrote each
+ *   original stored `crc32($key)`: two keys with the same CRC overwrote each
  *   other, e.g. "plumless" and "buckeroo");
  * - `$size` is the initial arena: a full map grows (up to the kernel's
  *   limits) instead of failing;
@@ -44,10 +44,10 @@ class SharedMemory
      * @param string      $masterKey   the map's name: every process using the same
      *                                 masterKey shares the data
      * @param string|null $semaphoreID no role: the lock belongs to the map (kept for
-     *                                 the seed's signature; ignored)
+     *                                 the original class's signature; ignored)
      * @param string      $size        the initial arena, e.g. "100kb" (the map grows
      *                                 past it when it fills)
-     * @param bool        $naked       no role here (kept for the seed's signature;
+     * @param bool        $naked       no role here (kept for the original class's signature;
      *                                 ignored): values are always stored whole and
      *                                 serialized, keys always whole
      */
@@ -56,7 +56,7 @@ class SharedMemory
         $this->map = new Map($masterKey, ['arena' => self::getBytes($size)]);
     }
 
-    /** The Map underneath, for what the seed's API lacks. */
+    /** The Map underneath, for what the original class's API lacks. */
     public function map(): Map
     {
         return $this->map;
@@ -67,7 +67,7 @@ class SharedMemory
      * or a plain number of bytes ("4096").
      *
      * @throws InvalidArgumentException on a unit it does not know (e.g.
-     *         "5 parsecs"), on zero or on overflow; the seed's version
+     *         "5 parsecs"), on zero or on overflow; the original class's version
      *         returned 0 there
      */
     public static function getBytes(string $size): int
@@ -214,7 +214,7 @@ class SharedMemory
     }
 
     /**
-     * The seed's placeholder for a stored `false`. Kept for the API: here
+     * The original class's placeholder for a stored `false`. Kept for the API: here
      * `false` is stored as `false`, so the helper changes nothing (a stored
      * string equal to it reads back as that string).
      */
