@@ -1066,12 +1066,26 @@ fn resize_under_readers(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str) {
         "\n== resize-under-readers (growth to {} entries in batches of {}, then compaction)",
         cfg.grow_to, cfg.grow_batch
     );
+    // Latency runs without the memory sampler: reading a process's
+    // smaps_rollup takes its mmap lock, which a reader attaching a new
+    // generation (and its page faults queued behind that) waits for, so the
+    // sampler itself made reads of several ms. Memory from a run of its own.
     for readers in [1usize, 2] {
-        resize_run(cfg, out, coord, tag, readers);
+        resize_run(cfg, out, coord, tag, readers, false);
     }
+    resize_run(cfg, out, coord, tag, 1, true);
 }
 
-fn resize_run(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str, readers: usize) {
+/// One growth and compaction under `readers` readers: read latencies, or
+/// with `sample` the memory peaks (a `memory` row) instead.
+fn resize_run(
+    cfg: &Cfg,
+    out: &mut Out,
+    coord: &CoordSeg,
+    tag: &str,
+    readers: usize,
+    sample: bool,
+) {
     let name = format!("shmkv-live-{tag}-resize{readers}");
     let _g = MapGuard(name.clone());
     // A small map with a first batch, so that readers have keys to read.
@@ -1093,16 +1107,40 @@ fn resize_run(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str, readers: us
     );
     kids.0.push(spawn("resize-writer", coord, &env));
     let pids = kids.pids();
-    let sampler = Sampler::start(
-        vec![std::process::id(), pids[readers]],
-        coord.id,
-        pids[readers],
-        pids[..readers].to_vec(),
-    );
+    let sampler = sample.then(|| {
+        Sampler::start(
+            vec![std::process::id(), pids[readers]],
+            coord.id,
+            pids[readers],
+            pids[..readers].to_vec(),
+        )
+    });
     kids.start(coord);
     let res = kids.collect(Duration::from_secs(300));
-    let (seg_peak, pss_w, pss_r) = sampler.finish();
     let w = &res[readers];
+    if let Some(sampler) = sampler {
+        let (seg_peak, pss_w, pss_r) = sampler.finish();
+        out.row(
+            "memory",
+            &format!("shmkv growth to {} entries, then compaction: peaks", cfg.grow_to),
+            json!({"entries": cfg.grow_to, "readers": readers, "batch": cfg.grow_batch,
+                "key_bytes": 16, "value_bytes": 64}),
+            "size",
+            "n/a",
+            "-",
+            json!({"max": seg_peak}),
+            json!({"segment_bytes_peak": seg_peak, "pss_kib_reader": pss_r,
+                "pss_kib_writer": pss_w,
+                "capacity_after_growth": w["capacity_after_growth"],
+                "note": "stats.max = segment_bytes_peak: sum of the map's SysV segments (root, \
+                    data generations: old and new side by side at a switch) sampled every 20 ms \
+                    from /proc/sysvipc/shm; PSS peaks from /proc/<pid>/smaps_rollup sampled \
+                    every 200 ms (max over readers); a run of its own: the sampling disturbs \
+                    the readers"}),
+        );
+        drop(m);
+        return;
+    }
     for (phase, subject) in [
         ("growth", "shmkv get_ref during growth"),
         ("compaction", "shmkv get_ref during compaction"),
@@ -1131,8 +1169,7 @@ fn resize_run(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str, readers: us
             "uniform random among keys committed so far; every read timed; kept: reads during \
              writes that switched the generation (from their start to 10 ms after)",
             stats,
-            json!({"segment_bytes_peak": seg_peak, "pss_kib_reader": pss_r,
-                "pss_kib_writer": pss_w, "switches": switches,
+            json!({"switches": switches,
                 "switch_write_ms": w[format!("{phase}_switch_ms")],
                 "per_reader_max": maxes, "per_reader_p99": p99s,
                 "reader_minflt": res[..readers].iter()
@@ -1154,10 +1191,8 @@ fn resize_run(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str, readers: us
                 "reads_per_s_reader0": round3(res[0]["reads_per_s"].as_f64().unwrap_or(0.0)),
                 "capacity_after_growth": w["capacity_after_growth"],
                 "note": format!("{} busy processes on {} cores. {NOTE_CORES}. stats: reader 0's \
-                    percentiles, max over all readers; segment_bytes_peak: sum of the map's SysV \
-                    segments (root, data generations) sampled every 20 ms from /proc/sysvipc/shm; \
-                    PSS peaks from /proc/<pid>/smaps_rollup sampled every 200 ms (max over readers); \
-                    reader_minflt / reader_nivcsw / reader_nvcsw: the readers' minor page faults, \
+                    percentiles, max over all readers; memory: the `memory` section (a run of \
+                    its own); reader_minflt / reader_nivcsw / reader_nvcsw: the readers' minor page faults, \
                     involuntary context switches (descheduled) and voluntary ones (slept, e.g. a \
                     read-only reader backing off from a bucket being written) over the whole run \
                     (getrusage); slowest_read_per_reader: when the slowest kept read began, in ms \

@@ -150,7 +150,7 @@ step() { # step NAME COMMAND...
   fi
 }
 # Old results would be reported as if they were this run's.
-rm -rf "$root/target/criterion"
+[[ $skip == *",compare,"* ]] || rm -rf "$root/target/criterion"
 # Cargo runs a member's benches in its own directory (benches/): criterion
 # writes to the workspace's target/criterion, where the report reads.
 export CRITERION_HOME="$root/target/criterion"
