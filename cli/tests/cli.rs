@@ -8,30 +8,12 @@
 mod common;
 
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cleanup, KillOnDrop, Segment};
+use common::{ok, shmkv, Cleanup, KillOnDrop, Segment};
 use shmkv::__private::{data_offsets, root_offsets};
 use shmkv::{key_from_name, Options, RawMap, ShmMap};
-
-fn shmkv(args: &[&str]) -> Output {
-    Command::new(common::shmkv_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = shmkv(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 /// Exit code and the single stderr line of a failing command.
 fn fails(args: &[&str]) -> (i32, String) {

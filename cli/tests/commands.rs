@@ -4,28 +4,8 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
-
-use common::Cleanup;
+use common::{ok, shmkv, Cleanup};
 use shmkv::RawMap;
-
-fn shmkv(args: &[&str]) -> Output {
-    Command::new(common::shmkv_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = shmkv(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 /// Exit code and stderr of a failing command.
 fn fails(args: &[&str]) -> (i32, String) {

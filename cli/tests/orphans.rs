@@ -10,29 +10,9 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
-
-use common::{Cleanup, Segment};
+use common::{ok, shmkv, Cleanup, Segment};
 use shmkv::__private::{data_offsets, root_offsets, DATA_MAGIC};
 use shmkv::RawMap;
-
-fn shmkv(args: &[&str]) -> Output {
-    Command::new(common::shmkv_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = shmkv(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 /// `shmkv --json ls --orphans` entries naming data segment `shmid`.
 fn listed(shmid: i32) -> Option<serde_json::Value> {

@@ -748,6 +748,104 @@ unsafe fn staged(t: *mut ShmkvTxn, rc: i32) -> i32 {
     rc
 }
 
+/// What the staging calls of both batch APIs work on: the batch of a
+/// `shmkv_write` callback (`RawBatch`) and a batch held open (`RawTxn`).
+trait Stage {
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> shmkv::Result<()>;
+    fn remove(&mut self, key: &[u8]) -> shmkv::Result<bool>;
+    fn get(&self, key: &[u8]) -> shmkv::Result<Option<&[u8]>>;
+}
+
+impl Stage for RawBatch<'_> {
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> shmkv::Result<()> {
+        RawBatch::insert(self, key, value)
+    }
+    fn remove(&mut self, key: &[u8]) -> shmkv::Result<bool> {
+        RawBatch::remove(self, key)
+    }
+    fn get(&self, key: &[u8]) -> shmkv::Result<Option<&[u8]>> {
+        RawBatch::get(self, key)
+    }
+}
+
+impl Stage for RawTxn<'_> {
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> shmkv::Result<()> {
+        RawTxn::insert(self, key, value)
+    }
+    fn remove(&mut self, key: &[u8]) -> shmkv::Result<bool> {
+        RawTxn::remove(self, key)
+    }
+    fn get(&self, key: &[u8]) -> shmkv::Result<Option<&[u8]>> {
+        RawTxn::get(self, key)
+    }
+}
+
+/// `insert` of the staging calls.
+///
+/// # Safety
+/// `key`/`value` are valid for their lengths.
+unsafe fn stage_insert(
+    s: Result<&mut dyn Stage, Fail>,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> Result<i32, Fail> {
+    // SAFETY: forwarded from the caller.
+    let (key, value) = unsafe {
+        (
+            bytes(key, key_len, "key")?,
+            bytes(value, value_len, "value")?,
+        )
+    };
+    s?.insert(key, value)?;
+    Ok(SHMKV_OK)
+}
+
+/// `remove` of the staging calls.
+///
+/// # Safety
+/// `key` is valid for `key_len` bytes.
+unsafe fn stage_remove(
+    s: Result<&mut dyn Stage, Fail>,
+    key: *const u8,
+    key_len: usize,
+) -> Result<i32, Fail> {
+    // SAFETY: forwarded from the caller.
+    let key = unsafe { bytes(key, key_len, "key") }?;
+    Ok(if s?.remove(key)? {
+        SHMKV_OK
+    } else {
+        SHMKV_MISSING
+    })
+}
+
+/// `get` of the staging calls: the bytes stay valid until the next call on
+/// the batch.
+///
+/// # Safety
+/// `key` is valid for `key_len` bytes; the out-pointers for writes.
+unsafe fn stage_get(
+    s: Result<&mut dyn Stage, Fail>,
+    key: *const u8,
+    key_len: usize,
+    value: *mut *const u8,
+    value_len: *mut usize,
+) -> Result<i32, Fail> {
+    // SAFETY: forwarded from the caller.
+    let key = unsafe { bytes(key, key_len, "key") }?;
+    let (v_out, l_out) = (out(value, "value")?, out(value_len, "value_len")?);
+    let Some(v) = s?.get(key)? else {
+        return Ok(SHMKV_MISSING);
+    };
+    // SAFETY: checked non-NULL; the caller's contract.
+    unsafe {
+        v_out.write(v.as_ptr());
+        l_out.write(v.len());
+    }
+    Ok(SHMKV_OK)
+}
+
 /// Stages `key = value` in the write in progress. If it fails, the write
 /// applies nothing (`shmkv_write` gives `SHMKV_E_ABORTED`).
 ///
@@ -762,17 +860,10 @@ pub unsafe extern "C" fn shmkv_txn_insert(
     value: *const u8,
     value_len: usize,
 ) -> i32 {
-    let rc = guard(|| {
-        // SAFETY: forwarded from the caller.
-        let (b, key, value) = unsafe {
-            (
-                batch_of(t)?,
-                bytes(key, key_len, "key")?,
-                bytes(value, value_len, "value")?,
-            )
-        };
-        b.insert(key, value)?;
-        Ok(SHMKV_OK)
+    // SAFETY: forwarded from the caller.
+    let rc = guard(|| unsafe {
+        let b = batch_of(t).map(|b| b as &mut dyn Stage);
+        stage_insert(b, key, key_len, value, value_len)
     });
     // SAFETY: forwarded from the caller.
     unsafe { staged(t, rc) }
@@ -785,14 +876,10 @@ pub unsafe extern "C" fn shmkv_txn_insert(
 /// As `shmkv_txn_insert`.
 #[no_mangle]
 pub unsafe extern "C" fn shmkv_txn_remove(t: *mut ShmkvTxn, key: *const u8, key_len: usize) -> i32 {
-    let rc = guard(|| {
-        // SAFETY: forwarded from the caller.
-        let (b, key) = unsafe { (batch_of(t)?, bytes(key, key_len, "key")?) };
-        Ok(if b.remove(key)? {
-            SHMKV_OK
-        } else {
-            SHMKV_MISSING
-        })
+    // SAFETY: forwarded from the caller.
+    let rc = guard(|| unsafe {
+        let b = batch_of(t).map(|b| b as &mut dyn Stage);
+        stage_remove(b, key, key_len)
     });
     // SAFETY: forwarded from the caller.
     unsafe { staged(t, rc) }
@@ -812,19 +899,10 @@ pub unsafe extern "C" fn shmkv_txn_get(
     value: *mut *const u8,
     value_len: *mut usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: forwarded from the caller.
-        let (b, key) = unsafe { (batch_of(t)?, bytes(key, key_len, "key")?) };
-        let (v_out, l_out) = (out(value, "value")?, out(value_len, "value_len")?);
-        let Some(v) = b.get(key)? else {
-            return Ok(SHMKV_MISSING);
-        };
-        // SAFETY: checked non-NULL; the caller's contract.
-        unsafe {
-            v_out.write(v.as_ptr());
-            l_out.write(v.len());
-        }
-        Ok(SHMKV_OK)
+    // SAFETY: forwarded from the caller.
+    guard(|| unsafe {
+        let b = batch_of(t).map(|b| b as &mut dyn Stage);
+        stage_get(b, key, key_len, value, value_len)
     })
 }
 
@@ -905,17 +983,10 @@ pub unsafe extern "C" fn shmkv_batch_insert(
     value: *const u8,
     value_len: usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: forwarded from the caller.
-        let (b, key, value) = unsafe {
-            (
-                open_batch(b)?,
-                bytes(key, key_len, "key")?,
-                bytes(value, value_len, "value")?,
-            )
-        };
-        b.insert(key, value)?;
-        Ok(SHMKV_OK)
+    // SAFETY: forwarded from the caller.
+    guard(|| unsafe {
+        let b = open_batch(b).map(|b| b as &mut dyn Stage);
+        stage_insert(b, key, key_len, value, value_len)
     })
 }
 
@@ -930,14 +1001,10 @@ pub unsafe extern "C" fn shmkv_batch_remove(
     key: *const u8,
     key_len: usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: forwarded from the caller.
-        let (b, key) = unsafe { (open_batch(b)?, bytes(key, key_len, "key")?) };
-        Ok(if b.remove(key)? {
-            SHMKV_OK
-        } else {
-            SHMKV_MISSING
-        })
+    // SAFETY: forwarded from the caller.
+    guard(|| unsafe {
+        let b = open_batch(b).map(|b| b as &mut dyn Stage);
+        stage_remove(b, key, key_len)
     })
 }
 
@@ -955,19 +1022,10 @@ pub unsafe extern "C" fn shmkv_batch_get(
     value: *mut *const u8,
     value_len: *mut usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: forwarded from the caller.
-        let (b, key) = unsafe { (open_batch(b)?, bytes(key, key_len, "key")?) };
-        let (v_out, l_out) = (out(value, "value")?, out(value_len, "value_len")?);
-        let Some(v) = b.get(key)? else {
-            return Ok(SHMKV_MISSING);
-        };
-        // SAFETY: checked non-NULL; the caller's contract.
-        unsafe {
-            v_out.write(v.as_ptr());
-            l_out.write(v.len());
-        }
-        Ok(SHMKV_OK)
+    // SAFETY: forwarded from the caller.
+    guard(|| unsafe {
+        let b = open_batch(b).map(|b| b as &mut dyn Stage);
+        stage_get(b, key, key_len, value, value_len)
     })
 }
 
