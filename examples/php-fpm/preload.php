@@ -11,10 +11,12 @@
 declare(strict_types=1);
 
 $src = getenv('SHMKV_PHP_SRC') ?: dirname(__DIR__, 2) . '/bindings/php/src';
-// Exceptions first (others extend them), then the rest: preloading links
+// Exceptions and the trait first (classes extend or use them), then the
+// rest: preloading links
 // a class only when its parent is already there.
 require_once $src . '/ShmkvException.php';
 require_once $src . '/NotFoundException.php';
+require_once $src . '/KeyedAccess.php';
 foreach (glob($src . '/*.php') as $file) {
     require_once $file;
 }

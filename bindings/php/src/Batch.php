@@ -17,6 +17,8 @@ use FFI\CData;
  */
 final class Batch implements \ArrayAccess
 {
+    use KeyedAccess;
+
     private ?CData $txn;
     private CData $ptr;
     private CData $len;
@@ -95,28 +97,5 @@ final class Batch implements \ArrayAccess
     public function delete(string $key): bool
     {
         return $this->remove($key);
-    }
-
-    public function offsetExists(mixed $offset): bool
-    {
-        return $this->has((string) $offset);
-    }
-
-    public function offsetGet(mixed $offset): mixed
-    {
-        return $this->get((string) $offset);
-    }
-
-    public function offsetSet(mixed $offset, mixed $value): void
-    {
-        if ($offset === null) {
-            throw new InvalidArgumentException('a map needs a key: $batch[] = ... is not supported');
-        }
-        $this->set((string) $offset, $value);
-    }
-
-    public function offsetUnset(mixed $offset): void
-    {
-        $this->remove((string) $offset);
     }
 }

@@ -31,6 +31,8 @@ use FFI\CData;
  */
 final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
 {
+    use KeyedAccess;
+
     private const INITIAL_BUFFER = 4096;
 
     public const CODECS = ['serialize', 'igbinary', 'json', 'raw'];
@@ -480,29 +482,6 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     public function __destruct()
     {
         $this->close();
-    }
-
-    public function offsetExists(mixed $offset): bool
-    {
-        return $this->has((string) $offset);
-    }
-
-    public function offsetGet(mixed $offset): mixed
-    {
-        return $this->get((string) $offset);
-    }
-
-    public function offsetSet(mixed $offset, mixed $value): void
-    {
-        if ($offset === null) {
-            throw new InvalidArgumentException('a map needs a key: $map[] = ... is not supported');
-        }
-        $this->set((string) $offset, $value);
-    }
-
-    public function offsetUnset(mixed $offset): void
-    {
-        $this->remove((string) $offset);
     }
 
     /** @internal */
