@@ -12,8 +12,7 @@ declare(strict_types=1);
 
 $src = getenv('SHMKV_PHP_SRC') ?: dirname(__DIR__, 2) . '/bindings/php/src';
 // Exceptions and the trait first (classes extend or use them), then the
-// rest: preloading links
-// a class only when its parent is already there.
+// rest: preloading links a class only when its parent is already there.
 require_once $src . '/ShmkvException.php';
 require_once $src . '/NotFoundException.php';
 require_once $src . '/KeyedAccess.php';
