@@ -422,8 +422,13 @@ fn orphans_are_data_segments_whose_root_is_gone() {
 
 /// A root whose magic or identity is corrupted leaves its data segment an
 /// orphan (`RootNotShmkv`, `RootCorrupted`); `force` removes an attached
-/// one, which stays mapped for its holder until it drops.
+/// one, which stays mapped for its holder until it drops. Not under Miri:
+/// the roots are scribbled on while handles have them mapped (byte stores
+/// over the engine's 8-byte atomics), a mixed-size access Miri's weak
+/// memory model cannot represent (it stops with an internal error,
+/// "cannot have partially overlapping store buffer").
 #[test]
+#[cfg_attr(miri, ignore = "mixed-size atomic accesses: see above")]
 fn orphans_of_corrupted_roots_and_forced_removal() {
     use crate::__private::root_offsets;
     use crate::raw::listing::{OrphanCause, OrphanRemoval};
