@@ -435,11 +435,21 @@ def targets(rows, crit):
                 "≤ 2× the p99 without writer", "; ".join(parts) or "–", verdict(ok)))
 
     # (f) longest read during a 1e6-entry growth.
-    g = find(rows, "resize-under-readers", "shmkv get_ref during growth", entries=1_000_000)
-    if g and stat(g[0], "max") is not None:
-        mx = stat(g[0], "max")
-        fig = f"max {num(mx)} ns (p99 {num(stat(g[0], 'p99'))} ns)"
-        ok = mx <= 1_000_000
+    # Every reader count is judged (as for (e)); each figure says how many
+    # busy processes shared how many cores.
+    g = [r for r in find(rows, "resize-under-readers", "shmkv get_ref during growth",
+                         entries=1_000_000) if stat(r, "max") is not None]
+    if g:
+        g.sort(key=lambda r: r["params"].get("readers", 0))
+        parts, ok = [], True
+        for r in g:
+            mx = stat(r, "max")
+            p = r["params"]
+            parts.append(f"readers={p.get('readers', '?')} ({p.get('processes', '?')} processes on "
+                         f"{p.get('cores', '?')} cores): max {num(mx)} ns, p99 {num(stat(r, 'p99'))} ns "
+                         f"**{'≤' if mx <= 1_000_000 else '>'} 1 ms**")
+            ok = ok and mx <= 1_000_000
+        fig = "; ".join(parts)
     else:
         fig, ok = "–", None
     out.append(("longest read during a growth to 1,000,000 entries", "≤ 1 ms", fig, verdict(ok)))
