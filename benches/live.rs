@@ -1078,7 +1078,14 @@ fn resize_under_readers(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str) {
 
 /// One growth and compaction under `readers` readers: read latencies, or
 /// with `sample` the memory peaks (a `memory` row) instead.
-fn resize_run(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str, readers: usize, sample: bool) {
+fn resize_run(
+    cfg: &Cfg,
+    out: &mut Out,
+    coord: &CoordSeg,
+    tag: &str,
+    readers: usize,
+    sample: bool,
+) {
     let name = format!("shmkv-live-{tag}-resize{readers}");
     let _g = MapGuard(name.clone());
     // A small map with a first batch, so that readers have keys to read.
@@ -1115,10 +1122,7 @@ fn resize_run(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str, readers: us
         let (seg_peak, pss_w, pss_r) = sampler.finish();
         out.row(
             "memory",
-            &format!(
-                "shmkv growth to {} entries, then compaction: peaks",
-                cfg.grow_to
-            ),
+            &format!("shmkv growth to {} entries, then compaction: peaks", cfg.grow_to),
             json!({"entries": cfg.grow_to, "readers": readers, "batch": cfg.grow_batch,
                 "key_bytes": 16, "value_bytes": 64}),
             "size",

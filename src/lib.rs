@@ -68,8 +68,7 @@
 //!   garbage passes a threshold, a writer builds a new generation and
 //!   publishes it with one store; readers follow on their next operation.
 //!   References obtained before a switch stay valid; retired mappings are
-//!   detached once nothing in the process refers to them (by a thread of
-//!   the library's, `shmkv-reaper`, so that no read pays for the detach).
+//!   detached once nothing in the process refers to them.
 //!   [`Options::max_size`] bounds the total; past it writes fail with
 //!   [`Error::Full`] and nothing stored is lost.
 //! - [`RawMap::version`] counts committed writes;

@@ -414,12 +414,7 @@ impl Engine {
             root_shmid: self.root.id,
             data_shmid: g.seg.id,
             semid: self.sem.id(),
-            mapped_generations: {
-                // Detaches in progress on the reaper thread finish first, so
-                // that the count and the process's mappings agree.
-                self.gens.wait_detached();
-                self.gens.mapped()
-            },
+            mapped_generations: self.gens.mapped(),
             stale_segments: root::stale_list(self.root()),
             schema: super::schema::recorded(self.root()).map(|(_, t)| t),
             wake_every_write: waiters::wakes_every_write(self.root()),

@@ -33,8 +33,6 @@
 mod barrier;
 mod fork;
 mod pin;
-#[cfg(not(any(loom, miri)))]
-mod reaper;
 mod reclaim;
 mod records;
 #[cfg(all(test, not(loom)))]
@@ -58,10 +56,6 @@ pub(crate) trait Numbered {
     fn number(&self) -> u64;
     /// Called when the item is reclaimed (loom models record it).
     fn reclaimed(&self) {}
-    /// Drops a reclaimed item (after `reclaimed`).
-    fn dispose(self: Box<Self>) {
-        drop(self);
-    }
 }
 
 impl Numbered for Generation {
@@ -77,12 +71,6 @@ impl Numbered for Generation {
     #[cfg(loom)]
     fn reclaimed(&self) {
         loom_check::poison(self);
-    }
-    /// Detached by the process's reaper thread, not by the thread that
-    /// reclaimed it (often a reader: see `reaper`).
-    #[cfg(not(any(loom, miri)))]
-    fn dispose(self: Box<Self>) {
-        reaper::drop_later(self);
     }
 }
 
@@ -121,14 +109,6 @@ pub(crate) struct Generation {
     pub(crate) table: Table,
     /// The mapping; detached on drop.
     pub(crate) seg: Segment,
-}
-
-/// Waits until every generation handed to this process's reaper thread is
-/// detached (see `reaper`; nothing to wait for under loom and Miri, which
-/// detach in place).
-pub(crate) fn wait_for_reaper() {
-    #[cfg(not(any(loom, miri)))]
-    reaper::flush();
 }
 
 /// Process-wide, not part of the models: a plain std atomic.
@@ -225,9 +205,5 @@ impl<G: Numbered> Drop for Gens<G> {
             let node = unsafe { Box::from_raw(n) };
             n = node.next.cast_mut();
         }
-        // Generations this handle's reclaims handed to the reaper are
-        // detached before the handle is gone.
-        #[cfg(not(any(loom, miri)))]
-        reaper::flush();
     }
 }

@@ -142,7 +142,7 @@ impl<G: Numbered> Gens<G> {
                     .unwrap_or_else(|e| e.into_inner())
                     .push(g);
                 #[cfg(not(loom))]
-                g.dispose();
+                drop(g);
             }
             n = next;
         }
@@ -173,13 +173,6 @@ impl<G: Numbered> Gens<G> {
             }
             (*p).next = next;
         }
-    }
-
-    /// Waits until the generations reclaims handed to the reaper thread
-    /// are detached (see `reaper`): then this process's mappings are what
-    /// `mapped` counts.
-    pub(crate) fn wait_detached(&self) {
-        super::wait_for_reaper();
     }
 
     /// Number of data segments this process has mapped for the handle.

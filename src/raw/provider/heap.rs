@@ -98,9 +98,6 @@ pub(super) struct Registry {
     huge_pages_free: u64,
     /// Their size (2 MiB unless a test says otherwise).
     huge_page_size: u64,
-    /// The name of the thread of every detach that freed a removed
-    /// segment (the last detach), in order (`freed_by`).
-    freed_by: Vec<String>,
 }
 
 /// The huge page size of a new heap kernel.
@@ -153,33 +150,20 @@ impl HeapKernel {
         }
     }
 
-    /// The ids of all segments (removed ones too, while mapped). Like the
-    /// other observations here, it first waits for detaches handed to the
-    /// reaper thread (`gens::wait_for_reaper`), so that what it sees does
-    /// not depend on that thread's timing.
+    /// The ids of all segments (removed ones too, while mapped).
     pub fn segment_ids(&self) -> Vec<i32> {
-        crate::raw::gens::wait_for_reaper();
         locked(&self.reg).segments.keys().copied().collect()
     }
 
     /// Number of segments and of locks in the registry: what a test checks
     /// is back to zero after `destroy`.
     pub fn objects(&self) -> (usize, usize) {
-        crate::raw::gens::wait_for_reaper();
         let r = locked(&self.reg);
         (r.segments.len(), r.locks.len())
     }
 
-    /// The names of the threads whose detach freed a removed segment, in
-    /// order (a thread without a name: "(unnamed)").
-    pub fn freed_by(&self) -> Vec<String> {
-        crate::raw::gens::wait_for_reaper();
-        locked(&self.reg).freed_by.clone()
-    }
-
     /// Bytes of the segments not yet freed.
     pub fn used_bytes(&self) -> u64 {
-        crate::raw::gens::wait_for_reaper();
         locked(&self.reg).used
     }
 
@@ -271,9 +255,6 @@ impl Drop for HeapMapping {
             s.nattch = s.nattch.saturating_sub(1);
             if s.removed && s.nattch == 0 {
                 free(&mut r, self.id);
-                let me = std::thread::current();
-                r.freed_by
-                    .push(me.name().unwrap_or("(unnamed)").to_string());
             }
         }
     }
