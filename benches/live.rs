@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use shmkv::{Options, RawMap, Size};
+use shmkv::{HugePages, Options, RawMap, Size};
 
 // ---------------------------------------------------------------- basics
 
@@ -1070,10 +1070,15 @@ fn resize_under_readers(cfg: &Cfg, out: &mut Out, coord: &CoordSeg, tag: &str) {
     // smaps_rollup takes its mmap lock, which a reader attaching a new
     // generation (and its page faults queued behind that) waits for, so the
     // sampler itself made reads of several ms. Memory from a run of its own.
-    for readers in [1usize, 2] {
-        resize_run(cfg, out, coord, tag, readers, false);
+    // On 4 KiB pages, then on huge pages (the data segments' page tables
+    // are 512 times smaller to set up and tear down) when the kernel has
+    // them (`scripts/bench.sh` reserves them).
+    for huge in [false, true] {
+        for readers in [1usize, 2] {
+            resize_run(cfg, out, coord, tag, readers, false, huge);
+        }
     }
-    resize_run(cfg, out, coord, tag, 1, true);
+    resize_run(cfg, out, coord, tag, 1, true, false);
 }
 
 /// One growth and compaction under `readers` readers: read latencies, or
@@ -1085,11 +1090,24 @@ fn resize_run(
     tag: &str,
     readers: usize,
     sample: bool,
+    huge: bool,
 ) {
     let name = format!("shmkv-live-{tag}-resize{readers}");
     let _g = MapGuard(name.clone());
     // A small map with a first batch, so that readers have keys to read.
-    let m = RawMap::create(&name, &Options::new()).unwrap();
+    let opts = if huge {
+        Options::new().huge_pages(HugePages::Require)
+    } else {
+        Options::new()
+    };
+    let m = match RawMap::create(&name, &opts) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("!! resize on huge pages not measured: {e}");
+            return;
+        }
+    };
+    let pages = if huge { "2m" } else { "4k" };
     let first = 1000u64;
     m.write(|b| (0..first).try_for_each(|i| b.insert(&key(i), &value(i))))
         .unwrap();
@@ -1122,7 +1140,10 @@ fn resize_run(
         let (seg_peak, pss_w, pss_r) = sampler.finish();
         out.row(
             "memory",
-            &format!("shmkv growth to {} entries, then compaction: peaks", cfg.grow_to),
+            &format!(
+                "shmkv growth to {} entries, then compaction: peaks",
+                cfg.grow_to
+            ),
             json!({"entries": cfg.grow_to, "readers": readers, "batch": cfg.grow_batch,
                 "key_bytes": 16, "value_bytes": 64}),
             "size",
@@ -1163,7 +1184,7 @@ fn resize_run(
             "resize-under-readers",
             subject,
             json!({"entries": cfg.grow_to, "readers": readers, "processes": readers + 1,
-                "batch": cfg.grow_batch}),
+                "batch": cfg.grow_batch, "pages": pages}),
             "latency",
             "mixed",
             "uniform random among keys committed so far; every read timed; kept: reads during \

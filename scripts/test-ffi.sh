@@ -46,7 +46,6 @@ cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -I ffi/include ffi/tests/c/a
 "$out/api_test"
 echo "== C, under valgrind (memory errors and definite leaks fail the run)"
 valgrind -q --error-exitcode=9 --leak-check=full --show-possibly-lost=no --errors-for-leak-kinds=definite \
-    --suppressions=ffi/tests/c/valgrind.supp \
     "$out/api_test"
 echo "== C, linked statically (libshmkv_ffi.a)"
 cc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -I ffi/include ffi/tests/c/api_test.c \
