@@ -440,15 +440,22 @@ def targets(rows, crit):
     g = [r for r in find(rows, "resize-under-readers", "shmkv get_ref during growth",
                          entries=1_000_000) if stat(r, "max") is not None]
     if g:
-        g.sort(key=lambda r: r["params"].get("readers", 0))
-        parts, ok = [], True
+        # Per reader count, every page size shown; the best one judged (as
+        # for the cold targets).
+        by_readers = {}
         for r in g:
-            mx = stat(r, "max")
-            p = r["params"]
-            parts.append(f"readers={p.get('readers', '?')} ({p.get('processes', '?')} processes on "
-                         f"{p.get('cores', '?')} cores): max {num(mx)} ns, p99 {num(stat(r, 'p99'))} ns "
-                         f"**{'≤' if mx <= 1_000_000 else '>'} 1 ms**")
-            ok = ok and mx <= 1_000_000
+            by_readers.setdefault(r["params"].get("readers", 0), []).append(r)
+        parts, ok = [], True
+        for readers in sorted(by_readers):
+            rs = sorted(by_readers[readers], key=lambda r: stat(r, "max"))
+            p = rs[0]["params"]
+            sizes = ", ".join(f"{r['params'].get('pages', '4k')} pages: max {num(stat(r, 'max'))} ns, "
+                              f"p99 {num(stat(r, 'p99'))} ns" for r in rs)
+            best = stat(rs[0], "max")
+            parts.append(f"readers={readers} ({p.get('processes', '?')} processes on "
+                         f"{p.get('cores', '?')} cores): {sizes}; best "
+                         f"**{'≤' if best <= 1_000_000 else '>'} 1 ms**")
+            ok = ok and best <= 1_000_000
         fig = "; ".join(parts)
     else:
         fig, ok = "–", None
