@@ -135,6 +135,8 @@ def num(x, unit=""):
         return str(x).lower()
     if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) >= 1000):
         s = f"{int(x):,}"
+    elif isinstance(x, float) and 0 < abs(x) < 0.1:
+        s = f"{x:.2g}"  # small fractions (retries per read): not rounded to 0.0
     elif isinstance(x, float):
         s = f"{x:,.1f}" if abs(x) < 1000 else f"{x:,.0f}"
     else:
@@ -321,6 +323,14 @@ def row_tables(section, rows, ratio_cols=()):
         out += ["", head + (f"; unit {unit}" if unit else ""), ""]
         header = ["subject"] + (["params"] if joined else vary) + (["keys"] if len({r.get('keys') for r in rs}) > 1 else []) \
             + [f"{k}" for k in skeys] + [lab for lab, _, _ in ratio_cols] + [f"{k}" for k in ekeys]
+        # Long notes (they differ only by the process count) as numbered
+        # notes under the table instead of a column.
+        notes = []
+        if "note" in ekeys:
+            for r in rs:
+                n = r["extra"].get("note")
+                if n is not None and n not in notes:
+                    notes.append(n)
         body = []
         for r in rs:
             cells = [md_subject(r["subject"])]
@@ -334,9 +344,12 @@ def row_tables(section, rows, ratio_cols=()):
             for _, ref, k in ratio_cols:
                 other = ref(r, rows)
                 cells.append(rfmt(ratio(stat(r, k), stat(other, k))) if other is not None and other is not r else "–")
-            cells += [num(r["extra"].get(k)) for k in ekeys]
+            cells += [(f"[{notes.index(r['extra']['note']) + 1}]" if k == "note" and r["extra"].get("note") in notes
+                       else num(r["extra"].get(k))) for k in ekeys]
             body.append(cells)
         out += table(header, body)
+        if notes:
+            out += [""] + [f"[{i + 1}] {n}" + "  " for i, n in enumerate(notes)]
     return out
 
 
