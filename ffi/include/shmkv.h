@@ -79,6 +79,9 @@
 // Any other failure (see `shmkv_last_error`).
 #define SHMKV_E_OTHER -20
 
+// `shmkv_get_copy`: the key is not in the map (not an error).
+#define SHMKV_ABSENT -100
+
 // `shmkv_open` flag: create the map if it does not exist.
 #define SHMKV_CREATE 1
 
@@ -220,6 +223,25 @@ int32_t shmkv_get(const struct ShmkvMap *m,
                   uint8_t *buf,
                   size_t buf_len,
                   size_t *value_len);
+
+// A copy of the value of `key` in the calling thread's buffer, for
+// bindings where every argument costs (PHP's FFI): returns the value's
+// length (`>= 0`; the bytes are at `shmkv_copy_buffer()` until the next
+// `shmkv_get_copy` on this thread), `SHMKV_ABSENT` if the key is not in
+// the map, or a negative `SHMKV_E_*` code. The buffer grows to fit (then
+// `shmkv_copy_buffer` returns a new address: ask again when the length
+// exceeds the capacity it reported).
+//
+// # Safety
+// `m` is an open handle; `key` valid for `key_len` bytes.
+int64_t shmkv_get_copy(const struct ShmkvMap *m, const uint8_t *key, size_t key_len);
+
+// The calling thread's copy buffer (see `shmkv_get_copy`) and, in
+// `*capacity` (may be `NULL`), how many bytes it holds before it moves.
+//
+// # Safety
+// `capacity` is `NULL` or valid for a write.
+const void *shmkv_copy_buffer(size_t *capacity);
 
 // The value of `key`, zero-copy: `*value` and `*value_len` describe bytes
 // in shared memory that stay valid and unchanged until

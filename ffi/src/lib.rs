@@ -80,6 +80,8 @@ pub const SHMKV_E_OS: i32 = -18;
 pub const SHMKV_E_PANIC: i32 = -19;
 /// Any other failure (see `shmkv_last_error`).
 pub const SHMKV_E_OTHER: i32 = -20;
+/// `shmkv_get_copy`: the key is not in the map (not an error).
+pub const SHMKV_ABSENT: i64 = -100;
 
 /// `shmkv_open` flag: create the map if it does not exist.
 pub const SHMKV_CREATE: u32 = 1;
@@ -185,6 +187,8 @@ pub type ShmkvWriteFn = Option<extern "C" fn(txn: *mut ShmkvTxn, ctx: *mut c_voi
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// The calling thread's copy buffer (`shmkv_get_copy`).
+    static COPY: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(64 << 10));
 }
 
 fn set_last_error(msg: &str) {
@@ -554,6 +558,56 @@ pub unsafe extern "C" fn shmkv_get(
             unsafe { ptr::copy_nonoverlapping(v.as_ptr(), buf, v.len()) };
         }
         Ok(SHMKV_OK)
+    })
+}
+
+/// A copy of the value of `key` in the calling thread's buffer, for
+/// bindings where every argument costs (PHP's FFI): returns the value's
+/// length (`>= 0`; the bytes are at `shmkv_copy_buffer()` until the next
+/// `shmkv_get_copy` on this thread), `SHMKV_ABSENT` if the key is not in
+/// the map, or a negative `SHMKV_E_*` code. The buffer grows to fit (then
+/// `shmkv_copy_buffer` returns a new address: ask again when the length
+/// exceeds the capacity it reported).
+///
+/// # Safety
+/// `m` is an open handle; `key` valid for `key_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_get_copy(m: *const ShmkvMap, key: *const u8, key_len: usize) -> i64 {
+    let mut len = SHMKV_ABSENT;
+    let rc = guard(|| {
+        // SAFETY: forwarded from the caller.
+        let (m, key) = unsafe { (map_of(m)?, bytes(key, key_len, "key")?) };
+        if let Some(v) = m.map.get_ref(key)? {
+            COPY.with(|b| {
+                let mut b = b.borrow_mut();
+                b.clear();
+                b.extend_from_slice(&v);
+            });
+            len = v.len() as i64;
+        }
+        Ok(SHMKV_OK)
+    });
+    if rc < 0 {
+        i64::from(rc)
+    } else {
+        len
+    }
+}
+
+/// The calling thread's copy buffer (see `shmkv_get_copy`) and, in
+/// `*capacity` (may be `NULL`), how many bytes it holds before it moves.
+///
+/// # Safety
+/// `capacity` is `NULL` or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_copy_buffer(capacity: *mut usize) -> *const c_void {
+    COPY.with(|b| {
+        let b = b.borrow();
+        if !capacity.is_null() {
+            // SAFETY: non-NULL; the caller's contract.
+            unsafe { capacity.write(b.capacity()) };
+        }
+        b.as_ptr().cast()
     })
 }
 

@@ -33,8 +33,6 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
 {
     use KeyedAccess;
 
-    private const INITIAL_BUFFER = 4096;
-
     public const CODECS = ['serialize', 'igbinary', 'json', 'raw'];
     private const SERIALIZE = 0;
     private const IGBINARY = 1;
@@ -46,9 +44,6 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
 
     private FFI $ffi;
     private ?CData $handle = null;
-    /** The read buffer (`char[bufferSize]`), reused by every get. */
-    private CData $buffer;
-    private int $bufferSize;
     /** `size_t[1]`: passed as `size_t *` without an FFI::addr per call. */
     private CData $lenp;
     /** `uint64_t[1]`, likewise. */
@@ -58,6 +53,14 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     private readonly int $codecId;
     /** The batch of the atomic() running on this handle, if any. */
     private ?Batch $batch = null;
+    /**
+     * The thread's copy buffer of `shmkv_get_copy` (one per thread in the
+     * library, so shared by every Map) and its capacity; -1: not asked yet.
+     */
+    private static ?CData $copyBuf = null;
+    private static int $copyCap = -1;
+    /** `SHMKV_ABSENT`, from the header. */
+    private static int $absent = 0;
 
     /**
      * Opens the map `$name`, creating it if it does not exist (unless
@@ -145,8 +148,6 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
         $this->name = $name;
         $this->codec = $codec;
         $this->codecId = $codecId;
-        $this->bufferSize = self::INITIAL_BUFFER;
-        $this->buffer = $ffi->new("char[{$this->bufferSize}]");
         $this->lenp = $ffi->new('size_t[1]');
         $this->u64p = $ffi->new('uint64_t[1]');
     }
@@ -222,31 +223,22 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     /** The stored bytes of `$key`, or null. One lookup, one copy. */
     public function getRaw(string $key): ?string
     {
-        $rc = $this->ffi->shmkv_get($this->handle ?? $this->closed(), $key, \strlen($key), $this->buffer, $this->bufferSize, $this->lenp);
-        if ($rc === 0) {
-            return FFI::string($this->buffer, $this->lenp[0]);
+        // One call with three arguments (each argument of an FFI call costs):
+        // the value is copied into the thread's buffer of the library.
+        $n = $this->ffi->shmkv_get_copy($this->handle ?? $this->closed(), $key, \strlen($key));
+        if ($n >= 0) {
+            if ($n > self::$copyCap) {
+                // First use, or the buffer grew (and moved) for this value.
+                self::$copyBuf = $this->ffi->shmkv_copy_buffer($this->lenp);
+                self::$copyCap = $this->lenp[0];
+            }
+            return $n === 0 ? '' : FFI::string(self::$copyBuf, $n);
         }
-        return $rc === 1 ? null : $this->getSlow($key, $rc);
-    }
-
-    /** A get whose first attempt did not fit the buffer (or failed). */
-    private function getSlow(string $key, int $rc): ?string
-    {
-        while (true) {
-            if ($rc !== Library::constant('SHMKV_E_BUFFER_TOO_SMALL')) {
-                Library::check($rc);
-            }
-            $this->bufferSize = max($this->lenp[0], 2 * $this->bufferSize);
-            $this->buffer = $this->ffi->new("char[{$this->bufferSize}]");
-            // The value may have changed meanwhile: look again.
-            $rc = $this->ffi->shmkv_get($this->handle ?? $this->closed(), $key, \strlen($key), $this->buffer, $this->bufferSize, $this->lenp);
-            if ($rc === 0) {
-                return FFI::string($this->buffer, $this->lenp[0]);
-            }
-            if ($rc === 1) {
-                return null;
-            }
+        if ($n === (self::$absent ?: self::$absent = Library::constant('SHMKV_ABSENT'))) {
+            return null;
         }
+        Library::check($n);
+        return null;
     }
 
     /**
@@ -255,17 +247,20 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
      */
     public function get(string $key, mixed $default = null): mixed
     {
-        // The hot path, kept flat: one FFI call, one copy, one decode.
-        $rc = $this->ffi->shmkv_get($this->handle ?? $this->closed(), $key, \strlen($key), $this->buffer, $this->bufferSize, $this->lenp);
-        if ($rc === 0) {
-            $raw = FFI::string($this->buffer, $this->lenp[0]);
-        } elseif ($rc === 1) {
+        // The hot path, kept flat (getRaw's steps, inline): one FFI call of
+        // three arguments, one copy, one decode.
+        $n = $this->ffi->shmkv_get_copy($this->handle ?? $this->closed(), $key, \strlen($key));
+        if ($n >= 0) {
+            if ($n > self::$copyCap) {
+                self::$copyBuf = $this->ffi->shmkv_copy_buffer($this->lenp);
+                self::$copyCap = $this->lenp[0];
+            }
+            $raw = $n === 0 ? '' : FFI::string(self::$copyBuf, $n);
+        } elseif ($n === (self::$absent ?: self::$absent = Library::constant('SHMKV_ABSENT'))) {
             return $default;
         } else {
-            $raw = $this->getSlow($key, $rc);
-            if ($raw === null) {
-                return $default;
-            }
+            Library::check($n);
+            return $default;
         }
         if ($this->codecId === self::SERIALIZE) {
             $v = @\unserialize($raw);

@@ -136,6 +136,25 @@ int main(void) {
     CHECK(shmkv_len(m, &n) == SHMKV_OK && n == 2);
     CHECK(shmkv_version(m, &version) == SHMKV_OK && version == 4);
 
+    /* The thread's copy buffer (for bindings where arguments cost). */
+    {
+        size_t cap = 0;
+        int64_t got = shmkv_get_copy(m, S("greeting"));
+        CHECK(got == 5);
+        const uint8_t *cb = shmkv_copy_buffer(&cap);
+        CHECK(cap >= 5 && memcmp(cb, "hello", 5) == 0);
+        CHECK(shmkv_get_copy(m, S("absent")) == SHMKV_ABSENT);
+        CHECK(shmkv_get_copy(NULL, S("greeting")) == SHMKV_E_INVALID);
+        static uint8_t big[200000];
+        memset(big, 'b', sizeof big);
+        CHECK(shmkv_insert(m, S("big"), big, sizeof big) == SHMKV_OK);
+        CHECK(shmkv_get_copy(m, S("big")) == (int64_t)sizeof big);
+        cb = shmkv_copy_buffer(&cap); /* it grew: ask again */
+        CHECK(cap >= sizeof big && memcmp(cb, big, sizeof big) == 0);
+        CHECK(shmkv_copy_buffer(NULL) == cb);
+        CHECK(shmkv_remove(m, S("big")) == SHMKV_OK);
+    }
+
     /* Oversized key: a typed error, nothing stored lost. */
     static uint8_t big_key[1 << 17];
     CHECK(shmkv_insert(m, big_key, sizeof big_key, S("v")) == SHMKV_E_KEY_TOO_LARGE);
