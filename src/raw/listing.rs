@@ -332,15 +332,27 @@ fn orphan(p: &dyn Provider, rows: &[ShmRow], shmid: i32) -> Option<Orphan> {
 
 /// What is wrong with the root `root_shmid` at `key`, `None` if it is a
 /// valid shmkv root (or this process cannot tell: it may not read it).
+/// Called after the data segment's header was read: "root gone" is judged
+/// by a table read after it, as `rows` (read before) may predate a root
+/// created meanwhile.
 fn root_trouble(
     p: &dyn Provider,
     rows: &[ShmRow],
     key: i32,
     root_shmid: i32,
 ) -> Option<OrphanCause> {
-    let there = key != IPC_PRIVATE && rows.iter().any(|r| r.key == key && r.shmid == root_shmid);
-    if !there {
+    if key == IPC_PRIVATE {
         return Some(OrphanCause::RootGone);
+    }
+    let at_key = |rows: &[ShmRow]| rows.iter().any(|r| r.key == key && r.shmid == root_shmid);
+    if !at_key(rows) {
+        // `rows` may predate the root: a map created since (root first,
+        // then the data segment whose header was just read). Only a table
+        // read after that header tells: unreadable, cannot tell, keep it.
+        let now = p.segments().ok()?;
+        if !at_key(&now) {
+            return Some(OrphanCause::RootGone);
+        }
     }
     let seg = match p.attach(root_shmid, true, "") {
         Ok(s) => s,
@@ -363,3 +375,7 @@ fn root_trouble(
         },
     }
 }
+
+#[cfg(test)]
+#[path = "listing/race_tests.rs"]
+mod race_tests;

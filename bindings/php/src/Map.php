@@ -59,6 +59,16 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
      */
     private static ?CData $copyBuf = null;
     private static int $copyCap = -1;
+    /**
+     * True from a get's `shmkv_get_copy` until it has read the copy buffer.
+     * PHP code can run in between (a pcntl signal handler, with async
+     * signals, at the interrupt check after an FFI call): a get made there
+     * must neither overwrite the buffer the interrupted get is about to
+     * read nor read through `$copyBuf` before the interrupted get refreshed
+     * it (after a growth, the old address is freed memory). Such a get
+     * uses a buffer of its own (getOwnBuffer).
+     */
+    private static bool $copying = false;
     /** `SHMKV_ABSENT`, from the header. */
     private static int $absent = 0;
 
@@ -225,20 +235,54 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     {
         // One call with three arguments (each argument of an FFI call costs):
         // the value is copied into the thread's buffer of the library.
-        $n = $this->ffi->shmkv_get_copy($this->handle ?? $this->closed(), $key, \strlen($key));
-        if ($n >= 0) {
-            if ($n > self::$copyCap) {
-                // First use, or the buffer grew (and moved) for this value.
-                self::$copyBuf = $this->ffi->shmkv_copy_buffer($this->lenp);
-                self::$copyCap = $this->lenp[0];
+        $h = $this->handle ?? $this->closed();
+        if (self::$copying) {
+            return $this->getOwnBuffer($h, $key);
+        }
+        self::$copying = true;
+        try {
+            $n = $this->ffi->shmkv_get_copy($h, $key, \strlen($key));
+            if ($n >= 0) {
+                if ($n > self::$copyCap) {
+                    // First use, or the buffer grew (and moved) for this value.
+                    self::$copyBuf = $this->ffi->shmkv_copy_buffer($this->lenp);
+                    self::$copyCap = $this->lenp[0];
+                }
+                return $n === 0 ? '' : FFI::string(self::$copyBuf, $n);
             }
-            return $n === 0 ? '' : FFI::string(self::$copyBuf, $n);
+        } finally {
+            self::$copying = false;
         }
         if ($n === (self::$absent ?: self::$absent = Library::constant('SHMKV_ABSENT'))) {
             return null;
         }
         Library::check($n);
         return null;
+    }
+
+    /**
+     * getRaw for a get made while another reads the thread's copy buffer
+     * (see `$copying`): `shmkv_get` into a buffer of its own.
+     */
+    private function getOwnBuffer(CData $h, string $key): ?string
+    {
+        $len = $this->ffi->new('size_t[1]');
+        $size = 4096;
+        while (true) {
+            $buf = $this->ffi->new("char[$size]");
+            $rc = $this->ffi->shmkv_get($h, $key, \strlen($key), $buf, $size, $len);
+            if ($rc === 0) {
+                return FFI::string($buf, $len[0]);
+            }
+            if ($rc === Library::constant('SHMKV_MISSING')) {
+                return null;
+            }
+            if ($rc !== Library::constant('SHMKV_E_BUFFER_TOO_SMALL')) {
+                Library::check($rc);
+            }
+            // The value may change before the next look: retry with room.
+            $size = max($len[0], 2 * $size);
+        }
     }
 
     /**
@@ -249,18 +293,33 @@ final class Map implements \ArrayAccess, \Countable, \IteratorAggregate
     {
         // The hot path, kept flat (getRaw's steps, inline): one FFI call of
         // three arguments, one copy, one decode.
-        $n = $this->ffi->shmkv_get_copy($this->handle ?? $this->closed(), $key, \strlen($key));
-        if ($n >= 0) {
-            if ($n > self::$copyCap) {
-                self::$copyBuf = $this->ffi->shmkv_copy_buffer($this->lenp);
-                self::$copyCap = $this->lenp[0];
+        // Inside another get's use of the copy buffer (see `$copying`).
+        $h = $this->handle ?? $this->closed();
+        if (self::$copying) {
+            $raw = $this->getOwnBuffer($h, $key);
+            if ($raw === null) {
+                return $default;
             }
-            $raw = $n === 0 ? '' : FFI::string(self::$copyBuf, $n);
-        } elseif ($n === (self::$absent ?: self::$absent = Library::constant('SHMKV_ABSENT'))) {
-            return $default;
         } else {
-            Library::check($n);
-            return $default;
+            self::$copying = true;
+            try {
+                $n = $this->ffi->shmkv_get_copy($h, $key, \strlen($key));
+                if ($n >= 0) {
+                    if ($n > self::$copyCap) {
+                        self::$copyBuf = $this->ffi->shmkv_copy_buffer($this->lenp);
+                        self::$copyCap = $this->lenp[0];
+                    }
+                    $raw = $n === 0 ? '' : FFI::string(self::$copyBuf, $n);
+                }
+            } finally {
+                self::$copying = false;
+            }
+            if ($n < 0) {
+                if ($n !== (self::$absent ?: self::$absent = Library::constant('SHMKV_ABSENT'))) {
+                    Library::check($n);
+                }
+                return $default;
+            }
         }
         if ($this->codecId === self::SERIALIZE) {
             $v = @\unserialize($raw);
