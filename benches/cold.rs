@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shmkv::{HugePages, Options, RawMap, Size};
+use shmkv_benches::{fold, key, out_path, timer_cost, MapGuard, Rng};
 
 /// Lookups per transaction / `read()` in the batched variants.
 const BATCH: u64 = 4096;
@@ -78,13 +79,6 @@ const CONTENDERS: &[Contender] = &[
     pointer_chase_huge,
 ];
 
-fn key(i: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&i.to_le_bytes());
-    k[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    k
-}
-
 /// The value of entry `i` whose successor on the cycle is `next`: eight
 /// words whose XOR is `next` (so the chain reads every byte).
 fn value(i: u64, next: u64) -> [u8; 64] {
@@ -100,27 +94,6 @@ fn value(i: u64, next: u64) -> [u8; 64] {
     }
     v[..8].copy_from_slice(&x.to_le_bytes());
     v
-}
-
-/// The XOR of all 8-byte words of `v` (the whole value is read).
-#[inline(always)]
-fn fold(v: &[u8]) -> u64 {
-    v.chunks_exact(8)
-        .fold(0, |a, c| a ^ u64::from_le_bytes(c.try_into().unwrap()))
-}
-
-/// xorshift64*: a fixed, portable sequence.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// `p[i]`: the successor of `i` on one random cycle through `0..n`.
@@ -402,14 +375,6 @@ fn warm_pages(n: u64, mut look: impl FnMut(u64) -> u64) {
     black_box(sum);
 }
 
-/// Removes the bench's map also on panic.
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = RawMap::destroy_by_name(&self.0, &Options::new());
-    }
-}
-
 /// A scratch directory in /dev/shm (tmp elsewhere), removed on drop.
 struct Scratch(std::path::PathBuf);
 impl Scratch {
@@ -433,11 +398,11 @@ impl Drop for Scratch {
 
 /// Builds shmkv's map of `s`'s entries with `opts` (capacity and arena set
 /// here); the caller keeps the returned cleanup guard alive.
-fn build_shmkv(s: &Setup, tag: &str, opts: Options) -> Option<(RawMap, Cleanup)> {
+fn build_shmkv(s: &Setup, tag: &str, opts: Options) -> Option<(RawMap, MapGuard)> {
     let n = s.n;
     let name = format!("shmkv-bench-cold-{tag}-{}-{n}", std::process::id());
     let _ = RawMap::destroy_by_name(&name, &Options::new());
-    let cleanup = Cleanup(name.clone());
+    let cleanup = MapGuard(name.clone());
     let m = RawMap::create(
         &name,
         &opts.capacity(n).arena_size(Size::from(n * 112 + (1 << 20))),
@@ -787,18 +752,6 @@ fn pointer_chase_huge(s: &Setup, out: &mut Out) {
     }
 }
 
-/// The median cost of an `Instant::now` pair with nothing between.
-fn timer_cost() -> f64 {
-    let mut v: Vec<f64> = (0..100_000)
-        .map(|_| {
-            let t = Instant::now();
-            t.elapsed().as_nanos() as f64
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn env_u64s(name: &str, default: &str) -> Vec<u64> {
     std::env::var(name)
         .unwrap_or_else(|_| default.into())
@@ -824,13 +777,7 @@ fn main() {
         "SHMKV_COLD_LOOKUPS",
         if quick { "100000" } else { "1000000" },
     )[0];
-    let dir = std::env::var_os("SHMKV_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/shmkv-bench")
-        });
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cold.jsonl");
+    let path = out_path("cold.jsonl");
     let file = std::fs::File::create(&path).unwrap();
     let timer_ns = timer_cost();
     println!(

@@ -19,6 +19,7 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use shmkv::{Options, RawMap, ShmMap, Size};
+use shmkv_benches::{fold, key};
 
 const LOOKUPS: usize = 4096;
 
@@ -37,13 +38,6 @@ impl Drop for Cleanup {
             let _ = std::fs::remove_dir_all(d);
         }
     }
-}
-
-fn key(i: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&i.to_le_bytes());
-    k[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    k
 }
 
 fn value(i: u64, len: usize) -> Vec<u8> {
@@ -140,14 +134,6 @@ fn configure(g: &mut BenchmarkGroup<'_, WallTime>) {
         g.warm_up_time(Duration::from_millis(400));
         g.sample_size(20);
     }
-}
-
-/// The XOR of all 8-byte words of `v` (the whole value is read; every
-/// value length here is a multiple of 8).
-#[inline(always)]
-fn fold(v: &[u8]) -> u64 {
-    v.chunks_exact(8)
-        .fold(0, |a, c| a ^ u64::from_le_bytes(c.try_into().unwrap()))
 }
 
 /// A key distribution of the warm benchmarks (group `warm_get_<name>`).

@@ -13,15 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shmkv::{Options, RawMap, Size};
+use shmkv_benches::{key, out_path, MapGuard};
 
 const ENTRIES: u64 = 100_000;
-
-fn key(i: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&i.to_le_bytes());
-    k[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    k
-}
 
 fn secs() -> f64 {
     std::env::var("SHMKV_SCALING_SECS")
@@ -119,7 +113,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// keys and 64-byte values in a map created with `capacity(cap)`.
 fn overhead(n: u64, cap: u64) -> (f64, u64) {
     let name = format!("shmkv-bench-mem-{}-{n}", std::process::id());
-    let _g = Guard(name.clone());
+    let _g = MapGuard(name.clone());
     let m = RawMap::create(
         &name,
         &Options::new()
@@ -143,14 +137,6 @@ fn overhead(n: u64, cap: u64) -> (f64, u64) {
     ((used as f64 - n as f64 * 80.0) / n as f64, s.capacity)
 }
 
-struct Guard(String);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = RawMap::destroy_by_name(&self.0, &Options::new());
-    }
-}
-
 fn main() {
     if let Ok(kind) = std::env::var("SHMKV_SCALING_ROLE") {
         return reader(&kind, &std::env::var("SHMKV_SCALING_MAP").unwrap());
@@ -161,7 +147,7 @@ fn main() {
         return;
     }
     let name = format!("shmkv-bench-scaling-{}", std::process::id());
-    let _g = Guard(name.clone());
+    let _g = MapGuard(name.clone());
     let map = RawMap::create(
         &name,
         &Options::new()
@@ -241,11 +227,6 @@ fn main() {
              \"stats\": {{\"mean\": {bytes:.1}}}, \"extra\": {{}}}}\n"
         );
     }
-    let dir = std::env::var_os("SHMKV_BENCH_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/shmkv-bench"),
-        std::path::PathBuf::from,
-    );
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("scaling.jsonl"), rows).unwrap();
+    std::fs::write(out_path("scaling.jsonl"), rows).unwrap();
     map.destroy().unwrap();
 }

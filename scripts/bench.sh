@@ -78,13 +78,18 @@ trap 'exit 143' TERM
 max_size=$(tr ',' '\n' <<<"$SHMKV_COLD_SIZES" | sed 's/_//g' \
   | python3 -c 'import sys; print(max([int(float(l)) for l in sys.stdin if l.strip()] or [0]))')
 need=${SHMKV_BENCH_HUGEPAGES:-$(( (2 * (max_size * 192 + (4 << 20)) + (2 << 20) - 1) / (2 << 20) + 8 ))}
+# benches/live.rs grows a map on huge pages to 10⁶ entries (10⁵ quick): about
+# 800 bytes per entry at its peak (two generations side by side).
+grow_to=$([ "$quick" = 1 ] && echo 100000 || echo 1000000)
+need_live=$(( grow_to * 800 / (2 << 20) + 8 ))
+[ -z "${SHMKV_BENCH_HUGEPAGES:-}" ] && [ "$need_live" -gt "$need" ] && need=$need_live
 hp_size_kb=$(awk '/Hugepagesize/ {print $2}' /proc/meminfo)
 if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/nr_hugepages ] && [ "${hp_size_kb:-0}" = 2048 ]; then
   old_hugepages=$(cat /proc/sys/vm/nr_hugepages)
   want=$(( old_hugepages + need ))
   echo "$want" > /proc/sys/vm/nr_hugepages
   got=$(cat /proc/sys/vm/nr_hugepages)
-  say "vm.nr_hugepages: $old_hugepages -> $got (asked $want: $need for the cold bench's largest size, $max_size entries)"
+  say "vm.nr_hugepages: $old_hugepages -> $got (asked $want: $need for the largest huge-page maps of the cold and live benches)"
   [ "$got" -lt "$want" ] && echo "warning: the kernel gave only $got huge pages; huge-page contenders may be skipped"
 else
   say "huge pages not reserved (needs root and 2 MiB pages): huge-page rows will be missing"
