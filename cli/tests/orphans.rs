@@ -14,6 +14,11 @@ use common::{ok, shmkv, Cleanup, Segment};
 use shmkv::__private::{data_offsets, root_offsets, DATA_MAGIC};
 use shmkv::RawMap;
 
+/// `ls --orphans` attaches every private segment for a moment: the two
+/// tests run one at a time, or one's listing shows up in the other's
+/// attach counts.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `shmkv --json ls --orphans` entries naming data segment `shmid`.
 fn listed(shmid: i32) -> Option<serde_json::Value> {
     let all: serde_json::Value = serde_json::from_str(&ok(&["--json", "ls", "--orphans"])).unwrap();
@@ -50,6 +55,7 @@ impl Drop for RemoveSegment {
 
 #[test]
 fn orphaned_data_segments_are_listed_and_removed_and_nothing_else() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let c = Cleanup::new("cli-orphan");
     let n = c.name.as_str();
     let m = RawMap::create(n, &c.opts).unwrap();
@@ -111,6 +117,7 @@ fn orphaned_data_segments_are_listed_and_removed_and_nothing_else() {
 /// `--force`.
 #[test]
 fn orphans_of_a_corrupted_root_and_attached_orphans() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let c = Cleanup::new("cli-orphan-corrupt");
     let n = c.name.as_str();
     let m = RawMap::create(n, &c.opts).unwrap();
