@@ -239,6 +239,15 @@ pub enum Error {
         /// Its shmid or semid.
         id: i32,
     },
+    /// A user write (`insert`/`remove`, in any API) of a key in the
+    /// reserved namespace: keys beginning with
+    /// [`RESERVED_PREFIX`](crate::RESERVED_PREFIX) (`"\0shmkv:"`) belong
+    /// to shmkv itself (the sync state, [`SYNC_STATE_KEY`](crate::SYNC_STATE_KEY)).
+    #[error("key {key:?} is reserved (keys beginning with \"\\0shmkv:\" belong to shmkv)")]
+    ReservedKey {
+        /// The key, lossily as text.
+        key: String,
+    },
     /// A system call failed for another reason.
     #[error("{op} failed: {source}")]
     Os {

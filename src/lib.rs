@@ -139,6 +139,7 @@ mod raw_map;
 pub mod size;
 mod stats;
 mod sync;
+mod sync_state;
 mod sys;
 
 pub use error::{Error, Incompatible, Result};
@@ -159,6 +160,9 @@ pub use raw::write::MAX_KEY_LEN;
 pub use raw_map::RawMap;
 pub use size::{Size, SizeError};
 pub use stats::Stats;
+pub use sync_state::{
+    is_reserved_key, process_start_time, SourceKind, SyncState, RESERVED_PREFIX, SYNC_STATE_KEY,
+};
 
 /// Seqlock retries of lock-free reads in this process so far: reads of a
 /// slot that met it being written (odd, or changed while read) and read it

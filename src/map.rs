@@ -220,6 +220,12 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
         self.raw.len()
     }
 
+    /// The map's sync state (`shmkv sync`), `None` if it is not synced
+    /// (see [`RawMap::sync_state`]).
+    pub fn sync_state(&self) -> Result<Option<crate::SyncState>> {
+        self.raw.sync_state()
+    }
+
     /// Whether the map has no entries.
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty()

@@ -11,7 +11,7 @@ pub struct Stats {
     pub generation: u64,
     /// Number of slots.
     pub capacity: u64,
-    /// Entries stored.
+    /// Entries stored (the hidden sync state not counted).
     pub live: u64,
     /// Slots holding tombstones.
     pub tombstones: u64,

@@ -29,9 +29,18 @@ impl RawBatch<'_> {
 
     /// Stages `key → value`. Refused with
     /// [`Error::TypedMap`](crate::Error::TypedMap) on a raw handle of a
-    /// typed map (unless [`Options::raw_writes`](crate::Options::raw_writes)).
+    /// typed map (unless [`Options::raw_writes`](crate::Options::raw_writes)),
+    /// and with [`Error::ReservedKey`](crate::Error::ReservedKey) for a key
+    /// beginning with [`RESERVED_PREFIX`](crate::RESERVED_PREFIX).
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        if !self.map.raw_writes_ok {
+        crate::sync_state::check_user_key(key)?;
+        self.insert_system(key, value)
+    }
+
+    /// `insert` without the reserved-key check (the sync state).
+    pub(crate) fn insert_system(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        // The system key is not a value of a typed map's type: no check.
+        if !self.map.raw_writes_ok && !crate::sync_state::is_reserved_key(key) {
             if let Some((_, schema)) = super::schema::recorded(self.map.root()) {
                 return Err(Error::TypedMap {
                     name: self.map.name.clone(),
@@ -52,8 +61,15 @@ impl RawBatch<'_> {
     }
 
     /// Stages removal of `key`; returns whether it was present (as this
-    /// batch sees the map).
+    /// batch sees the map). [`Error::ReservedKey`](crate::Error::ReservedKey)
+    /// for a reserved key.
     pub fn remove(&mut self, key: &[u8]) -> Result<bool> {
+        crate::sync_state::check_user_key(key)?;
+        self.remove_system(key)
+    }
+
+    /// `remove` without the reserved-key check (the sync state).
+    pub(crate) fn remove_system(&mut self, key: &[u8]) -> Result<bool> {
         let h = hash_key(self.map.seed, key);
         let t = &self.fresh.as_deref().unwrap_or(self.base).table;
         self.stager.remove(t, key, h)

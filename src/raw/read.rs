@@ -190,14 +190,23 @@ impl Engine {
         Ok(self.get_ref(key)?.is_some())
     }
 
-    /// Number of entries.
+    /// Number of entries, the hidden sync state not counted (one lookup of
+    /// it: not a counter).
     pub(crate) fn len(&self) -> usize {
-        let pin = self.gens.pin();
-        let g = self.current_or_local(&pin);
-        if let Some(o) = self.applying_in(g) {
-            return o.redo.live as usize;
-        }
-        g.table.header().live.load(Ordering::Acquire) as usize
+        let live = {
+            let pin = self.gens.pin();
+            let g = self.current_or_local(&pin);
+            match self.applying_in(g) {
+                Some(o) => o.redo.live as usize,
+                None => g.table.header().live.load(Ordering::Acquire) as usize,
+            }
+        };
+        live.saturating_sub(usize::from(self.has_sync_state()))
+    }
+
+    /// Whether the map holds the sync state key (an error reads as no).
+    pub(crate) fn has_sync_state(&self) -> bool {
+        matches!(self.get_ref(crate::SYNC_STATE_KEY), Ok(Some(_)))
     }
 
     /// The committed write being applied to `g`, if the root says one is

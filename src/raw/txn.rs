@@ -105,6 +105,11 @@ impl<'m> RawTxn<'m> {
         self.batch.remove(key)
     }
 
+    /// Stages the sync state (as [`RawBatch::set_sync_state`]).
+    pub fn set_sync_state(&mut self, state: &crate::SyncState) -> Result<()> {
+        self.batch.set_sync_state(state)
+    }
+
     /// The value of `key` as this transaction sees the map, its own writes
     /// included (as [`RawBatch::get`]).
     pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {

@@ -94,7 +94,8 @@ impl<'m> RawView<'m> {
         self.gen().number
     }
 
-    /// Every entry with the arena offset of its record: within one
+    /// Every entry (but the hidden sync state,
+    /// [`SYNC_STATE_KEY`](crate::SYNC_STATE_KEY)) with the arena offset of its record: within one
     /// generation a different offset means the entry was written again
     /// (records are never rewritten in place), also with the same value.
     /// For change reports such as `shmkv watch`.
@@ -109,10 +110,12 @@ impl<'m> RawView<'m> {
                 check_record(&self.gen().table, found.as_ref())?;
             }
             if let Some(f) = found {
-                out.push((
-                    (self.found_ref(&f, false), self.found_ref(&f, true)),
-                    f.record,
-                ));
+                let key = self.found_ref(&f, false);
+                // The sync state is not a user entry (DESIGN-sync.md).
+                if &*key == crate::SYNC_STATE_KEY {
+                    continue;
+                }
+                out.push(((key, self.found_ref(&f, true)), f.record));
             }
         }
         Ok(out)

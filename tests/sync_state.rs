@@ -1,0 +1,119 @@
+//! The sync state key (`shmkv sync`): reserved keys refused in every write
+//! API, the state committed with its batch, hidden from enumerations.
+#![allow(unreachable_pub)]
+
+mod common;
+
+use common::Cleanup;
+use shmkv::{Error, Options, RawMap, ShmMap, SourceKind, SyncState, SYNC_STATE_KEY};
+
+fn state(rev: i64) -> SyncState {
+    SyncState {
+        source: SourceKind::Etcd,
+        cluster_id: 7,
+        prefix: b"/p/".to_vec(),
+        strip_prefix: false,
+        endpoints: "http://127.0.0.1:1".into(),
+        revision: rev,
+        seen_revision: rev + 2,
+        last_event_unix_ms: 1,
+        updated_unix_ms: 2,
+        owner_pid: std::process::id(),
+        owner_start_time: shmkv::process_start_time(std::process::id()).unwrap(),
+    }
+}
+
+#[test]
+fn reserved_keys_are_refused_in_every_write_api() {
+    let c = Cleanup::new("reserved");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let reserved: &[&[u8]] = &[SYNC_STATE_KEY, b"\0shmkv:", b"\0shmkv:other"];
+    for k in reserved {
+        assert!(matches!(m.insert(k, b"x"), Err(Error::ReservedKey { .. })));
+        assert!(matches!(m.remove(k), Err(Error::ReservedKey { .. })));
+        let r = m.write(|b| b.insert(k, b"x"));
+        assert!(matches!(r, Err(Error::ReservedKey { .. })));
+        let r = m.write(|b| b.remove(k));
+        assert!(matches!(r, Err(Error::ReservedKey { .. })));
+        let mut t = m.begin().unwrap();
+        assert!(matches!(t.insert(k, b"x"), Err(Error::ReservedKey { .. })));
+        assert!(matches!(t.remove(k), Err(Error::ReservedKey { .. })));
+        t.abort();
+    }
+    // Near misses are ordinary keys.
+    m.insert(b"\0shmkv", b"1").unwrap();
+    m.insert(b"shmkv:sync", b"1").unwrap();
+    assert_eq!(m.len(), 2);
+    drop(m);
+
+    let c2 = Cleanup::new("reserved-typed");
+    let t: ShmMap<str, u64> = ShmMap::create(&c2.name, &c2.opts).unwrap();
+    let r = t.insert("\0shmkv:sync", &1);
+    assert!(matches!(r, Err(Error::ReservedKey { .. })), "{r:?}");
+    assert!(matches!(
+        t.write(|b| b.insert("\0shmkv:x", &1)),
+        Err(Error::ReservedKey { .. })
+    ));
+}
+
+#[test]
+fn the_sync_state_commits_with_its_batch_and_is_hidden() {
+    let c = Cleanup::new("syncstate");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    assert_eq!(m.sync_state().unwrap(), None);
+    m.write(|b| {
+        b.insert(b"a", b"1")?;
+        b.set_sync_state(&state(5))?;
+        assert_eq!(b.sync_state()?, Some(state(5)));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(m.sync_state().unwrap(), Some(state(5)));
+    // A batch that fails applies neither its data nor its revision.
+    let r: shmkv::Result<()> = m.write(|b| {
+        b.insert(b"b", b"2")?;
+        b.set_sync_state(&state(6))?;
+        Err(Error::Value("abort".into()))
+    });
+    assert!(r.is_err());
+    assert_eq!(m.sync_state().unwrap().unwrap().revision, 5);
+    assert_eq!(m.get(b"b").unwrap(), None);
+    // Hidden from len, entries, stats; readable by key.
+    assert_eq!(m.len(), 1);
+    assert!(!m.is_empty());
+    assert_eq!(m.entries().unwrap().len(), 1);
+    assert_eq!(m.stats().unwrap().live, 1);
+    assert!(m.get(SYNC_STATE_KEY).unwrap().is_some());
+    m.view(|v| {
+        assert_eq!(v.entries()?.len(), 1);
+        Ok(())
+    })
+    .unwrap();
+    // Through a transaction, and cleared.
+    let mut t = m.begin().unwrap();
+    t.set_sync_state(&state(9)).unwrap();
+    assert_eq!(t.sync_state().unwrap().unwrap().revision, 9);
+    t.commit().unwrap();
+    assert_eq!(m.sync_state().unwrap().unwrap().revision, 9);
+    m.write(|b| b.remove(b"a").map(drop)).unwrap();
+    assert_eq!(m.len(), 0);
+    assert!(m.is_empty());
+    assert!(m.sync_state().unwrap().unwrap().owner_alive());
+    m.write(|b| b.clear_sync_state()).unwrap();
+    assert_eq!(m.sync_state().unwrap(), None);
+    // A corrupted state reads as Corrupted (written behind the API's back
+    // only by a test: a raw write of the key is refused).
+}
+
+#[test]
+fn a_typed_map_hides_the_sync_state_from_keys_and_entries() {
+    let c = Cleanup::new("syncstate-typed");
+    let t: ShmMap<str, u64> = ShmMap::create(&c.name, &c.opts).unwrap();
+    t.insert("k", &3).unwrap();
+    let raw = RawMap::open(&c.name, &Options::new()).unwrap();
+    raw.write(|b| b.set_sync_state(&state(1))).unwrap();
+    assert_eq!(t.keys().unwrap(), vec!["k".to_string()]);
+    assert_eq!(t.entries().unwrap(), vec![("k".to_string(), 3)]);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.sync_state().unwrap().unwrap().revision, 1);
+}
