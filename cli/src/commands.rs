@@ -98,13 +98,18 @@ pub(crate) fn create(cli: &Cli, name: &str, sizing: &Sizing) -> Out {
 
 /// `stat`: counters and identity.
 pub(crate) fn stat(cli: &Cli, name: &str) -> Out {
-    let s = open(cli, name, true)?
-        .stats()
-        .map_err(|e| Fail::map(name, e))?;
+    let m = open(cli, name, true)?;
+    let s = m.stats().map_err(|e| Fail::map(name, e))?;
+    let sync = m.sync_state().map_err(|e| Fail::map(name, e))?;
     if cli.json {
-        println!("{}", stats_json(&s));
+        let mut v = stats_json(&s);
+        v["sync"] = sync.as_ref().map_or(Value::Null, sync_json);
+        println!("{v}");
     } else {
         print_stats(&s);
+        if let Some(st) = &sync {
+            print_sync(st);
+        }
     }
     Ok(())
 }

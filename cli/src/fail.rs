@@ -133,6 +133,7 @@ pub(crate) fn error_kind(e: &Error) -> &'static str {
         Error::Value(_) => "value",
         Error::KeyInUse { .. } => "key_in_use",
         Error::Os { .. } => "os",
+        Error::ReservedKey { .. } => "reserved_key",
         _ => "other",
     }
 }

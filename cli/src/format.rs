@@ -194,3 +194,53 @@ pub(crate) fn stale_text(ids: &[i32]) -> String {
             .join(", ")
     )
 }
+
+/// Seconds since `unix_ms` (0 if it is in the future or unset).
+fn secs_since(unix_ms: u64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(unix_ms) as f64 / 1000.0
+}
+
+/// `stat`'s sync state (`shmkv sync`): source, prefix, revisions, lag, owner.
+pub(crate) fn sync_json(s: &shmkv::SyncState) -> Value {
+    json!({
+        "source": s.source.as_str(), "cluster_id": format!("{:x}", s.cluster_id),
+        "prefix": String::from_utf8_lossy(&s.prefix), "strip_prefix": s.strip_prefix,
+        "endpoints": s.endpoints, "revision": s.revision, "seen_revision": s.seen_revision,
+        "lag_revisions": (s.seen_revision - s.revision).max(0),
+        "seconds_since_last_event": (s.last_event_unix_ms != 0).then(|| secs_since(s.last_event_unix_ms)),
+        "owner_pid": (s.owner_pid != 0).then_some(s.owner_pid), "owner_alive": s.owner_alive(),
+    })
+}
+
+pub(crate) fn print_sync(s: &shmkv::SyncState) {
+    println!(
+        "sync        from {} {} (cluster {:x}, prefix {:?}{})",
+        s.source.as_str(),
+        s.endpoints,
+        s.cluster_id,
+        String::from_utf8_lossy(&s.prefix),
+        if s.strip_prefix { ", stripped" } else { "" }
+    );
+    println!(
+        "revision    {} applied, lag {} revisions (seen {}), last event {}",
+        s.revision,
+        (s.seen_revision - s.revision).max(0),
+        s.seen_revision,
+        if s.last_event_unix_ms == 0 {
+            "never".to_string()
+        } else {
+            format!("{:.1} s ago", secs_since(s.last_event_unix_ms))
+        }
+    );
+    println!(
+        "owner       {}",
+        match (s.owner_pid, s.owner_alive()) {
+            (0, _) => "none (no sync running)".to_string(),
+            (p, true) => format!("pid {p} (alive)"),
+            (p, false) => format!("pid {p} (not running: the lease is free)"),
+        }
+    );
+}

@@ -243,6 +243,17 @@ enum Cmd {
         #[command(flatten, next_help_heading = "Sizing of a new map")]
         sizing: Sizing,
     },
+    /// Keep MAP a consistent replica of a key prefix of a store (etcd),
+    /// until SIGTERM/SIGINT. Exit codes: 0 stopped by a signal, 1 error,
+    /// 2 usage or store unreachable at start, 3 another sync holds the
+    /// map's lease (see --take-over), 4 a revision does not fit (full,
+    /// value too large): nothing of it was applied. Logs to stderr
+    /// (RUST_LOG, default info).
+    #[cfg(feature = "etcd")]
+    Sync {
+        #[command(subcommand)]
+        source: shmkv_sync::Source,
+    },
     /// Print each new version with the keys that changed.
     Watch {
         /// Name of the map.
@@ -345,6 +356,8 @@ fn run(cli: &Cli) -> Out {
             create,
             sizing,
         } => load(cli, name, file, create.then_some(sizing)),
+        #[cfg(feature = "etcd")]
+        Cmd::Sync { .. } => Err(fail("usage", "sync runs from main".into())),
         Cmd::Watch {
             name,
             count,
@@ -410,6 +423,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    #[cfg(feature = "etcd")]
+    if let Cmd::Sync { source } = &cli.cmd {
+        // Its own exit codes and log lines (shmkv_sync::exit).
+        return ExitCode::from(shmkv_sync::run(source));
+    }
     match sizing_needs_create(&cli).and_then(|()| run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

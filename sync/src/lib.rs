@@ -1,0 +1,734 @@
+//! `shmkv sync`: keeps a host's shmkv map a consistent replica of an etcd
+//! key prefix (DESIGN-sync.md has the protocol).
+//!
+//! - A snapshot: the whole prefix read at one revision R (paged range
+//!   reads, the later pages at R), applied as one batch that also removes
+//!   the map's keys absent from etcd, with the sync state (revision R).
+//! - Then a watch from R + 1: the events of one etcd revision are applied
+//!   as one batch, with the sync state (that revision) in the same batch.
+//! - Reconnects with exponential backoff and resumes from the stored
+//!   revision + 1; a compacted revision gives a fresh snapshot.
+//! - A lease (the owner's pid and start time in the sync state) keeps a
+//!   second sync off the map unless it takes over.
+//!
+//! The entry points are [`EtcdArgs`] (the command line) and [`run`].
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use shmkv::{Error, Options, RawMap, Size, SourceKind, SyncState};
+use tracing::{debug, error, info, warn};
+
+/// Exit codes of `shmkv sync` (DESIGN-sync.md "Exit codes").
+pub mod exit {
+    /// Stopped by SIGTERM/SIGINT after the batch in progress; lease released.
+    pub const CLEAN: u8 = 0;
+    /// Another error while running (the map became unusable, an
+    /// unexpected etcd answer): the map keeps its last consistent state.
+    pub const ERROR: u8 = 1;
+    /// Bad arguments, the map cannot be opened/created, or etcd cannot be
+    /// reached at start (within the connect deadline).
+    pub const USAGE: u8 = 2;
+    /// The lease is held by another live sync (use `--take-over`), or was
+    /// taken over while running.
+    pub const LEASE: u8 = 3;
+    /// A revision does not fit: `Full`, a value or key too large, or a
+    /// reserved key. Nothing of that revision was applied.
+    pub const FULL: u8 = 4;
+}
+
+/// `shmkv sync etcd`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated, e.g. http://127.0.0.1:2379
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub endpoints: Vec<String>,
+    /// The key prefix to mirror (bytes of the argument; "" = every key).
+    #[arg(long)]
+    pub prefix: String,
+    /// Name of the map.
+    pub map: String,
+    /// Store keys without the prefix.
+    #[arg(long)]
+    pub strip_prefix: bool,
+    /// Take the map over from a running sync (its lease is overwritten;
+    /// the old sync stops at its next revision with exit code 3).
+    #[arg(long)]
+    pub take_over: bool,
+    /// Create the map if it does not exist (with the sizing options).
+    #[arg(long)]
+    pub create: bool,
+    /// Entries the first table holds (with --create).
+    #[arg(long, value_name = "N", requires = "create")]
+    pub capacity: Option<u64>,
+    /// Arena bytes, e.g. 64mb (with --create).
+    #[arg(long, value_name = "SIZE", requires = "create")]
+    pub arena: Option<Size>,
+    /// Upper bound of the map's shared memory, e.g. 1gb (with --create).
+    #[arg(long, value_name = "SIZE", requires = "create")]
+    pub max_size: Option<Size>,
+    /// Permission bits in octal, e.g. 0640 (with --create).
+    #[arg(long, value_name = "OCTAL", requires = "create", value_parser = parse_mode)]
+    pub mode: Option<u32>,
+    /// Keys per range read of a snapshot.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub page_size: i64,
+    /// Seconds between the info-level summaries.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub summary_interval: u64,
+    /// Seconds to keep trying to reach etcd at start before giving up
+    /// (exit 2).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub connect_timeout: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode like 0640")),
+    }
+}
+
+/// The sources `shmkv sync` mirrors.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Source {
+    /// Mirror an etcd v3 key prefix into MAP.
+    Etcd(EtcdArgs),
+}
+
+/// Sets up logging (`RUST_LOG`, default `info`; `RUST_LOG=shmkv_sync=debug`
+/// adds a line per applied revision) to stderr. Idempotent.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Runs `shmkv sync SOURCE` to its end; returns the exit code ([`exit`]).
+pub fn run(source: &Source) -> u8 {
+    init_logging();
+    let Source::Etcd(args) = source;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return exit::ERROR;
+        }
+    };
+    rt.block_on(run_etcd(args))
+}
+
+/// The end of `[prefix, end)` covering every key beginning with `prefix`
+/// (etcd's rule: the last byte below 0xff incremented, the rest dropped;
+/// `"\0"` = to the end of the key space).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            *end.last_mut().expect("non-empty") += 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![0]
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why the sync stops (an exit code and what to log).
+#[derive(Debug)]
+struct Stop(u8);
+
+/// A failure of one attempt: retried (etcd) or fatal.
+enum Fault {
+    /// etcd unreachable or the stream broke: reconnect with backoff.
+    Etcd(etcd_client::Error),
+    /// The revision we need was compacted: take a fresh snapshot.
+    Compacted,
+    /// Stop with this code.
+    Stop(Stop),
+}
+
+impl From<etcd_client::Error> for Fault {
+    fn from(e: etcd_client::Error) -> Self {
+        if e.to_string().contains("compacted") {
+            Fault::Compacted
+        } else {
+            Fault::Etcd(e)
+        }
+    }
+}
+
+/// One revision's (or a snapshot's) changes, in map keys.
+#[derive(Default)]
+struct Change {
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    dels: Vec<Vec<u8>>,
+}
+
+struct Syncer<'a> {
+    args: &'a EtcdArgs,
+    map: RawMap,
+    prefix: Vec<u8>,
+    me: (u32, u64),
+    /// The last state written (in memory).
+    state: SyncState,
+    /// Newest header revision seen.
+    seen: i64,
+    cluster_id: u64,
+    // Summary counters since the last summary.
+    revs: u64,
+    events: u64,
+    /// Becomes `true` on SIGTERM/SIGINT.
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn run_etcd(args: &EtcdArgs) -> u8 {
+    let me = (
+        std::process::id(),
+        shmkv::process_start_time(std::process::id()).unwrap_or(0),
+    );
+    let signals = (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+    );
+    let (Ok(mut term), Ok(mut int)) = signals else {
+        error!("cannot install the signal handlers");
+        return exit::ERROR;
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping after the batch in progress"),
+            _ = int.recv() => info!("SIGINT: stopping after the batch in progress"),
+        }
+        let _ = stop_tx.send(true);
+    });
+    if args.page_size <= 0 {
+        error!("--page-size must be positive");
+        return exit::USAGE;
+    }
+    let map = match open_map(args) {
+        Ok(m) => m,
+        Err(e) => {
+            error!(map = %args.map, "cannot open the map: {e}");
+            return exit::USAGE;
+        }
+    };
+    let prefix = args.prefix.as_bytes().to_vec();
+    // The lease: check-and-set in one write batch (under the write lock).
+    let mut refused = None;
+    let acquired = map.write(|b| {
+        let old = b.sync_state()?;
+        if let Some(s) = &old {
+            if s.owner_alive() && s.owner_pid != me.0 && !args.take_over {
+                refused = Some(s.owner_pid);
+                return Ok(None);
+            }
+        }
+        let mut s = old.unwrap_or_else(|| SyncState {
+            source: SourceKind::Etcd,
+            cluster_id: 0,
+            prefix: prefix.clone(),
+            strip_prefix: args.strip_prefix,
+            endpoints: args.endpoints.join(","),
+            revision: 0,
+            seen_revision: 0,
+            last_event_unix_ms: 0,
+            updated_unix_ms: 0,
+            owner_pid: 0,
+            owner_start_time: 0,
+        });
+        if s.owner_pid != 0 && s.owner_pid != me.0 && args.take_over {
+            warn!(
+                owner = s.owner_pid,
+                "taking the map over from the sync holding its lease"
+            );
+        }
+        s.owner_pid = me.0;
+        s.owner_start_time = me.1;
+        s.updated_unix_ms = now_ms();
+        b.set_sync_state(&s)?;
+        Ok(Some(s))
+    });
+    let state = match acquired {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            error!(
+                map = %args.map,
+                owner = refused.unwrap_or(0),
+                "another sync (pid {}) holds the map's lease; stop it or use --take-over",
+                refused.unwrap_or(0)
+            );
+            return exit::LEASE;
+        }
+        Err(e) => {
+            error!(map = %args.map, "cannot take the lease: {e}");
+            return code_of(&e);
+        }
+    };
+    info!(
+        map = %args.map,
+        prefix = %args.prefix,
+        endpoints = %args.endpoints.join(","),
+        revision = state.revision,
+        "sync started"
+    );
+    let mut s = Syncer {
+        args,
+        map,
+        prefix,
+        me,
+        state,
+        seen: 0,
+        cluster_id: 0,
+        revs: 0,
+        events: 0,
+        stop,
+    };
+    let Stop(code) = s.main_loop().await;
+    if code != exit::LEASE {
+        s.release();
+    }
+    info!(code, "sync stopped");
+    code
+}
+
+fn open_map(args: &EtcdArgs) -> shmkv::Result<RawMap> {
+    if !args.create {
+        return RawMap::open(&args.map, &Options::new());
+    }
+    let mut o = Options::new();
+    if let Some(c) = args.capacity {
+        o = o.capacity(c);
+    }
+    if let Some(a) = args.arena {
+        o = o.arena_size(a);
+    }
+    if let Some(m) = args.max_size {
+        o = o.max_size(m);
+    }
+    if let Some(m) = args.mode {
+        o = o.mode(m);
+    }
+    RawMap::open_or_create(&args.map, &o)
+}
+
+/// The exit code for a map error.
+fn code_of(e: &Error) -> u8 {
+    match e {
+        Error::Full { .. }
+        | Error::ValueTooLarge { .. }
+        | Error::KeyTooLarge { .. }
+        | Error::ReservedKey { .. } => exit::FULL,
+        _ => exit::ERROR,
+    }
+}
+
+/// The backoff between reconnection attempts: doubling from 100 ms, at
+/// most 3 s.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+impl Syncer<'_> {
+    /// Connect, snapshot or resume, watch; reconnect on faults.
+    async fn main_loop(&mut self) -> Stop {
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        let mut ever_connected = false;
+        let mut force_snapshot = false;
+        loop {
+            let mut stop = self.stop.clone();
+            if *stop.borrow() {
+                return Stop(exit::CLEAN);
+            }
+            let attempt = self.attempt(&mut force_snapshot, &mut ever_connected);
+            let r = tokio::select! {
+                r = attempt => r,
+                _ = stop.changed() => return Stop(exit::CLEAN),
+            };
+            match r {
+                Ok(stop) => return stop,
+                Err(Fault::Stop(s)) => return s,
+                Err(Fault::Compacted) => {
+                    warn!(
+                        revision = self.state.revision,
+                        "the revision to resume from was compacted: taking a fresh snapshot"
+                    );
+                    force_snapshot = true;
+                    backoff = BACKOFF_MIN;
+                    continue;
+                }
+                Err(Fault::Etcd(e)) => {
+                    if !ever_connected
+                        && started.elapsed() > Duration::from_secs(self.args.connect_timeout)
+                    {
+                        error!(
+                            "cannot reach etcd at {}: {e}",
+                            self.args.endpoints.join(",")
+                        );
+                        return Stop(exit::USAGE);
+                    }
+                    warn!("etcd: {e}; reconnecting in {} ms", backoff.as_millis());
+                }
+            }
+            let sleep = tokio::time::sleep(backoff);
+            tokio::select! {
+                _ = sleep => {}
+                _ = stop.changed() => return Stop(exit::CLEAN),
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection's life: returns `Ok` only to stop.
+    async fn attempt(
+        &mut self,
+        force_snapshot: &mut bool,
+        ever_connected: &mut bool,
+    ) -> Result<Stop, Fault> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        let mut client = Client::connect(&self.args.endpoints, Some(opts)).await?;
+        // The cluster id and the current revision: one cheap range read.
+        let head = client
+            .get(
+                self.start_key(),
+                Some(
+                    GetOptions::new()
+                        .with_range(prefix_end(&self.prefix))
+                        .with_count_only(),
+                ),
+            )
+            .await?;
+        *ever_connected = true;
+        let h = head.header().ok_or_else(no_header)?;
+        self.cluster_id = h.cluster_id();
+        self.seen = self.seen.max(h.revision());
+        let st = &self.state;
+        let same_source = st.cluster_id == self.cluster_id
+            && st.prefix == self.prefix
+            && st.strip_prefix == self.args.strip_prefix;
+        if st.revision > 0 && !same_source {
+            warn!(
+                stored_cluster = format!("{:x}", st.cluster_id),
+                cluster = format!("{:x}", self.cluster_id),
+                stored_prefix = %String::from_utf8_lossy(&st.prefix),
+                "the map mirrored another source: taking a fresh snapshot"
+            );
+        }
+        if *force_snapshot || st.revision <= 0 || !same_source {
+            self.snapshot(&mut client).await?;
+            *force_snapshot = false;
+        } else {
+            info!(revision = st.revision, "resuming the watch");
+        }
+        self.watch(&mut client).await
+    }
+
+    /// Reads the prefix at one revision (paged) and replaces the map's
+    /// contents with it in one batch.
+    async fn snapshot(&mut self, client: &mut Client) -> Result<(), Fault> {
+        let t0 = Instant::now();
+        let end = prefix_end(&self.prefix);
+        let mut rev = 0;
+        let mut kvs = Vec::new();
+        let mut from = self.start_key();
+        loop {
+            let mut o = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(self.args.page_size);
+            if rev != 0 {
+                o = o.with_revision(rev);
+            }
+            let mut r = client.get(from.clone(), Some(o)).await?;
+            if rev == 0 {
+                rev = r.header().ok_or_else(no_header)?.revision();
+            }
+            let more = r.more();
+            let page = r.take_kvs();
+            let Some(last) = page.last() else { break };
+            from = last.key().to_vec();
+            from.push(0);
+            kvs.extend(page.into_iter().map(|kv| kv.into_key_value()));
+            if !more {
+                break;
+            }
+        }
+        self.seen = self.seen.max(rev);
+        let fetched = t0.elapsed();
+        let mut change = Change::default();
+        let mut keep = HashSet::with_capacity(kvs.len());
+        for (k, v) in kvs {
+            let k = self.map_key(&k);
+            keep.insert(k.clone());
+            change.puts.push((k, v));
+        }
+        let existing = self
+            .map
+            .entries()
+            .map_err(|e| Fault::Stop(self.map_failed(&e, rev, None)))?;
+        for (k, _) in existing {
+            if !keep.contains(&*k) {
+                change.dels.push(k.to_vec());
+            }
+        }
+        drop(keep);
+        let n = change.puts.len();
+        let removed = change.dels.len();
+        self.apply(rev, &change, true)?;
+        info!(
+            revision = rev,
+            keys = n,
+            removed,
+            fetch_ms = fetched.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "snapshot applied"
+        );
+        Ok(())
+    }
+
+    /// The first key of the prefix's range (`"\0"` for the empty prefix:
+    /// etcd reads an empty key as no key).
+    fn start_key(&self) -> Vec<u8> {
+        if self.prefix.is_empty() {
+            vec![0]
+        } else {
+            self.prefix.clone()
+        }
+    }
+
+    /// The map key of an etcd key.
+    fn map_key(&self, k: &[u8]) -> Vec<u8> {
+        if self.args.strip_prefix {
+            k.get(self.prefix.len()..).unwrap_or_default().to_vec()
+        } else {
+            k.to_vec()
+        }
+    }
+
+    /// Watches from the stored revision + 1, applying each revision as one
+    /// batch.
+    async fn watch(&mut self, client: &mut Client) -> Result<Stop, Fault> {
+        let from = self.state.revision + 1;
+        let mut stream = client
+            .watch(
+                self.start_key(),
+                Some(
+                    WatchOptions::new()
+                        .with_range(prefix_end(&self.prefix))
+                        .with_start_revision(from)
+                        .with_progress_notify(),
+                ),
+            )
+            .await?;
+        debug!(from, "watching");
+        let mut tick =
+            tokio::time::interval(Duration::from_secs(self.args.summary_interval.max(1)));
+        tick.tick().await;
+        let mut stop = self.stop.clone();
+        loop {
+            if *stop.borrow() {
+                return Ok(Stop(exit::CLEAN));
+            }
+            let msg = tokio::select! {
+                m = stream.message() => m?,
+                _ = tick.tick() => { self.summary(); continue; }
+                _ = stop.changed() => return Ok(Stop(exit::CLEAN)),
+            };
+            let Some(resp) = msg else {
+                return Err(Fault::Etcd(etcd_client::Error::WatchError(
+                    "the watch stream ended".into(),
+                )));
+            };
+            if resp.compact_revision() > 0 {
+                warn!(
+                    compact_revision = resp.compact_revision(),
+                    "watch: revision {from} compacted"
+                );
+                return Err(Fault::Compacted);
+            }
+            if resp.canceled() {
+                return Err(Fault::Etcd(etcd_client::Error::WatchError(format!(
+                    "watch canceled: {}",
+                    resp.cancel_reason()
+                ))));
+            }
+            if let Some(h) = resp.header() {
+                self.seen = self.seen.max(h.revision());
+            }
+            // Group the events by revision (a response never splits one).
+            let mut cur: Option<(i64, Change)> = None;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let rev = kv.mod_revision();
+                if let Some((r, c)) = cur.take() {
+                    if r != rev {
+                        self.apply(r, &c, false)?;
+                        cur = Some((rev, Change::default()));
+                    } else {
+                        cur = Some((r, c));
+                    }
+                } else {
+                    cur = Some((rev, Change::default()));
+                }
+                let (_, c) = cur.as_mut().expect("set above");
+                let k = self.map_key(kv.key());
+                match ev.event_type() {
+                    EventType::Put => c.puts.push((k, kv.value().to_vec())),
+                    EventType::Delete => c.dels.push(k),
+                }
+            }
+            if let Some((r, c)) = cur {
+                self.apply(r, &c, false)?;
+            }
+        }
+    }
+
+    /// Applies one revision (or a snapshot) and its sync state as one
+    /// batch; checks the lease in the same batch.
+    fn apply(&mut self, rev: i64, c: &Change, snapshot: bool) -> Result<(), Fault> {
+        if !snapshot && rev <= self.state.revision {
+            // Already applied (a resumed watch never sends these; guard).
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut next = self.state.clone();
+        next.cluster_id = self.cluster_id;
+        next.prefix = self.prefix.clone();
+        next.strip_prefix = self.args.strip_prefix;
+        next.endpoints = self.args.endpoints.join(",");
+        next.revision = rev;
+        next.seen_revision = self.seen.max(rev);
+        next.last_event_unix_ms = now;
+        next.updated_unix_ms = now;
+        next.owner_pid = self.me.0;
+        next.owner_start_time = self.me.1;
+        let mut failed_key: Option<Vec<u8>> = None;
+        let mut lost = None;
+        let r = self.map.write(|b| {
+            if let Some(s) = b.sync_state()? {
+                if s.owner_pid != self.me.0 || s.owner_start_time != self.me.1 {
+                    lost = Some(s.owner_pid);
+                    return Ok(());
+                }
+            }
+            for k in &c.dels {
+                failed_key = Some(k.clone());
+                b.remove(k)?;
+            }
+            for (k, v) in &c.puts {
+                failed_key = Some(k.clone());
+                b.insert(k, v)?;
+            }
+            failed_key = None;
+            b.set_sync_state(&next)
+        });
+        if let Err(e) = r {
+            return Err(Fault::Stop(self.map_failed(&e, rev, failed_key.as_deref())));
+        }
+        if let Some(owner) = lost {
+            error!(owner, "the lease was taken over by another sync; stopping");
+            return Err(Fault::Stop(Stop(exit::LEASE)));
+        }
+        self.state = next;
+        if !snapshot {
+            self.revs += 1;
+            self.events += (c.puts.len() + c.dels.len()) as u64;
+            debug!(
+                revision = rev,
+                puts = c.puts.len(),
+                deletes = c.dels.len(),
+                "applied revision"
+            );
+        }
+        Ok(())
+    }
+
+    /// Logs a map failure (naming the revision and the key) and gives the
+    /// exit code.
+    fn map_failed(&self, e: &Error, rev: i64, key: Option<&[u8]>) -> Stop {
+        let key = key.map_or_else(
+            || "(at commit)".to_string(),
+            |k| String::from_utf8_lossy(k).into_owned(),
+        );
+        error!(
+            map = %self.args.map,
+            revision = rev,
+            key = %key,
+            "cannot apply revision {rev} (key {key:?}): {e}; the map keeps revision {}",
+            self.state.revision
+        );
+        Stop(code_of(e))
+    }
+
+    fn summary(&mut self) {
+        info!(
+            revisions = self.revs,
+            events = self.events,
+            revision = self.state.revision,
+            lag = (self.seen - self.state.revision).max(0),
+            "summary"
+        );
+        self.revs = 0;
+        self.events = 0;
+    }
+
+    /// Clears the owner in a final batch (if we still hold the lease).
+    fn release(&self) {
+        let me = self.me;
+        let r = self.map.write(|b| {
+            if let Some(mut s) = b.sync_state()? {
+                if s.owner_pid == me.0 && s.owner_start_time == me.1 {
+                    s.owner_pid = 0;
+                    s.owner_start_time = 0;
+                    s.seen_revision = s.seen_revision.max(self.seen);
+                    s.updated_unix_ms = now_ms();
+                    b.set_sync_state(&s)?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            warn!("cannot release the lease: {e}");
+        }
+    }
+}
+
+fn no_header() -> Fault {
+    Fault::Etcd(etcd_client::Error::InvalidArgs(
+        "etcd response without a header".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
+    }
+}
