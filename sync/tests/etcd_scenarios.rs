@@ -1,0 +1,408 @@
+//! `shmkv sync etcd` against a real etcd (started by the tests; they fail,
+//! never skip, without `etcd`). Each scenario ends with the convergence
+//! check: the whole map against `etcdctl get --prefix` at the map's
+//! applied revision.
+#![allow(unreachable_pub)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use etcd_client::{DeleteOptions, TxnOp};
+use shmkv::{Options, RawMap};
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+
+/// Exit codes (shmkv_sync::exit).
+const EXIT_LEASE: i32 = 3;
+const EXIT_FULL: i32 = 4;
+
+fn kvs(prefix: &str, n: usize, tag: &str) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("{prefix}k{i:05}"),
+                format!("{tag}-{i}").into_bytes(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn snapshot_of_10000_keys_then_puts_and_deletes() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("snap"));
+    let mut c = etcd.client();
+    c.put_all(&kvs("/app/", 10_000, "v0"));
+    // Outside the prefix: never mirrored.
+    etcd.ctl_ok(&["put", "/other/x", "1"]);
+    // A key in the map that etcd does not have: the snapshot removes it.
+    {
+        let m = RawMap::create(&map.0, &Options::new()).unwrap();
+        m.insert(b"/app/stale", b"old").unwrap();
+    }
+    let t0 = Instant::now();
+    let sync = Sync::start(&etcd, "/app/", &map.0, &["--page-size", "1000"]);
+    assert_converges(&etcd, "/app/", &map.0, false, &sync);
+    eprintln!("snapshot of 10,000 keys converged in {:?}", t0.elapsed());
+    assert!(sync.log().contains("snapshot applied"), "{}", sync.log());
+    // Puts, overwrites, single deletes and a prefix delete (one revision).
+    etcd.ctl_ok(&["put", "/app/new", "n"]);
+    etcd.ctl_ok(&["put", "/app/k00001", "changed"]);
+    etcd.ctl_ok(&["del", "/app/k00002"]);
+    etcd.ctl_ok(&["del", "--prefix", "/app/k09"]);
+    let m = RawMap::open(&map.0, &Options::new()).unwrap();
+    assert_converges(&etcd, "/app/", &map.0, false, &sync);
+    assert_eq!(m.len(), 10_000 - 1 - 1000 + 1);
+    assert_eq!(m.get(b"/app/k09999").unwrap(), None);
+}
+
+#[test]
+fn strip_prefix_stores_keys_without_it() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("strip"));
+    etcd.ctl_ok(&["put", "/cfg/a", "1"]);
+    let sync = Sync::start(&etcd, "/cfg/", &map.0, &["--create", "--strip-prefix"]);
+    assert_converges(&etcd, "/cfg/", &map.0, true, &sync);
+    etcd.ctl_ok(&["put", "/cfg/b", "2"]);
+    assert_converges(&etcd, "/cfg/", &map.0, true, &sync);
+    let m = RawMap::open(&map.0, &Options::new()).unwrap();
+    assert_eq!(m.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+/// The reader process of `an_etcd_txn_is_applied_as_one_batch`: views the
+/// keys k000..k049 until the stop file exists; prints how many views saw
+/// all equal, how many saw them torn, and how many distinct values.
+#[test]
+fn reader_role() {
+    let Ok(map) = std::env::var("SHMKV_SYNC_READER_MAP") else {
+        return;
+    };
+    let stop = std::env::var("SHMKV_SYNC_READER_STOP").unwrap();
+    let keys: Vec<Vec<u8>> = (0..50)
+        .map(|i| format!("/tx/k{i:03}").into_bytes())
+        .collect();
+    let m = loop {
+        match RawMap::open(&map, &Options::new().read_only(true)) {
+            Ok(m) => break m,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let (mut views, mut torn) = (0u64, 0u64);
+    let mut values = std::collections::HashSet::new();
+    let mut example = String::new();
+    while !std::path::Path::new(&stop).exists() {
+        let vals = m
+            .view(|v| {
+                keys.iter()
+                    .map(|k| Ok(v.get(k)?.map(|r| r.to_vec())))
+                    .collect::<shmkv::Result<Vec<_>>>()
+            })
+            .unwrap();
+        views += 1;
+        if vals.iter().any(|v| *v != vals[0]) {
+            torn += 1;
+            if example.is_empty() {
+                example = format!(
+                    "{:?} vs {:?}",
+                    vals[0],
+                    vals.iter().find(|v| **v != vals[0])
+                );
+            }
+        }
+        values.insert(vals[0].clone());
+    }
+    println!(
+        "READER views={views} torn={torn} distinct={} example={example}",
+        values.len()
+    );
+}
+
+#[test]
+fn an_etcd_txn_is_applied_as_one_batch() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("txn"));
+    let mut c = etcd.client();
+    let keys: Vec<String> = (0..50).map(|i| format!("/tx/k{i:03}")).collect();
+    let txn_all = |c: &mut Bulk, v: &str| {
+        c.txn(
+            keys.iter()
+                .map(|k| TxnOp::put(k.as_bytes(), v, None))
+                .collect(),
+        )
+    };
+    txn_all(&mut c, "v0");
+    let sync = Sync::start(&etcd, "/tx/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/tx/", &map.0, false, &sync);
+    // Another process views the 50 keys while 300 txns each set all of
+    // them to one new value.
+    let stop = std::env::temp_dir().join(unique("stop"));
+    let reader = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "reader_role",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("SHMKV_SYNC_READER_MAP", &map.0)
+        .env("SHMKV_SYNC_READER_STOP", &stop)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = KillOnDrop(Some(reader));
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 1..=300 {
+        txn_all(&mut c, &format!("v{i}"));
+    }
+    assert_converges(&etcd, "/tx/", &map.0, false, &sync);
+    std::fs::write(&stop, b"").unwrap();
+    let out = reader.0.take().unwrap().wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&stop);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.find("READER").map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no reader report: {text}"));
+    eprintln!("{line}");
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(field("torn"), 0, "a view saw part of an etcd txn: {line}");
+    assert!(field("views") > 100, "{line}");
+    assert!(field("distinct") > 2, "the reader saw no change: {line}");
+    // The log has a debug line per applied revision.
+    assert!(sync.log().contains("applied revision"));
+}
+
+/// Kills a child process by pid on drop.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn etcd_killed_and_restarted_mid_stream_converges() {
+    let mut etcd = Etcd::start();
+    let map = MapGuard(unique("restart"));
+    let mut c = etcd.client();
+    c.put_all(&kvs("/r/", 200, "a"));
+    let sync = Sync::start(&etcd, "/r/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/r/", &map.0, false, &sync);
+    for round in 0..3 {
+        // Writes, then etcd dies (SIGKILL) and comes back; more writes
+        // while the sync reconnects.
+        c.put_all(&kvs("/r/", 150, &format!("round{round}")));
+        etcd.restart();
+        let mut c2 = etcd.client();
+        c2.txn(vec![TxnOp::delete(
+            format!("/r/k{:05}", round * 10),
+            Some(DeleteOptions::new()),
+        )]);
+        c2.put_all(&kvs("/r/x", 20, &format!("after{round}")));
+        c = c2;
+    }
+    assert_converges(&etcd, "/r/", &map.0, false, &sync);
+    assert!(sync.log().contains("reconnecting"), "{}", sync.log());
+}
+
+#[test]
+fn restart_resumes_and_compaction_forces_a_resnapshot() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("compact"));
+    let mut c = etcd.client();
+    c.put_all(&kvs("/c/", 300, "a"));
+    let mut sync = Sync::start(&etcd, "/c/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/c/", &map.0, false, &sync);
+    // A clean stop: exit 0, lease released.
+    assert_eq!(sync.signal_and_wait(SIGTERM), Some(0));
+    let st = RawMap::open(&map.0, &Options::new())
+        .unwrap()
+        .sync_state()
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.owner_pid, 0, "the lease was not released");
+    // Writes while stopped, then a restart: resumes from the stored revision.
+    c.put_all(&kvs("/c/", 50, "b"));
+    etcd.ctl_ok(&["del", "/c/k00100"]);
+    let mut sync = Sync::start(&etcd, "/c/", &map.0, &[]);
+    assert_converges(&etcd, "/c/", &map.0, false, &sync);
+    assert!(sync.log().contains("resuming the watch"), "{}", sync.log());
+    assert!(!sync.log().contains("snapshot applied"), "{}", sync.log());
+    assert_eq!(sync.signal_and_wait(SIGTERM), Some(0));
+    // Writes and deletes while stopped, then compaction past them: the
+    // watch cannot resume; a fresh snapshot replaces the contents
+    // (deleted keys go too).
+    c.put_all(&kvs("/c/", 60, "c"));
+    etcd.ctl_ok(&["del", "--prefix", "/c/k002"]);
+    let rev = etcd.revision();
+    etcd.ctl_ok(&["compact", &rev.to_string()]);
+    let sync = Sync::start(&etcd, "/c/", &map.0, &[]);
+    assert_converges(&etcd, "/c/", &map.0, false, &sync);
+    let log = sync.log();
+    assert!(log.contains("compacted"), "{log}");
+    assert!(log.contains("snapshot applied"), "{log}");
+}
+
+#[test]
+fn sigkill_during_large_batches_leaves_no_torn_state_and_a_restart_converges() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("sigkill"));
+    let mut c = etcd.client();
+    let keys: Vec<String> = (0..100).map(|i| format!("/big/k{i:03}")).collect();
+    let value = |i: usize| format!("{i:08}").repeat(64).into_bytes(); // 512 bytes
+    let mut rev_value = std::collections::HashMap::new();
+    let r = c.txn(
+        keys.iter()
+            .map(|k| TxnOp::put(k.as_bytes(), value(0), None))
+            .collect(),
+    );
+    rev_value.insert(r, 0);
+    // A large snapshot too (2,000 keys of 512 bytes).
+    c.put_all(
+        &(0..2000)
+            .map(|i| (format!("/big/s{i:05}"), value(i)))
+            .collect::<Vec<_>>(),
+    );
+    for round in 0..3 {
+        let mut sync = Sync::start(&etcd, "/big/", &map.0, &["--create"]);
+        // Revisions of 100 large puts stream in; the sync is SIGKILLed at
+        // some point while it applies them.
+        let t0 = Instant::now();
+        let mut i = round * 1000;
+        while t0.elapsed() < Duration::from_millis(400 + 300 * round as u64) {
+            i += 1;
+            let r = c.txn(
+                keys.iter()
+                    .map(|k| TxnOp::put(k.as_bytes(), value(i), None))
+                    .collect(),
+            );
+            rev_value.insert(r, i);
+        }
+        assert_eq!(sync.signal_and_wait(SIGKILL), None);
+        // No torn state: the 100 keys hold the value of one txn, the one
+        // of the revision the map says it applied.
+        let m = RawMap::open(&map.0, &Options::new()).unwrap();
+        m.verify().unwrap();
+        if let Some(st) = m.sync_state().unwrap() {
+            let vals = m
+                .view(|v| {
+                    keys.iter()
+                        .map(|k| Ok(v.get(k.as_bytes())?.map(|r| r.to_vec())))
+                        .collect::<shmkv::Result<Vec<_>>>()
+                })
+                .unwrap();
+            assert!(
+                vals.iter().all(|v| *v == vals[0]),
+                "torn state after SIGKILL"
+            );
+            if st.revision > 0 {
+                let latest = rev_value
+                    .iter()
+                    .filter(|(r, _)| **r <= st.revision)
+                    .max_by_key(|(r, _)| **r)
+                    .map(|(_, v)| *v)
+                    .unwrap();
+                assert_eq!(
+                    vals[0].as_deref(),
+                    Some(&value(latest)[..]),
+                    "the map's revision {} and its data disagree",
+                    st.revision
+                );
+            }
+            eprintln!("round {round}: killed at revision {}", st.revision);
+        }
+    }
+    // A restart (the dead owner's lease is free) converges.
+    let sync = Sync::start(&etcd, "/big/", &map.0, &[]);
+    assert_converges(&etcd, "/big/", &map.0, false, &sync);
+}
+
+#[test]
+fn full_is_reported_without_a_partial_revision() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("full"));
+    etcd.ctl_ok(&["put", "/f/small", "1"]);
+    let mut sync = Sync::start(
+        &etcd,
+        "/f/",
+        &map.0,
+        &[
+            "--create",
+            "--capacity",
+            "64",
+            "--arena",
+            "64kb",
+            "--max-size",
+            "256kb",
+        ],
+    );
+    assert_converges(&etcd, "/f/", &map.0, false, &sync);
+    let before = map_revision(&map.0);
+    // One revision of 40 puts of 8 KiB: more than the map may hold.
+    let mut c = etcd.client();
+    let rev = c.txn(
+        (0..40)
+            .map(|i| TxnOp::put(format!("/f/big{i:02}"), vec![b'x'; 8192], None))
+            .collect(),
+    );
+    assert_eq!(sync.wait_exit(Duration::from_secs(20)), Some(EXIT_FULL));
+    let log = sync.log();
+    assert!(
+        log.contains(&format!("cannot apply revision {rev}")) && log.contains("/f/big"),
+        "{log}"
+    );
+    // Nothing of that revision: the map keeps the previous one.
+    let m = RawMap::open(&map.0, &Options::new()).unwrap();
+    assert_eq!(map_revision(&map.0), before);
+    assert_eq!(
+        map_entries(&map.0),
+        vec![(b"/f/small".to_vec(), b"1".to_vec())]
+    );
+    m.verify().unwrap();
+    // The state equals etcd's at that revision (convergence at `before`).
+    let (_, kvs) = etcd.get_prefix("/f/small");
+    assert_eq!(map_entries(&map.0), kvs);
+}
+
+#[test]
+fn a_second_sync_is_refused_unless_it_takes_over() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("lease"));
+    etcd.ctl_ok(&["put", "/l/a", "1"]);
+    let mut first = Sync::start(&etcd, "/l/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/l/", &map.0, false, &first);
+    let mut second = Sync::start(&etcd, "/l/", &map.0, &[]);
+    assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(EXIT_LEASE));
+    assert!(
+        second.log().contains(&format!("pid {}", first.pid())),
+        "{}",
+        second.log()
+    );
+    assert!(first.running());
+    // --take-over: the third one holds the lease; the first one stops at
+    // its next revision with the lease exit code.
+    let third = Sync::start(&etcd, "/l/", &map.0, &["--take-over"]);
+    let m = RawMap::open(&map.0, &Options::new()).unwrap();
+    wait_for(Duration::from_secs(10), "the take-over", || {
+        m.sync_state().unwrap().unwrap().owner_pid == third.pid()
+    });
+    etcd.ctl_ok(&["put", "/l/b", "2"]);
+    assert_eq!(first.wait_exit(Duration::from_secs(10)), Some(EXIT_LEASE));
+    etcd.ctl_ok(&["put", "/l/c", "3"]);
+    assert_converges(&etcd, "/l/", &map.0, false, &third);
+    let st = m.sync_state().unwrap().unwrap();
+    assert!(st.owner_alive());
+}
