@@ -79,6 +79,10 @@
 // Any other failure (see `shmkv_last_error`).
 #define SHMKV_E_OTHER -20
 
+// A write of a reserved key: keys beginning with the bytes `"\0shmkv:"`
+// belong to shmkv (the sync state of `shmkv sync`).
+#define SHMKV_E_RESERVED_KEY -21
+
 // `shmkv_get_copy`: the key is not in the map (not an error).
 #define SHMKV_ABSENT -100
 
@@ -141,6 +145,30 @@ typedef struct ShmkvOptions {
 // The callback of `shmkv_write`: returns 0 to commit, anything else to
 // abort (nothing is applied).
 typedef int32_t (*ShmkvWriteFn)(struct ShmkvTxn *txn, void *ctx);
+
+// The sync state of a map that `shmkv sync` mirrors (see
+// `shmkv_sync_state`).
+typedef struct ShmkvSyncInfo {
+  // The last source revision applied (all of it is in the map).
+  int64_t revision;
+  // The newest source revision the sync knew of at its last write
+  // (`seen_revision - revision` is the lag in revisions).
+  int64_t seen_revision;
+  // The source's cluster id (etcd's).
+  uint64_t cluster_id;
+  // When the last revision was applied (ms since the Unix epoch).
+  uint64_t last_event_unix_ms;
+  // When the state was last written (ms since the Unix epoch).
+  uint64_t updated_unix_ms;
+  // The sync process holding the map's lease, 0 = none.
+  uint32_t owner_pid;
+  // Non-zero: that process is running (pid and start time match).
+  uint8_t owner_alive;
+  // Non-zero: keys are stored without the prefix.
+  uint8_t strip_prefix;
+  // Length of the mirrored key prefix (always set).
+  size_t prefix_len;
+} ShmkvSyncInfo;
 
 #ifdef __cplusplus
 extern "C" {
@@ -383,6 +411,21 @@ int32_t shmkv_batch_commit(struct ShmkvBatch *b);
 // # Safety
 // `b` is `NULL` or an open batch, not used after this call.
 void shmkv_batch_abort(struct ShmkvBatch *b);
+
+// The map's sync state (`shmkv sync`): `SHMKV_OK` with `*info` filled and
+// the prefix copied into `prefix_buf` (`prefix_buf_len` bytes, not
+// NUL-terminated: `info->prefix_len` bytes); `SHMKV_MISSING` if the map is
+// not synced; `SHMKV_E_BUFFER_TOO_SMALL` with `*info` filled (and
+// `prefix_len` the needed length) but nothing copied when the buffer is
+// too small. `prefix_buf` may be `NULL` with `prefix_buf_len` 0.
+//
+// # Safety
+// `m` is an open handle; `info` valid for a write; `prefix_buf` valid for
+// `prefix_buf_len` bytes.
+int32_t shmkv_sync_state(const struct ShmkvMap *m,
+                         struct ShmkvSyncInfo *info,
+                         uint8_t *prefix_buf,
+                         size_t prefix_buf_len);
 
 // Number of entries.
 //

@@ -80,6 +80,9 @@ pub const SHMKV_E_OS: i32 = -18;
 pub const SHMKV_E_PANIC: i32 = -19;
 /// Any other failure (see `shmkv_last_error`).
 pub const SHMKV_E_OTHER: i32 = -20;
+/// A write of a reserved key: keys beginning with the bytes `"\0shmkv:"`
+/// belong to shmkv (the sync state of `shmkv sync`).
+pub const SHMKV_E_RESERVED_KEY: i32 = -21;
 /// `shmkv_get_copy`: the key is not in the map (not an error).
 pub const SHMKV_ABSENT: i64 = -100;
 
@@ -216,6 +219,7 @@ fn code_of(e: &Error) -> i32 {
         Error::TypedMap { .. } => SHMKV_E_TYPED_MAP,
         Error::NestedWrite => SHMKV_E_NESTED_WRITE,
         Error::Os { .. } => SHMKV_E_OS,
+        Error::ReservedKey { .. } => SHMKV_E_RESERVED_KEY,
         _ => SHMKV_E_OTHER,
     }
 }
@@ -1121,6 +1125,88 @@ fn write_u64(p: *mut u64, what: &str, v: u64) -> Result<i32, Fail> {
     // SAFETY: checked non-NULL; the caller's contract (valid for a write).
     unsafe { p.write(v) };
     Ok(SHMKV_OK)
+}
+
+/// The sync state of a map that `shmkv sync` mirrors (see
+/// `shmkv_sync_state`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShmkvSyncInfo {
+    /// The last source revision applied (all of it is in the map).
+    pub revision: i64,
+    /// The newest source revision the sync knew of at its last write
+    /// (`seen_revision - revision` is the lag in revisions).
+    pub seen_revision: i64,
+    /// The source's cluster id (etcd's).
+    pub cluster_id: u64,
+    /// When the last revision was applied (ms since the Unix epoch).
+    pub last_event_unix_ms: u64,
+    /// When the state was last written (ms since the Unix epoch).
+    pub updated_unix_ms: u64,
+    /// The sync process holding the map's lease, 0 = none.
+    pub owner_pid: u32,
+    /// Non-zero: that process is running (pid and start time match).
+    pub owner_alive: u8,
+    /// Non-zero: keys are stored without the prefix.
+    pub strip_prefix: u8,
+    /// Length of the mirrored key prefix (always set).
+    pub prefix_len: usize,
+}
+
+/// The map's sync state (`shmkv sync`): `SHMKV_OK` with `*info` filled and
+/// the prefix copied into `prefix_buf` (`prefix_buf_len` bytes, not
+/// NUL-terminated: `info->prefix_len` bytes); `SHMKV_MISSING` if the map is
+/// not synced; `SHMKV_E_BUFFER_TOO_SMALL` with `*info` filled (and
+/// `prefix_len` the needed length) but nothing copied when the buffer is
+/// too small. `prefix_buf` may be `NULL` with `prefix_buf_len` 0.
+///
+/// # Safety
+/// `m` is an open handle; `info` valid for a write; `prefix_buf` valid for
+/// `prefix_buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn shmkv_sync_state(
+    m: *const ShmkvMap,
+    info: *mut ShmkvSyncInfo,
+    prefix_buf: *mut u8,
+    prefix_buf_len: usize,
+) -> i32 {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let m = unsafe { map_of(m) }?;
+        let info = out(info, "info")?;
+        let Some(st) = m.map.sync_state()? else {
+            return Ok(SHMKV_MISSING);
+        };
+        let i = ShmkvSyncInfo {
+            revision: st.revision,
+            seen_revision: st.seen_revision,
+            cluster_id: st.cluster_id,
+            last_event_unix_ms: st.last_event_unix_ms,
+            updated_unix_ms: st.updated_unix_ms,
+            owner_pid: st.owner_pid,
+            owner_alive: u8::from(st.owner_alive()),
+            strip_prefix: u8::from(st.strip_prefix),
+            prefix_len: st.prefix.len(),
+        };
+        // SAFETY: checked non-NULL; valid for a write (the caller's contract).
+        unsafe { info.write(i) };
+        if st.prefix.len() > prefix_buf_len {
+            return Err(Fail(
+                SHMKV_E_BUFFER_TOO_SMALL,
+                format!(
+                    "prefix of {} bytes, buffer of {prefix_buf_len}",
+                    st.prefix.len()
+                ),
+            ));
+        }
+        if !st.prefix.is_empty() {
+            let buf = out(prefix_buf, "prefix_buf")?;
+            // SAFETY: `buf` holds `prefix_buf_len >= prefix.len()` bytes (the
+            // caller's contract) and cannot overlap our own vector.
+            unsafe { ptr::copy_nonoverlapping(st.prefix.as_ptr(), buf, st.prefix.len()) };
+        }
+        Ok(SHMKV_OK)
+    })
 }
 
 /// Number of entries.

@@ -71,3 +71,62 @@ fn a_map_handle_is_shareable_between_threads() {
     fn shareable<T: Send + Sync>() {}
     shareable::<ShmkvMap>();
 }
+
+/// `shmkv_sync_state`: `SHMKV_MISSING` on a map that is not synced; the
+/// state (and the prefix, with length-query semantics) once a sync wrote
+/// it; a user write of the reserved key is `SHMKV_E_RESERVED_KEY`.
+#[test]
+fn sync_state_and_reserved_keys() {
+    let n = Named::new("sync-state");
+    let m = open(&n);
+    let mut info = ShmkvSyncInfo::default();
+    // SAFETY: an open handle, a valid out-pointer, no buffer.
+    let rc = unsafe { shmkv_sync_state(m, &mut info, ptr::null_mut(), 0) };
+    assert_eq!(rc, SHMKV_MISSING);
+    let key = shmkv::SYNC_STATE_KEY;
+    // SAFETY: an open handle, valid byte ranges.
+    let rc = unsafe { shmkv_insert(m, key.as_ptr(), key.len(), b"x".as_ptr(), 1) };
+    assert_eq!(rc, SHMKV_E_RESERVED_KEY);
+    let raw = RawMap::open(n.0.to_str().unwrap(), &Options::new()).unwrap();
+    let st = shmkv::SyncState {
+        source: shmkv::SourceKind::Etcd,
+        cluster_id: 77,
+        prefix: b"/config/".to_vec(),
+        strip_prefix: true,
+        endpoints: "http://127.0.0.1:2379".into(),
+        revision: 41,
+        seen_revision: 44,
+        last_event_unix_ms: 5,
+        updated_unix_ms: 6,
+        owner_pid: std::process::id(),
+        owner_start_time: shmkv::process_start_time(std::process::id()).unwrap(),
+    };
+    raw.write(|b| b.set_sync_state(&st)).unwrap();
+    // Length query: too small a buffer fills the numbers and the length.
+    // SAFETY: as above.
+    let rc = unsafe { shmkv_sync_state(m, &mut info, ptr::null_mut(), 0) };
+    assert_eq!(rc, SHMKV_E_BUFFER_TOO_SMALL);
+    assert_eq!((info.prefix_len, info.revision), (8, 41));
+    let mut buf = [0u8; 8];
+    // SAFETY: as above, `buf` holds 8 bytes.
+    let rc = unsafe { shmkv_sync_state(m, &mut info, buf.as_mut_ptr(), buf.len()) };
+    assert_eq!(rc, SHMKV_OK);
+    assert_eq!(&buf, b"/config/");
+    assert_eq!(
+        (
+            info.revision,
+            info.seen_revision,
+            info.cluster_id,
+            info.owner_pid
+        ),
+        (41, 44, 77, std::process::id())
+    );
+    assert_eq!((info.owner_alive, info.strip_prefix), (1, 1));
+    assert_eq!(info.last_event_unix_ms, 5);
+    let mut len = 0u64;
+    // SAFETY: an open handle, a valid out-pointer.
+    assert_eq!(unsafe { shmkv_len(m, &mut len) }, SHMKV_OK);
+    assert_eq!(len, 0, "the sync state is not an entry");
+    // SAFETY: closed once.
+    unsafe { shmkv_close(m) };
+}
