@@ -252,7 +252,8 @@ final class Library
             $c('SHMKV_E_NOT_FOUND') => new MapNotFoundException($message, $status),
             $c('SHMKV_E_EXISTS') => new MapExistsException($message, $status),
             $c('SHMKV_E_PERMISSION') => new PermissionException($message, $status),
-            $c('SHMKV_E_INVALID'), $c('SHMKV_E_KEY_TOO_LARGE'), $c('SHMKV_E_VALUE_TOO_LARGE')
+            $c('SHMKV_E_INVALID'), $c('SHMKV_E_KEY_TOO_LARGE'), $c('SHMKV_E_VALUE_TOO_LARGE'),
+            $c('SHMKV_E_RESERVED_KEY')
                 => new InvalidArgumentException($message, $status),
             $c('SHMKV_E_FULL') => new FullException($message, $status),
             $c('SHMKV_E_LOCK_TIMEOUT') => new LockTimeoutException($message, $status),

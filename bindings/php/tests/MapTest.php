@@ -74,6 +74,8 @@ final class MapTest extends ShmkvTestCase
         $this->assertSame('small', $m->get($key), 'small after big');
         $this->assertThrows(InvalidArgumentException::class, fn () => $m->set('k', 42), 'strings only');
         $this->assertThrows(InvalidArgumentException::class, fn () => $m->set(str_repeat('k', 70_000), 'v'), 'too large');
+        // Keys beginning with "\0shmkv:" are shmkv's own (the sync state).
+        $this->assertThrows(InvalidArgumentException::class, fn () => $m->set("\0shmkv:sync", 'v'), 'is reserved');
         $this->assertSame(1, count($m), 'nothing stored was lost');
     }
 
