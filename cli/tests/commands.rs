@@ -306,3 +306,66 @@ fn create_with_huge_pages_records_the_policy() {
     let (code, err) = fails(&["put", &c.name, "k", "v", "--huge-pages", "try"]);
     assert_eq!(code, 2, "sizing flags need --create: {err}");
 }
+
+/// A synced map (`shmkv sync`): `keys`, `dump`, `ls` and `stat` count and
+/// list only the user entries; `stat` shows the sync state (source,
+/// prefix, revision, lag, owner); `put` of a reserved key is refused.
+#[test]
+fn a_synced_map_hides_its_sync_state_and_stat_shows_it() {
+    let c = Cleanup::new("cli-sync");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let st = shmkv::SyncState {
+        source: shmkv::SourceKind::Etcd,
+        cluster_id: 0xabc,
+        prefix: b"/config/".to_vec(),
+        strip_prefix: false,
+        endpoints: "http://127.0.0.1:2379".into(),
+        revision: 40,
+        seen_revision: 43,
+        last_event_unix_ms: 1,
+        updated_unix_ms: 1,
+        owner_pid: std::process::id(),
+        owner_start_time: shmkv::process_start_time(std::process::id()).unwrap(),
+    };
+    m.write(|b| {
+        b.insert(b"/config/a", b"1")?;
+        b.set_sync_state(&st)
+    })
+    .unwrap();
+    let n = c.name.as_str();
+    assert_eq!(ok(&["keys", n]), "/config/a\n");
+    assert_eq!(
+        ok(&["dump", n]),
+        "{\"key\":\"/config/a\",\"value\":\"1\"}\n"
+    );
+    let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", n])).unwrap();
+    assert_eq!(stat["entries"], 1);
+    assert_eq!(stat["sync"]["revision"], 40);
+    assert_eq!(stat["sync"]["lag_revisions"], 3);
+    assert_eq!(stat["sync"]["prefix"], "/config/");
+    assert_eq!(stat["sync"]["owner_alive"], true);
+    let text = ok(&["stat", n]);
+    assert!(text.contains("entries     1"), "{text}");
+    assert!(
+        text.contains("revision    40 applied, lag 3 revisions"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pid {} (alive)", std::process::id())),
+        "{text}"
+    );
+    let ls: serde_json::Value = serde_json::from_str(&ok(&["--json", "ls"])).unwrap();
+    assert!(ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == n && m["entries"] == 1));
+    // The reserved key (a NUL cannot be in an argument: base64).
+    let (code, err) = fails(&["put", n, "--key-b64", "AHNobWt2OnN5bmM=", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("reserved"), "{err}");
+    // A plain map has no sync lines.
+    m.write(|b| b.clear_sync_state()).unwrap();
+    let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", n])).unwrap();
+    assert!(stat["sync"].is_null());
+}
