@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: every test of the workspace, on a fresh
 # machine too. Installs what the tests need when it is absent (cbindgen,
-# a C compiler, PHP with FFI and APCu), then runs:
+# a C compiler, PHP with FFI and APCu; protoc, etcd and etcdctl for the
+# sync crate's build and its etcd scenarios), then runs:
 #   1. cargo test --workspace --all-features (the library, the CLI, the C
 #      ABI's crate);
 #   2. scripts/test-ffi.sh: the checked-in C header against a fresh
@@ -11,6 +12,17 @@
 # run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The sync crate (shmkv-sync) builds etcd's protocol with protoc, and its
+# scenarios start a real etcd and check it with etcdctl.
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+if ((${#need_apt[@]})); then
+    echo "test: installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
 echo "== cargo test --workspace --all-features"
 cargo test --workspace --all-features
 # The PHP tests run the `shmkv` command built by the step above.
