@@ -62,8 +62,23 @@ fn wait_revision(map: &str, rev: i64) {
 
 fn start_sync(bin: &str, url: &str, prefix: &str, map: &str) -> Proc {
     let c = Command::new(bin)
-        .args(["etcd", "--endpoints", url, "--prefix", prefix, map, "--create"])
-        .args(["--capacity", "200000", "--arena", "64mb", "--page-size", "5000"])
+        .args([
+            "etcd",
+            "--endpoints",
+            url,
+            "--prefix",
+            prefix,
+            map,
+            "--create",
+        ])
+        .args([
+            "--capacity",
+            "200000",
+            "--arena",
+            "64mb",
+            "--page-size",
+            "5000",
+        ])
         .env("RUST_LOG", "shmkv_sync=info")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -84,8 +99,18 @@ fn main() {
         Command::new("etcd")
             .args(["--name", "default", "--data-dir"])
             .arg(dir.join("data"))
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("default={peer}")])
             .args(["--quota-backend-bytes", "4294967296"])
             .stdout(Stdio::null())
@@ -107,10 +132,16 @@ fn main() {
     };
     println!(
         "etcd {} (single member, data in {}), loopback",
-        String::from_utf8_lossy(&Command::new("etcd").arg("--version").output().unwrap().stdout)
-            .lines()
-            .next()
-            .unwrap_or(""),
+        String::from_utf8_lossy(
+            &Command::new("etcd")
+                .arg("--version")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .lines()
+        .next()
+        .unwrap_or(""),
         dir.display()
     );
 
@@ -125,7 +156,10 @@ fn main() {
         rt.block_on(client.txn(Txn::new().and_then(ops))).unwrap();
     }
     let head = rt
-        .block_on(client.get("/snap/", Some(GetOptions::new().with_prefix().with_count_only())))
+        .block_on(client.get(
+            "/snap/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        ))
         .unwrap();
     let rev = head.header().unwrap().revision();
     let snap_map = MapGuard(format!("bench-sync-snap-{}", std::process::id()));
@@ -159,7 +193,8 @@ fn main() {
     for i in 1..=n_lat {
         let v = format!("{i}");
         let t = Instant::now();
-        rt.block_on(client.put("/lat/hot", v.as_bytes(), None)).unwrap();
+        rt.block_on(client.put("/lat/hot", v.as_bytes(), None))
+            .unwrap();
         let put_done = t.elapsed();
         while m.get_ref(b"/lat/hot").unwrap().as_deref() != Some(v.as_bytes()) {
             std::hint::spin_loop();
@@ -205,7 +240,10 @@ fn main() {
         let _ = kv.get("x", None).await;
     });
     let last = rt
-        .block_on(client.get("/lat/", Some(GetOptions::new().with_prefix().with_count_only())))
+        .block_on(client.get(
+            "/lat/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        ))
         .unwrap()
         .header()
         .unwrap()
@@ -251,7 +289,14 @@ fn main() {
     let rport = free_port();
     let redis = Proc(
         Command::new("redis-server")
-            .args(["--port", &rport.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &rport.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()

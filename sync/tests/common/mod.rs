@@ -13,6 +13,9 @@ use base64::Engine as _;
 use etcd_client::{Client, Txn, TxnOp};
 use shmkv::{Options, RawMap};
 
+/// Key/value pairs.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A port nobody listens on now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -152,7 +155,7 @@ impl Etcd {
 
     /// Every key and value under `prefix` and the header revision, from
     /// `etcdctl get --prefix -w json`.
-    pub fn get_prefix(&self, prefix: &str) -> (i64, Vec<(Vec<u8>, Vec<u8>)>) {
+    pub fn get_prefix(&self, prefix: &str) -> (i64, Pairs) {
         let out = self.ctl_ok(&["get", "--prefix", prefix, "-w", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).expect("etcdctl json");
         let b64 = |s: &serde_json::Value| {
@@ -333,7 +336,7 @@ impl Drop for Sync {
 }
 
 /// The map's user entries, sorted.
-pub fn map_entries(map: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn map_entries(map: &str) -> Pairs {
     let m = RawMap::open(map, &Options::new().read_only(true)).expect("open map");
     let mut v: Vec<_> = m
         .entries()
