@@ -14,15 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The sync crate (shmkv-sync) builds etcd's protocol with protoc, and its
 # scenarios start a real etcd and check it with etcdctl.
-need_apt=()
-command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
-command -v etcd >/dev/null || need_apt+=(etcd-server)
-command -v etcdctl >/dev/null || need_apt+=(etcd-client)
-if ((${#need_apt[@]})); then
-    echo "test: installing ${need_apt[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+bash scripts/install-sync-deps.sh
 echo "== cargo test --workspace --all-features"
 cargo test --workspace --all-features
 # The PHP tests run the `shmkv` command built by the step above.
