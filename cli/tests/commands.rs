@@ -369,3 +369,59 @@ fn a_synced_map_hides_its_sync_state_and_stat_shows_it() {
     let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", n])).unwrap();
     assert!(stat["sync"].is_null());
 }
+
+/// `shmkv sync etcd` (feature `etcd`) without an etcd: a missing map is
+/// exit 2, as is an etcd unreachable at start (after taking the lease,
+/// which it releases again); a live owner's lease is exit 3.
+#[cfg(feature = "etcd")]
+#[test]
+fn sync_exit_codes_without_etcd() {
+    let c = Cleanup::new("cli-sync-exit");
+    let n = c.name.as_str();
+    let args = |extra: &[&str]| -> (i32, String) {
+        let mut a = vec![
+            "sync",
+            "etcd",
+            "--endpoints",
+            "http://127.0.0.1:1",
+            "--prefix",
+            "/x/",
+            n,
+            "--connect-timeout",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        let o = shmkv(&a);
+        (
+            o.status.code().unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = args(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot open the map"), "{err}");
+    let (code, err) = args(&["--create"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot reach etcd"), "{err}");
+    let m = RawMap::open(n, &c.opts).unwrap();
+    let st = m.sync_state().unwrap().expect("the lease was written");
+    assert_eq!(st.owner_pid, 0, "the lease was released");
+    assert_eq!(st.revision, 0);
+    // A live owner (this test process): refused.
+    m.write(|b| {
+        let mut s = st.clone();
+        s.owner_pid = std::process::id();
+        s.owner_start_time = shmkv::process_start_time(std::process::id()).unwrap();
+        b.set_sync_state(&s)
+    })
+    .unwrap();
+    let (code, err) = args(&[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    // Usage errors are exit 2 (clap): --capacity needs --create.
+    let (code, _) = args(&["--capacity", "10"]);
+    assert_eq!(code, 2);
+}
