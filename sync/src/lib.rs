@@ -16,7 +16,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions,
+};
 use shmkv::{Error, Options, RawMap, Size, SourceKind, SyncState};
 use tracing::{debug, error, info, warn};
 
@@ -348,6 +350,14 @@ fn code_of(e: &Error) -> u8 {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
+/// The largest gRPC message the sync decodes (a snapshot page, a watch
+/// response). The client's default, 4 MiB, is below what etcd sends: a
+/// page of `--page-size` keys of large values, or a catch-up watch
+/// response of up to 1000 revisions; a message over the limit failed
+/// every attempt, so the sync reconnected forever. etcd's own send limit
+/// is `i32::MAX`.
+const MAX_MESSAGE: usize = i32::MAX as usize;
+
 impl Syncer<'_> {
     /// Connect, snapshot or resume, watch; reconnect on faults.
     async fn main_loop(&mut self) -> Stop {
@@ -408,9 +418,11 @@ impl Syncer<'_> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-        let mut client = Client::connect(&self.args.endpoints, Some(opts)).await?;
+        let client = Client::connect(&self.args.endpoints, Some(opts)).await?;
+        let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let mut watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
         // The cluster id and the current revision: one cheap range read.
-        let head = client
+        let head = kv
             .get(
                 self.start_key(),
                 Some(
@@ -424,6 +436,7 @@ impl Syncer<'_> {
         let h = head.header().ok_or_else(no_header)?;
         self.cluster_id = h.cluster_id();
         self.seen = self.seen.max(h.revision());
+        let current = h.revision();
         let st = &self.state;
         let same_source = st.cluster_id == self.cluster_id
             && st.prefix == self.prefix
@@ -436,18 +449,31 @@ impl Syncer<'_> {
                 "the map mirrored another source: taking a fresh snapshot"
             );
         }
-        if *force_snapshot || st.revision <= 0 || !same_source {
-            self.snapshot(&mut client).await?;
+        // etcd behind the map (a cluster restored from an older backup, or
+        // wiped, with the same cluster id): a watch from the stored
+        // revision + 1 would be a future revision, which etcd accepts
+        // silently, so the map would keep keys etcd no longer has and miss
+        // every change until etcd's revision passed the stored one.
+        let went_back = same_source && st.revision > current;
+        if went_back {
+            warn!(
+                stored_revision = st.revision,
+                revision = current,
+                "etcd's revision is behind the map's: taking a fresh snapshot"
+            );
+        }
+        if *force_snapshot || st.revision <= 0 || !same_source || went_back {
+            self.snapshot(&mut kv).await?;
             *force_snapshot = false;
         } else {
             info!(revision = st.revision, "resuming the watch");
         }
-        self.watch(&mut client).await
+        self.watch(&mut watch).await
     }
 
     /// Reads the prefix at one revision (paged) and replaces the map's
     /// contents with it in one batch.
-    async fn snapshot(&mut self, client: &mut Client) -> Result<(), Fault> {
+    async fn snapshot(&mut self, client: &mut KvClient) -> Result<(), Fault> {
         let t0 = Instant::now();
         let end = prefix_end(&self.prefix);
         let mut rev = 0;
@@ -528,7 +554,7 @@ impl Syncer<'_> {
 
     /// Watches from the stored revision + 1, applying each revision as one
     /// batch.
-    async fn watch(&mut self, client: &mut Client) -> Result<Stop, Fault> {
+    async fn watch(&mut self, client: &mut WatchClient) -> Result<Stop, Fault> {
         let from = self.state.revision + 1;
         let mut stream = client
             .watch(

@@ -406,3 +406,99 @@ fn a_second_sync_is_refused_unless_it_takes_over() {
     let st = m.sync_state().unwrap().unwrap();
     assert!(st.owner_alive());
 }
+
+/// Values of `size` bytes under `prefix`, 100 per txn (a revision of
+/// ~100 * size bytes).
+fn big_kvs(prefix: &str, n: usize, size: usize, tag: u8) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("{prefix}k{i:05}"), vec![tag; size]))
+        .collect()
+}
+
+/// A snapshot page (1000 keys by default) of more than 4 MiB: the gRPC
+/// client's default decoding limit is 4 MiB, so the range read failed
+/// ("decoded message length too large") and the sync reconnected
+/// forever without ever applying the snapshot.
+#[test]
+fn a_snapshot_page_larger_than_4_mib_converges() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("bigpage"));
+    let mut c = etcd.client();
+    // 600 keys of 10 KB = 6 MB in the first (and only) page.
+    c.put_all(&big_kvs("/bp/", 600, 10_000, b'a'));
+    let sync = Sync::start(
+        &etcd,
+        "/bp/",
+        &map.0,
+        &["--create", "--arena", "64mb", "--max-size", "256mb"],
+    );
+    assert_converges(&etcd, "/bp/", &map.0, false, &sync);
+}
+
+/// A restarted sync resuming behind more than 4 MiB of events: etcd sends
+/// the catch-up (up to 1000 revisions) in one watch response, which the
+/// client refused at its default 4 MiB limit; the watch broke on every
+/// reconnect and the sync never caught up.
+#[test]
+fn a_resume_catching_up_more_than_4_mib_converges() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("bigwatch"));
+    etcd.ctl_ok(&["put", "/bw/first", "1"]);
+    let mut sync = Sync::start(
+        &etcd,
+        "/bw/",
+        &map.0,
+        &["--create", "--arena", "64mb", "--max-size", "256mb"],
+    );
+    assert_converges(&etcd, "/bw/", &map.0, false, &sync);
+    assert_eq!(sync.signal_and_wait(SIGTERM), Some(0));
+    // 6 revisions of 100 keys of 10 KB (1 MB each, under etcd's request
+    // limit) while the sync is stopped: a 6 MB catch-up.
+    let mut c = etcd.client();
+    for round in 0..6 {
+        c.put_all(&big_kvs(&format!("/bw/r{round}/"), 100, 10_000, b'b'));
+    }
+    let sync = Sync::start(&etcd, "/bw/", &map.0, &[]);
+    assert_converges(&etcd, "/bw/", &map.0, false, &sync);
+    assert!(sync.log().contains("resuming the watch"), "{}", sync.log());
+}
+
+/// etcd replaced by an empty (or an older, restored) cluster with the same
+/// cluster id: its revision is below the map's. The sync resumed the
+/// watch at a future revision, which etcd accepts silently: it kept the
+/// old keys and ignored every change until etcd's revision passed the
+/// stored one. A revision going backwards must force a fresh snapshot.
+#[test]
+fn etcd_revision_going_backwards_forces_a_resnapshot() {
+    let mut etcd = Etcd::start();
+    let map = MapGuard(unique("wiped"));
+    let mut c = etcd.client();
+    for round in 0..5 {
+        c.put_all(&kvs("/w/", 50, &format!("old{round}")));
+    }
+    let sync = Sync::start(&etcd, "/w/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/w/", &map.0, false, &sync);
+    let old_rev = map_revision(&map.0);
+    etcd.wipe_and_restart();
+    etcd.ctl_ok(&["put", "/w/new", "1"]);
+    etcd.ctl_ok(&["put", "/w/k00001", "2"]);
+    assert!(etcd.revision() < old_rev);
+    // Convergence at etcd's state: wait for a state written at etcd's
+    // revision (the map's stored revision is ahead until the re-snapshot).
+    let t0 = Instant::now();
+    loop {
+        let (rev, kvs) = etcd.get_prefix("/w/");
+        if map_revision(&map.0) == rev && map_entries(&map.0) == kvs {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "map at revision {} with {} entries, etcd at {rev} with {} keys; log:\n{}",
+            map_revision(&map.0),
+            map_entries(&map.0).len(),
+            kvs.len(),
+            tail(&sync.log())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

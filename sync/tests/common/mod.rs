@@ -132,6 +132,15 @@ impl Etcd {
         self.spawn();
     }
 
+    /// Kills etcd, deletes its data and starts a new one on the same ports
+    /// with the same member name: the same cluster id, its revision back
+    /// at 1 (as a cluster restored from an older backup).
+    pub fn wipe_and_restart(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.join("data")).unwrap();
+        self.spawn();
+    }
+
     /// `etcdctl --endpoints URL ARGS`.
     pub fn ctl(&self, args: &[&str]) -> std::io::Result<Output> {
         Command::new("etcdctl")
