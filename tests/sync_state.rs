@@ -117,3 +117,44 @@ fn a_typed_map_hides_the_sync_state_from_keys_and_entries() {
     assert_eq!(t.len(), 1);
     assert_eq!(t.sync_state().unwrap().unwrap().revision, 1);
 }
+
+/// `len()` while another thread adds and removes the sync state and never
+/// touches a user key: the user entries are always 5. `len` read the
+/// live count and then looked the key up, so a state added between the
+/// two reads was subtracted from a count that did not include it (4), and
+/// one removed between them was not subtracted from a count that did (6):
+/// counts the map never had.
+#[test]
+fn len_is_exact_while_the_sync_state_comes_and_goes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = Cleanup::new("syncstate-len");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    for i in 0..5u8 {
+        m.insert(&[b'k', i], b"v").unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let (bad, reads) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let w = RawMap::open(&c.name, &Options::new()).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                w.write(|b| b.set_sync_state(&state(1))).unwrap();
+                w.write(|b| b.clear_sync_state().map(drop)).unwrap();
+            }
+        });
+        let t0 = std::time::Instant::now();
+        let (mut bad, mut reads) = (Vec::new(), 0u64);
+        while t0.elapsed() < std::time::Duration::from_secs(3) && bad.len() < 5 {
+            let n = m.len();
+            reads += 1;
+            if n != 5 {
+                bad.push(n);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        (bad, reads)
+    });
+    assert!(
+        bad.is_empty(),
+        "len() gave {bad:?} (user entries: 5) in {reads} reads"
+    );
+}

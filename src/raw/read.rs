@@ -190,9 +190,39 @@ impl Engine {
         Ok(self.get_ref(key)?.is_some())
     }
 
-    /// Number of entries, the hidden sync state not counted (one lookup of
-    /// it: not a counter).
+    /// Number of entries, the hidden sync state not counted: the live
+    /// count and the lookup of the state from one consistent snapshot, as
+    /// a view reads it (read apart, a state written or removed between the
+    /// two reads gave a count the map never had). Never takes the lock nor
+    /// sleeps: after a few raced tries (writes committing back to back),
+    /// the two reads apart.
     pub(crate) fn len(&self) -> usize {
+        const TRIES: u32 = 16;
+        let pin = self.gens.pin();
+        for _ in 0..TRIES {
+            let Ok(g) = self.current(&pin) else { break };
+            let Ok(state) = self.read_state(g) else {
+                crate::sync::spin_loop();
+                continue;
+            };
+            let seq = state.seq;
+            let view = RawView {
+                map: self,
+                gen: NonNull::from(g),
+                pin: pin.clone(),
+                overlay: state.overlay,
+                seq,
+            };
+            let n = view.user_len();
+            if g.table.view_validate(seq) {
+                return n;
+            }
+        }
+        self.len_unsynchronised()
+    }
+
+    /// `len` from two reads that a write can fall between.
+    fn len_unsynchronised(&self) -> usize {
         let live = {
             let pin = self.gens.pin();
             let g = self.current_or_local(&pin);

@@ -74,6 +74,24 @@ impl<'m> RawView<'m> {
         Ok(found.map(|f| self.found_ref(&f, true)))
     }
 
+    /// Entries in this snapshot, the hidden sync state not counted (the
+    /// live count of the state the view reads, minus one if that state
+    /// holds the sync state key).
+    pub(crate) fn user_len(&self) -> usize {
+        let live = match &self.overlay {
+            Some(o) => o.redo.live,
+            None => self
+                .gen()
+                .table
+                .header()
+                .live
+                .load(std::sync::atomic::Ordering::Acquire),
+        } as usize;
+        // A raced lookup fails the view's validation: this run is dropped.
+        let has = matches!(self.get(crate::SYNC_STATE_KEY), Ok(Some(_)));
+        live.saturating_sub(usize::from(has))
+    }
+
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
         Ok(self.get(key)?.is_some())
