@@ -425,3 +425,31 @@ fn sync_exit_codes_without_etcd() {
     let (code, _) = args(&["--capacity", "10"]);
     assert_eq!(code, 2);
 }
+
+/// `stat` of a sync state with extreme revisions (any i64 decodes: a
+/// library user's `set_sync_state`, or a scribble): the lag was
+/// `seen_revision - revision` unchecked, an overflow panic (exit 101).
+#[test]
+fn stat_of_a_sync_state_with_extreme_revisions_does_not_panic() {
+    let c = Cleanup::new("cli-sync-extreme");
+    let m = RawMap::create(&c.name, &c.opts).unwrap();
+    let st = shmkv::SyncState {
+        source: shmkv::SourceKind::Etcd,
+        cluster_id: 1,
+        prefix: b"/p/".to_vec(),
+        strip_prefix: false,
+        endpoints: String::new(),
+        revision: i64::MIN,
+        seen_revision: i64::MAX,
+        last_event_unix_ms: u64::MAX,
+        updated_unix_ms: u64::MAX,
+        owner_pid: u32::MAX,
+        owner_start_time: u64::MAX,
+    };
+    m.write(|b| b.set_sync_state(&st)).unwrap();
+    let n = c.name.as_str();
+    let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", n])).unwrap();
+    assert_eq!(stat["sync"]["lag_revisions"], i64::MAX);
+    let text = ok(&["stat", n]);
+    assert!(text.contains("revision "), "{text}");
+}

@@ -712,7 +712,7 @@ impl Syncer<'_> {
             revisions = self.revs,
             events = self.events,
             revision = self.state.revision,
-            lag = (self.seen - self.state.revision).max(0),
+            lag = self.seen.saturating_sub(self.state.revision).max(0),
             "summary"
         );
         self.revs = 0;

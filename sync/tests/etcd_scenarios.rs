@@ -502,3 +502,47 @@ fn etcd_revision_going_backwards_forces_a_resnapshot() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Edge keys with --strip-prefix: the etcd key equal to the prefix (the
+/// empty map key), put, overwritten and deleted.
+#[test]
+fn strip_prefix_maps_the_prefix_key_itself_to_the_empty_key() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("stripempty"));
+    etcd.ctl_ok(&["put", "/e/", "root"]);
+    etcd.ctl_ok(&["put", "/e/a", "1"]);
+    let sync = Sync::start(&etcd, "/e/", &map.0, &["--create", "--strip-prefix"]);
+    assert_converges(&etcd, "/e/", &map.0, true, &sync);
+    let m = RawMap::open(&map.0, &Options::new()).unwrap();
+    assert_eq!(m.get(b"").unwrap().as_deref(), Some(&b"root"[..]));
+    etcd.ctl_ok(&["put", "/e/", "root2"]);
+    assert_converges(&etcd, "/e/", &map.0, true, &sync);
+    etcd.ctl_ok(&["del", "/e/"]);
+    assert_converges(&etcd, "/e/", &map.0, true, &sync);
+    assert_eq!(m.get(b"").unwrap(), None);
+    assert_eq!(m.len(), 1);
+}
+
+/// A stripped etcd key landing in the reserved namespace
+/// (`PREFIX\0shmkv:sync`): the revision is refused whole, exit 4, and the
+/// sync state is never overwritten by etcd's value.
+#[test]
+fn a_stripped_key_in_the_reserved_namespace_is_refused_with_exit_4() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("stripreserved"));
+    etcd.ctl_ok(&["put", "/z/a", "1"]);
+    let mut sync = Sync::start(&etcd, "/z/", &map.0, &["--create", "--strip-prefix"]);
+    assert_converges(&etcd, "/z/", &map.0, true, &sync);
+    let before = map_revision(&map.0);
+    let mut c = etcd.client();
+    c.txn(vec![
+        TxnOp::put(&b"/z/b"[..], &b"2"[..], None),
+        TxnOp::put(&b"/z/\0shmkv:sync"[..], &b"garbage"[..], None),
+    ]);
+    assert_eq!(sync.wait_exit(Duration::from_secs(20)), Some(EXIT_FULL));
+    let m = RawMap::open(&map.0, &Options::new()).unwrap();
+    let st = m.sync_state().unwrap().unwrap();
+    assert_eq!(st.revision, before);
+    assert_eq!(st.owner_pid, 0, "the lease was not released");
+    assert_eq!(map_entries(&map.0), vec![(b"a".to_vec(), b"1".to_vec())]);
+}
