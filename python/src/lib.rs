@@ -852,6 +852,87 @@ impl Pinned {
 
 // ------------------------------------------------------------------ Batch
 
+/// An open `RawTxn` (lifetime erased) and the thread that began it. A
+/// `RawTxn` is not `Send`: its `Pin` belongs to that thread. Every use
+/// checks the thread (`get`, `get_mut`, `end`: a `RuntimeError` elsewhere);
+/// dropped on another thread it is leaked instead (the lock stays held
+/// until the process exits, as for a leaked C batch).
+struct OwnedTxn {
+    txn: std::mem::ManuallyDrop<RawTxn<'static>>,
+    owner: ThreadId,
+    /// The map handle the transaction borrows (kept alive past the
+    /// transaction: declared after it, and leaked with it).
+    map: Arc<RawMap>,
+}
+
+// SAFETY: the transaction is reached only through `get`, `get_mut` and
+// `end`, which refuse every thread but `owner`, and dropped only on
+// `owner` (`Drop` leaks it elsewhere): it never runs on another thread.
+unsafe impl Send for OwnedTxn {}
+// SAFETY: as for `Send`: shared access from another thread is refused by
+// the same checks.
+unsafe impl Sync for OwnedTxn {}
+
+fn wrong_thread() -> PyErr {
+    PyRuntimeError::new_err(
+        "a shmkv batch belongs to the thread that opened it; use it (and end it) there",
+    )
+}
+
+impl OwnedTxn {
+    fn mine(&self) -> bool {
+        std::thread::current().id() == self.owner
+    }
+
+    fn get(&self) -> PyResult<&RawTxn<'static>> {
+        if self.mine() {
+            Ok(&self.txn)
+        } else {
+            Err(wrong_thread())
+        }
+    }
+
+    fn get_mut(&mut self) -> PyResult<&mut RawTxn<'static>> {
+        if self.mine() {
+            Ok(&mut self.txn)
+        } else {
+            Err(wrong_thread())
+        }
+    }
+
+    /// The transaction, to commit or abort it (on its thread only).
+    fn end(self) -> Result<RawTxn<'static>, OwnedTxn> {
+        if !self.mine() {
+            return Err(self);
+        }
+        let mut me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: moved out once; `me` is never dropped (ManuallyDrop), and
+        // its `map` is released below after the transaction is moved out.
+        let txn = unsafe { std::mem::ManuallyDrop::take(&mut me.txn) };
+        // SAFETY: the `Arc` is moved out once and `me` is not used again.
+        let map = unsafe { std::ptr::read(&me.map) };
+        // The transaction borrows `*map`; the caller's `Batch` holds
+        // another clone of the same `Arc` (its `map` field) for as long
+        // as it lives, which outlives the transaction's end.
+        drop(map);
+        Ok(txn)
+    }
+}
+
+impl Drop for OwnedTxn {
+    fn drop(&mut self) {
+        if self.mine() {
+            // SAFETY: dropped once, on the thread that began it, before
+            // the `map` field (dropped after this body).
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.txn) };
+        } else {
+            // Leak the transaction and a reference to its map: its pin may
+            // not be released from this thread.
+            std::mem::forget(self.map.clone());
+        }
+    }
+}
+
 fn not_open() -> PyErr {
     PyRuntimeError::new_err("the batch is not open: use it inside `with m.batch() as b:`")
 }
@@ -859,11 +940,11 @@ fn not_open() -> PyErr {
 /// An atomic batch of writes (the native base of `shmkv.Batch`). It holds
 /// the map's write lock from `__enter__` to `__exit__`; it belongs to the
 /// thread that began it.
-#[pyclass(subclass, unsendable, module = "shmkv._shmkv", name = "Batch")]
+#[pyclass(subclass, module = "shmkv._shmkv", name = "Batch")]
 struct Batch {
     // Field order matters: the transaction (which borrows `*map`) drops
     // before the map handle.
-    txn: Option<RawTxn<'static>>,
+    txn: Option<OwnedTxn>,
     /// Keys this batch wrote: `true` inserted, `false` removed (for
     /// iteration and `len`).
     staged: HashMap<Vec<u8>, bool>,
@@ -874,11 +955,11 @@ struct Batch {
 
 impl Batch {
     fn txn_ref(&self) -> PyResult<&RawTxn<'static>> {
-        self.txn.as_ref().ok_or_else(not_open)
+        self.txn.as_ref().ok_or_else(not_open)?.get()
     }
 
     fn txn(&mut self) -> PyResult<&mut RawTxn<'static>> {
-        self.txn.as_mut().ok_or_else(not_open)
+        self.txn.as_mut().ok_or_else(not_open)?.get_mut()
     }
 }
 
@@ -914,7 +995,11 @@ impl Batch {
             })
         })
         .py_err()?;
-        slf.txn = Some(txn);
+        slf.txn = Some(OwnedTxn {
+            txn: std::mem::ManuallyDrop::new(txn),
+            owner: std::thread::current().id(),
+            map: slf.map.clone(),
+        });
         Ok(slf)
     }
 
@@ -929,7 +1014,7 @@ impl Batch {
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         if exc_type.is_some_and(|t| !t.is_none()) {
-            self.abort();
+            self.abort()?;
         } else {
             self.commit(py)?;
         }
@@ -938,21 +1023,35 @@ impl Batch {
 
     /// Applies everything staged as one atomic write and releases the lock.
     fn commit(&mut self, py: Python<'_>) -> PyResult<()> {
-        let txn = self.txn.take().ok_or_else(|| {
+        let owned = self.txn.take().ok_or_else(|| {
             PyRuntimeError::new_err("the batch is not open (already committed or aborted?)")
         })?;
+        let txn = match owned.end() {
+            Ok(t) => t,
+            Err(owned) => {
+                self.txn = Some(owned);
+                return Err(wrong_thread());
+            }
+        };
         self.done = true;
         self.staged.clear();
         detached(py, || txn.commit()).py_err()
     }
 
     /// Discards everything staged and releases the lock.
-    fn abort(&mut self) {
+    fn abort(&mut self) -> PyResult<()> {
+        if let Some(owned) = self.txn.take() {
+            match owned.end() {
+                Ok(t) => t.abort(),
+                Err(owned) => {
+                    self.txn = Some(owned);
+                    return Err(wrong_thread());
+                }
+            }
+        }
         self.done = true;
         self.staged.clear();
-        if let Some(t) = self.txn.take() {
-            t.abort();
-        }
+        Ok(())
     }
 
     fn __getitem__<'py>(
