@@ -900,12 +900,13 @@ impl OwnedTxn {
         }
     }
 
-    /// The transaction, to commit or abort it (on its thread only).
-    fn end(self) -> Result<RawTxn<'static>, OwnedTxn> {
-        if !self.mine() {
-            return Err(self);
+    /// The transaction, to commit or abort it; `None` (and the
+    /// transaction left in `slot`) on another thread.
+    fn end(slot: &mut Option<OwnedTxn>) -> Option<RawTxn<'static>> {
+        if !slot.as_ref()?.mine() {
+            return None;
         }
-        let mut me = std::mem::ManuallyDrop::new(self);
+        let mut me = std::mem::ManuallyDrop::new(slot.take()?);
         // SAFETY: moved out once; `me` is never dropped (ManuallyDrop), and
         // its `map` is released below after the transaction is moved out.
         let txn = unsafe { std::mem::ManuallyDrop::take(&mut me.txn) };
@@ -915,7 +916,7 @@ impl OwnedTxn {
         // another clone of the same `Arc` (its `map` field) for as long
         // as it lives, which outlives the transaction's end.
         drop(map);
-        Ok(txn)
+        Some(txn)
     }
 }
 
@@ -1023,16 +1024,12 @@ impl Batch {
 
     /// Applies everything staged as one atomic write and releases the lock.
     fn commit(&mut self, py: Python<'_>) -> PyResult<()> {
-        let owned = self.txn.take().ok_or_else(|| {
-            PyRuntimeError::new_err("the batch is not open (already committed or aborted?)")
-        })?;
-        let txn = match owned.end() {
-            Ok(t) => t,
-            Err(owned) => {
-                self.txn = Some(owned);
-                return Err(wrong_thread());
-            }
-        };
+        if self.txn.is_none() {
+            return Err(PyRuntimeError::new_err(
+                "the batch is not open (already committed or aborted?)",
+            ));
+        }
+        let txn = OwnedTxn::end(&mut self.txn).ok_or_else(wrong_thread)?;
         self.done = true;
         self.staged.clear();
         detached(py, || txn.commit()).py_err()
@@ -1040,14 +1037,10 @@ impl Batch {
 
     /// Discards everything staged and releases the lock.
     fn abort(&mut self) -> PyResult<()> {
-        if let Some(owned) = self.txn.take() {
-            match owned.end() {
-                Ok(t) => t.abort(),
-                Err(owned) => {
-                    self.txn = Some(owned);
-                    return Err(wrong_thread());
-                }
-            }
+        if self.txn.is_some() {
+            OwnedTxn::end(&mut self.txn)
+                .ok_or_else(wrong_thread)?
+                .abort();
         }
         self.done = true;
         self.staged.clear();
