@@ -345,7 +345,10 @@ impl Map {
     #[new]
     #[pyo3(signature = (name, *, create=true, capacity=None, arena=None, max_size=None,
         mode=0o600, read_only=false, lock_timeout=5.0, sysv_key=None, ftok=None,
-        codec="pickle"))]
+        codec="pickle"),
+        text_signature = "(name, *, create=True, capacity=None, arena=None, max_size=None, \
+            mode=0o600, read_only=False, lock_timeout=5.0, sysv_key=None, ftok=None, \
+            codec='pickle')")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,

@@ -45,11 +45,7 @@ parse_size = _shmkv.parse_size
 
 
 class Map(_shmkv.Map, MutableMapping):
-    """A dict-like map in SysV shared memory.
-
-    ``Map(name, *, create=True, capacity=None, arena=None, max_size=None,
-    mode=0o600, read_only=False, lock_timeout=5.0, sysv_key=None, ftok=None,
-    codec="pickle")``
+    """A dict-like map in SysV shared memory (a ``MutableMapping``).
 
     - ``name``: the map's name (hashed to its SysV key unless ``sysv_key``
       or ``ftok=(path, id)`` give the key).
@@ -68,6 +64,26 @@ class Map(_shmkv.Map, MutableMapping):
     the same key. Iteration (and ``keys()``, ``items()``, ``values()``) reads
     one consistent snapshot and yields ``str`` for UTF-8 keys, ``bytes``
     otherwise.
+
+    Operations (the first four are native code: about 60 ns for a 64-byte
+    ``bytes`` value):
+
+    - ``m[k]``: the value; :class:`NotFoundError` (a ``KeyError``) if absent.
+    - ``m.get(k, default=None)``, ``k in m``, ``len(m)``.
+    - ``m[k] = v``, ``del m[k]``: one atomic, crash-safe write each.
+    - ``m.get_buffer(k)``: a read-only, zero-copy ``memoryview`` of the
+      stored (encoded) bytes, pinned until released
+      (``with m.get_buffer(k) as buf:``).
+    - ``with m.batch() as b:``: several writes as one (:class:`Batch`).
+    - ``m.version``, ``m.wait_for_change(since, timeout=None)``,
+      ``m.stats()``, ``m.verify()``, ``m.compact()``, ``m.destroy()``.
+    - ``update``, ``clear``, ``pop``, ``setdefault``: one atomic write each.
+
+    Errors derive from :class:`shmkv.Error`: :class:`MapNotFoundError`,
+    :class:`FullError`, :class:`LockTimeoutError` (``.holder_pid``),
+    :class:`CorruptedError`, :class:`IncompatibleError`,
+    :class:`PermissionDeniedError` (a ``PermissionError``); keys or values
+    of the wrong type raise ``TypeError``.
 
     The object may be shared by threads and survives ``fork()`` (gunicorn
     ``--preload``, ``multiprocessing`` with the fork start method): the
