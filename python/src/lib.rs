@@ -338,6 +338,8 @@ struct Map {
     codec: Codec,
     opts: Options,
     read_only: bool,
+    /// Seconds, as given (for `_reopen_args`).
+    lock_timeout: f64,
 }
 
 #[pymethods]
@@ -422,6 +424,7 @@ impl Map {
             codec,
             opts,
             read_only,
+            lock_timeout,
         })
     }
 
@@ -617,6 +620,20 @@ impl Map {
                 return Ok(None);
             }
         }
+    }
+
+    /// What `__reduce__` (in Python) needs to open this map again in
+    /// another process: `(name, sysv_key, codec, read_only, lock_timeout)`.
+    fn _reopen_args(&self, py: Python<'_>) -> PyResult<(String, i32, &'static str, bool, f64)> {
+        let map = &self.map;
+        let s = py.detach(|| map.stats()).py_err()?;
+        Ok((
+            s.name,
+            s.key,
+            self.codec.name(),
+            self.read_only,
+            self.lock_timeout,
+        ))
     }
 
     /// Counters and identity of the map, as a dict.

@@ -39,9 +39,22 @@ def test_fork_after_open(m):
     m.verify()
 
 
-def _pool_child(args):
-    m, i = args  # not used: the map comes from the fork
-    return None
+def _read_passed_map(m):
+    return (m["k"], m.codec, m.read_only, os.getpid())
+
+
+def test_a_map_passed_to_a_spawned_process_reopens(maps):
+    """A Map pickled to a spawn-start worker opens the same map there (by name and key)."""
+    import pickle
+
+    m = maps.new(codec="json")
+    m["k"] = {"v": 1}
+    again = pickle.loads(pickle.dumps(m))
+    assert again["k"] == {"v": 1} and again.codec == "json" and again.name == m.name
+    ro = shmkv.Map(m.name, create=False, read_only=True, codec="json")
+    with mp.get_context("spawn").Pool(1) as pool:
+        v, codec, read_only, pid = pool.apply(_read_passed_map, (ro,))
+    assert v == {"v": 1} and codec == "json" and read_only and pid != os.getpid()
 
 
 def _fork_worker(i):

@@ -93,6 +93,12 @@ class Map(_shmkv.Map, MutableMapping):
 
     __slots__ = ()
 
+    def __reduce__(self):
+        """Pickling a map (e.g. to a ``multiprocessing`` spawn worker)
+        opens it again, by name and key, in the receiving process."""
+        name, key, codec, read_only, lock_timeout = self._reopen_args()
+        return (_reopen, (type(self), name, key, codec, read_only, lock_timeout))
+
     def batch(self) -> "Batch":
         """An atomic batch: ``with m.batch() as b:`` takes the write lock,
         ``b`` has the mapping methods and sees its own writes, and the end
@@ -146,6 +152,11 @@ class Map(_shmkv.Map, MutableMapping):
                 return b[key]
             b[key] = default
             return default
+
+
+def _reopen(cls, name, key, codec, read_only, lock_timeout):
+    return cls(name, create=False, sysv_key=key, codec=codec, read_only=read_only,
+               lock_timeout=lock_timeout)
 
 
 class Batch(_shmkv.Batch, MutableMapping):
