@@ -312,6 +312,17 @@ fn size_of(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Size>> {
     }
 }
 
+/// Seconds from Python as a `Duration`: `None` for a value too large for
+/// one (`inf` included): no limit. Negative or NaN: `ValueError`.
+fn seconds(v: f64, what: &str) -> PyResult<Option<Duration>> {
+    if v.is_nan() || v < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} is a non-negative number of seconds"
+        )));
+    }
+    Ok(Duration::try_from_secs_f64(v).ok())
+}
+
 /// Runs `f` (which is `!Send` only because of what it captures) with the
 /// GIL released.
 struct AssertSend<T>(T);
@@ -392,12 +403,7 @@ impl Map {
         if let Some(s) = size_of(max_size, "max_size")? {
             opts = opts.max_size(s);
         }
-        if !(lock_timeout.is_finite() && lock_timeout >= 0.0) {
-            return Err(PyValueError::new_err(
-                "lock_timeout is a non-negative number of seconds",
-            ));
-        }
-        opts = opts.lock_timeout(Duration::from_secs_f64(lock_timeout));
+        opts = opts.lock_timeout(seconds(lock_timeout, "lock_timeout")?.unwrap_or(Duration::MAX));
         if let Some(k) = sysv_key {
             opts = opts.sysv_key(k);
         }
@@ -596,14 +602,13 @@ impl Map {
         since: u64,
         timeout: Option<f64>,
     ) -> PyResult<Option<u64>> {
-        if let Some(t) = timeout {
-            if !(t.is_finite() && t >= 0.0) {
-                return Err(PyValueError::new_err(
-                    "timeout is a non-negative number of seconds",
-                ));
+        let deadline = match timeout {
+            // Beyond what an `Instant` can hold: no limit.
+            Some(t) => {
+                seconds(t, "timeout")?.and_then(|d| std::time::Instant::now().checked_add(d))
             }
-        }
-        let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t));
+            None => None,
+        };
         let step = Duration::from_millis(100);
         loop {
             let left = match deadline {

@@ -381,3 +381,91 @@ def test_help_reads_well():
         assert needle in text, needle
     assert shmkv.NotFoundError.__module__ == "shmkv"
     assert issubclass(shmkv.NotFoundError, KeyError) and issubclass(shmkv.LockTimeoutError, shmkv.Error)
+
+
+def test_bad_arguments_raise_exceptions_never_panics(m):
+    """Out-of-range numbers, NaN/huge timeouts, bad names: ordinary exceptions, never a Rust panic (BaseException)."""
+    name = m.name + "-x"
+    cases = [
+        lambda: shmkv.Map(name, lock_timeout=float("nan")),
+        lambda: shmkv.Map(name, capacity=0),
+        lambda: shmkv.Map(name, capacity=-1),
+        lambda: shmkv.Map(name, capacity=2**70),
+        lambda: shmkv.Map(name, arena=0),
+        lambda: shmkv.Map(name, max_size=1),
+        lambda: shmkv.Map(name, mode=0o7777),
+        lambda: shmkv.Map(name, mode=-1),
+        lambda: shmkv.Map(name, sysv_key=2**40),
+        lambda: shmkv.Map(name, ftok=("/nonexistent/x", 1)),
+        lambda: shmkv.Map(name, ftok=("/tmp", 300)),
+        lambda: shmkv.Map("n" * 10_000),
+        lambda: shmkv.Map("nul\0name"),
+        lambda: m.wait_for_change(-1, 0),
+        lambda: m.wait_for_change(0, float("nan")),
+        lambda: m.wait_for_change(0, -1),
+        lambda: m["\ud800"],
+        lambda: shmkv.Batch(5),
+        lambda: shmkv.list_maps("x"),
+    ]
+    for i, case in enumerate(cases):
+        try:
+            case()
+        except Exception:
+            pass
+        except BaseException as e:  # a PanicException is a BaseException
+            pytest.fail(f"case {i}: {type(e).__name__}: {e}")
+        else:
+            pytest.fail(f"case {i} raised nothing")
+    # Huge timeouts mean "no limit", not an overflow.
+    shmkv.Map(m.name, lock_timeout=1e30, create=False)["k"] = 1
+    assert m.wait_for_change(m.version - 1, timeout=1e30) == m.version
+    assert shmkv.list_maps() is not None
+
+
+def test_another_maps_key_is_incompatible(maps):
+    """Opening a name at a key that holds another map: IncompatibleError."""
+    a = maps.new()
+    key = a.stats()["key"]
+    with pytest.raises(shmkv.IncompatibleError):
+        shmkv.Map(maps.name(), sysv_key=key, create=False)
+
+
+def test_scribbled_record_is_corrupted_error(maps):
+    """A value byte changed behind the map's back: verify() raises CorruptedError."""
+    import ctypes
+
+    a = maps.new(codec="bytes")
+    a["k"] = b"UNIQUE-PATTERN-0123456789"
+    s = a.stats()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    libc.shmdt.argtypes = [ctypes.c_void_p]
+    addr = libc.shmat(s["data_shmid"], None, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value)
+    try:
+        seg = ctypes.string_at(addr, s["segment_size"])
+        off = seg.index(b"UNIQUE-PATTERN")
+        ctypes.memset(addr + off, ord("X"), 1)
+    finally:
+        libc.shmdt(ctypes.c_void_p(addr))
+    with pytest.raises(shmkv.CorruptedError, match="problem"):
+        a.verify()
+
+
+def test_large_values_round_trip(mb):
+    """A 32 MiB value (copied with the GIL released) reads back whole."""
+    big = bytes(range(256)) * (32 << 12)
+    mb["big"] = big
+    assert mb["big"] == big
+    with mb.get_buffer("big") as v:
+        assert v.nbytes == len(big) and v[-1] == 255
+
+
+def test_wait_on_a_destroyed_map(maps):
+    """wait_for_change on a map destroyed meanwhile: MapNotFoundError."""
+    a = maps.new()
+    other = shmkv.Map(a.name, create=False)
+    threading.Timer(0.2, a.destroy).start()
+    with pytest.raises(shmkv.MapNotFoundError):
+        other.wait_for_change(other.version, timeout=5)
