@@ -249,7 +249,16 @@ impl Codec {
 
     /// The value of stored bytes.
     fn decode<'py>(&self, py: Python<'py>, v: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        let b = bytes_of(py, v)?;
+        self.decode_bytes(py, bytes_of(py, v)?)
+    }
+
+    /// The value of stored bytes already copied into `b` (the decoder,
+    /// which may run any Python code, runs without a pin held).
+    fn decode_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        b: Bound<'py, PyBytes>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         match self.kind {
             CodecKind::Bytes => Ok(b.into_any()),
             CodecKind::Msgpack => {
@@ -442,10 +451,11 @@ impl Map {
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let k = key_of(key)?;
-        match self.map.get_ref(k).py_err()? {
-            Some(v) => self.codec.decode(py, &v),
-            None => Err(missing_key(py, key)),
-        }
+        let b = match self.map.get_ref(k).py_err()? {
+            Some(v) => bytes_of(py, &v)?,
+            None => return Err(missing_key(py, key)),
+        };
+        self.codec.decode_bytes(py, b)
     }
 
     /// `m.get(key, default=None)`: the value under `key`, or `default`.
@@ -457,10 +467,11 @@ impl Map {
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let k = key_of(key)?;
-        match self.map.get_ref(k).py_err()? {
-            Some(v) => self.codec.decode(py, &v),
-            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
-        }
+        let b = match self.map.get_ref(k).py_err()? {
+            Some(v) => bytes_of(py, &v)?,
+            None => return Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        };
+        self.codec.decode_bytes(py, b)
     }
 
     /// `key in m`. Keys that are neither `str` nor `bytes` are never in it.
