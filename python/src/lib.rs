@@ -798,7 +798,11 @@ impl Drop for PinnedRef {
                 owner: self.owner,
                 map: self.map.clone(),
             };
-            DEFERRED.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+            match deferred() {
+                Some(mut list) => list.push(d),
+                // Not obtainable (see `deferred`): keep the pin for good.
+                None => std::mem::forget(d),
+            }
         }
     }
 }
@@ -806,11 +810,26 @@ impl Drop for PinnedRef {
 /// References released on a thread other than theirs, waiting for it.
 static DEFERRED: Mutex<Vec<PinnedRef>> = Mutex::new(Vec::new());
 
+/// The deferred list, locked; `None` if the lock stays taken. A `fork()`
+/// while another thread held it leaves it locked for good in the child,
+/// so it is never waited for without bound: a caller that cannot get it
+/// keeps its reference pinned (a leak of one mapping, never a hang).
+fn deferred() -> Option<std::sync::MutexGuard<'static, Vec<PinnedRef>>> {
+    for _ in 0..1000 {
+        match DEFERRED.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+        }
+    }
+    None
+}
+
 /// Drops the current thread's deferred references.
 fn drain_deferred() {
     let me = std::thread::current().id();
     let mine: Vec<PinnedRef> = {
-        let mut d = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut d) = deferred() else { return };
         if d.is_empty() {
             return;
         }
