@@ -21,3 +21,5 @@ cargo test --workspace --all-features
 export SHMKV_CLI=$PWD/target/debug/shmkv
 echo "== C ABI and PHP library"
 bash scripts/test-ffi.sh
+echo "== Python package (scripts/python-test.sh)"
+bash scripts/python-test.sh
