@@ -546,3 +546,27 @@ fn a_stripped_key_in_the_reserved_namespace_is_refused_with_exit_4() {
     assert_eq!(st.owner_pid, 0, "the lease was not released");
     assert_eq!(map_entries(&map.0), vec![(b"a".to_vec(), b"1".to_vec())]);
 }
+
+/// A sync taken over while etcd is quiet: it stopped only at its next
+/// revision, so with no writes it kept running (and watching) forever
+/// after losing the lease. It must notice within a summary interval.
+#[test]
+fn a_taken_over_sync_exits_without_waiting_for_a_revision() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("quiet-takeover"));
+    etcd.ctl_ok(&["put", "/q/a", "1"]);
+    let mut first = Sync::start(&etcd, "/q/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/q/", &map.0, false, &first);
+    let second = Sync::start(&etcd, "/q/", &map.0, &["--take-over"]);
+    let m = RawMap::open(&map.0, &Options::new()).unwrap();
+    wait_for(Duration::from_secs(10), "the take-over", || {
+        m.sync_state().unwrap().unwrap().owner_pid == second.pid()
+    });
+    // No etcd writes: the first one must still stop (its summary interval
+    // is 1 s in these tests).
+    assert_eq!(first.wait_exit(Duration::from_secs(10)), Some(EXIT_LEASE));
+    assert!(first.log().contains("taken over"), "{}", first.log());
+    etcd.ctl_ok(&["put", "/q/b", "2"]);
+    assert_converges(&etcd, "/q/", &map.0, false, &second);
+    assert_eq!(m.sync_state().unwrap().unwrap().owner_pid, second.pid());
+}
