@@ -126,8 +126,20 @@ fn a_typed_map_hides_the_sync_state_from_keys_and_entries() {
 /// counts the map never had.
 #[test]
 fn len_is_exact_while_the_sync_state_comes_and_goes() {
+    count_is_exact_while_the_sync_state_comes_and_goes("len", |m| m.len());
+}
+
+/// The same for `Stats::live` (`shmkv stat`/`ls` entry counts).
+#[test]
+fn stats_live_is_exact_while_the_sync_state_comes_and_goes() {
+    count_is_exact_while_the_sync_state_comes_and_goes("stats", |m| {
+        m.stats().unwrap().live as usize
+    });
+}
+
+fn count_is_exact_while_the_sync_state_comes_and_goes(what: &str, count: fn(&RawMap) -> usize) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let c = Cleanup::new("syncstate-len");
+    let c = Cleanup::new(&format!("syncstate-{what}"));
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     for i in 0..5u8 {
         m.insert(&[b'k', i], b"v").unwrap();
@@ -144,7 +156,7 @@ fn len_is_exact_while_the_sync_state_comes_and_goes() {
         let t0 = std::time::Instant::now();
         let (mut bad, mut reads) = (Vec::new(), 0u64);
         while t0.elapsed() < std::time::Duration::from_secs(3) && bad.len() < 5 {
-            let n = m.len();
+            let n = count(&m);
             reads += 1;
             if n != 5 {
                 bad.push(n);
@@ -155,6 +167,6 @@ fn len_is_exact_while_the_sync_state_comes_and_goes() {
     });
     assert!(
         bad.is_empty(),
-        "len() gave {bad:?} (user entries: 5) in {reads} reads"
+        "{what} gave {bad:?} (user entries: 5) in {reads} reads"
     );
 }
