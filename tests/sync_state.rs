@@ -170,3 +170,30 @@ fn count_is_exact_while_the_sync_state_comes_and_goes(what: &str, count: fn(&Raw
         "{what} gave {bad:?} (user entries: 5) in {reads} reads"
     );
 }
+
+/// Integer keys are 8 little-endian bytes: 256 u64 (and i64) values encode
+/// to bytes beginning with `"\0shmkv:"` (e.g. `u64::from_le_bytes(*b"\0shmkv:x")`)
+/// and were refused with `ReservedKey`, although an 8-byte key can never be
+/// a system key (`SYNC_STATE_KEY` is 11 bytes). Legitimate ids must store.
+#[test]
+fn integer_keys_whose_bytes_begin_with_the_reserved_prefix_are_ordinary() {
+    let c = Cleanup::new("syncstate-intkeys");
+    let t: ShmMap<u64, u64> = ShmMap::create(&c.name, &c.opts).unwrap();
+    let k = u64::from_le_bytes(*b"\0shmkv:x");
+    t.insert(&k, &1).unwrap();
+    t.write(|b| b.insert(&(k + (1 << 56)), &2)).unwrap();
+    assert_eq!(t.get(&k).unwrap(), Some(1));
+    assert_eq!(t.len(), 2);
+    let mut keys = t.keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![k, k + (1 << 56)]);
+    assert!(t.remove(&k).unwrap());
+    assert!(t.write(|b| b.remove(&(k + (1 << 56)))).unwrap());
+    assert!(t.is_empty());
+    drop(t);
+    let c2 = Cleanup::new("syncstate-intkeys-i64");
+    let t: ShmMap<i64, u64> = ShmMap::create(&c2.name, &c2.opts).unwrap();
+    let k = i64::from_le_bytes(*b"\0shmkv:\xff");
+    t.insert(&k, &3).unwrap();
+    assert_eq!(t.get(&k).unwrap(), Some(3));
+}

@@ -612,3 +612,19 @@ fn a_txn_writing_and_deleting_one_key() {
     }
     eprintln!("etcd accepted {accepted} of the 5 put+delete txns");
 }
+
+/// The map destroyed under a running sync (`shmkv destroy`): the next
+/// revision fails loudly (exit 1) instead of being applied to a removed
+/// segment nobody can open.
+#[test]
+fn destroying_the_map_stops_the_sync() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("destroyed"));
+    etcd.ctl_ok(&["put", "/d/a", "1"]);
+    let mut sync = Sync::start(&etcd, "/d/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/d/", &map.0, false, &sync);
+    assert!(RawMap::destroy_by_name(&map.0, &Options::new()).unwrap());
+    etcd.ctl_ok(&["put", "/d/b", "2"]);
+    let code = sync.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{}", sync.log());
+}
