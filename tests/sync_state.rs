@@ -197,3 +197,34 @@ fn integer_keys_whose_bytes_begin_with_the_reserved_prefix_are_ordinary() {
     t.insert(&k, &3).unwrap();
     assert_eq!(t.get(&k).unwrap(), Some(3));
 }
+
+/// A sync killed but not yet reaped by its parent (a zombie: a supervisor
+/// that does not wait, a container init that does not reap) still has its
+/// `/proc/<pid>/stat` with the same start time: `owner_alive` said yes, so
+/// every restarted sync was refused the lease (exit 3) for as long as the
+/// zombie stayed. A zombie holds nothing.
+#[test]
+fn a_zombie_owner_is_not_alive() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let start = shmkv::process_start_time(pid).unwrap();
+    // Wait until it has exited (a zombie: not reaped yet).
+    let t0 = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+        if state == 'Z' {
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut s = state(1);
+    s.owner_pid = pid;
+    s.owner_start_time = start;
+    let alive = s.owner_alive();
+    child.wait().unwrap();
+    assert!(!alive, "a zombie owner counted as a live sync");
+    // A live owner still counts.
+    assert!(state(1).owner_alive());
+}
