@@ -628,3 +628,32 @@ fn destroying_the_map_stops_the_sync() {
     let code = sync.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(1), "{}", sync.log());
 }
+
+/// Extreme numeric arguments: a huge --summary-interval (a timer far in
+/// the future) and --page-size 1 (one key per range read).
+#[test]
+fn extreme_intervals_and_page_sizes_do_not_panic() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("extreme-args"));
+    let mut c = etcd.client();
+    c.put_all(&kvs("/x/", 5, "a"));
+    let mut sync = Sync::start(
+        &etcd,
+        "/x/",
+        &map.0,
+        &[
+            "--create",
+            "--page-size",
+            "1",
+            "--summary-interval",
+            "18446744073709551615",
+            "--connect-timeout",
+            "18446744073709551615",
+        ],
+    );
+    assert_converges(&etcd, "/x/", &map.0, false, &sync);
+    etcd.ctl_ok(&["put", "/x/new", "1"]);
+    assert_converges(&etcd, "/x/", &map.0, false, &sync);
+    assert!(sync.running(), "{}", sync.log());
+    assert_eq!(sync.signal_and_wait(SIGTERM), Some(0));
+}
