@@ -136,7 +136,7 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
         V: Storable,
     {
         let bytes = encode(value)?;
-        self.raw.insert(&key.key_bytes(), &bytes)
+        self.raw.write(|b| b.insert_typed(&key.key_bytes(), &bytes))
     }
 
     /// The archived value under `key`, validated, read in place (zero-copy).
@@ -212,7 +212,7 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
 
     /// Removes `key`; returns whether it was present.
     pub fn remove(&self, key: &K) -> Result<bool> {
-        self.raw.remove(&key.key_bytes())
+        self.raw.write(|b| b.remove_typed(&key.key_bytes()))
     }
 
     /// Number of entries.
@@ -346,12 +346,12 @@ impl<K: Key + ?Sized, V: Archive> Batch<'_, '_, K, V> {
         V: Storable,
     {
         let bytes = encode(value)?;
-        self.raw.insert(&key.key_bytes(), &bytes)
+        self.raw.insert_typed(&key.key_bytes(), &bytes)
     }
 
     /// Stages removal of `key`; returns whether it was present.
     pub fn remove(&mut self, key: &K) -> Result<bool> {
-        self.raw.remove(&key.key_bytes())
+        self.raw.remove_typed(&key.key_bytes())
     }
 
     /// The value of `key` as this batch sees the map.

@@ -186,14 +186,19 @@ impl SyncState {
         })
     }
 
-    /// Whether the recorded owner is a running process: the pid exists
-    /// and its start time is the recorded one (a reused pid is not the
-    /// owner). `false` when there is no owner.
+    /// Whether the recorded owner is a running process: the pid exists,
+    /// its start time is the recorded one (a reused pid is not the owner)
+    /// and it is not a zombie (`Z`/`X`: exited, not yet reaped by its
+    /// parent). `false` when there is no owner.
     pub fn owner_alive(&self) -> bool {
         self.owner_pid != 0
             && self.owner_start_time != 0
             && crate::sys::procfs::process_alive(self.owner_pid)
             && crate::sys::procfs::process_start_time(self.owner_pid) == Some(self.owner_start_time)
+            && !matches!(
+                crate::sys::procfs::process_state(self.owner_pid),
+                Some('Z' | 'X') | None
+            )
     }
 }
 

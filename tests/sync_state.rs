@@ -126,8 +126,20 @@ fn a_typed_map_hides_the_sync_state_from_keys_and_entries() {
 /// counts the map never had.
 #[test]
 fn len_is_exact_while_the_sync_state_comes_and_goes() {
+    count_is_exact_while_the_sync_state_comes_and_goes("len", |m| m.len());
+}
+
+/// The same for `Stats::live` (`shmkv stat`/`ls` entry counts).
+#[test]
+fn stats_live_is_exact_while_the_sync_state_comes_and_goes() {
+    count_is_exact_while_the_sync_state_comes_and_goes("stats", |m| {
+        m.stats().unwrap().live as usize
+    });
+}
+
+fn count_is_exact_while_the_sync_state_comes_and_goes(what: &str, count: fn(&RawMap) -> usize) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let c = Cleanup::new("syncstate-len");
+    let c = Cleanup::new(&format!("syncstate-{what}"));
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     for i in 0..5u8 {
         m.insert(&[b'k', i], b"v").unwrap();
@@ -144,7 +156,7 @@ fn len_is_exact_while_the_sync_state_comes_and_goes() {
         let t0 = std::time::Instant::now();
         let (mut bad, mut reads) = (Vec::new(), 0u64);
         while t0.elapsed() < std::time::Duration::from_secs(3) && bad.len() < 5 {
-            let n = m.len();
+            let n = count(&m);
             reads += 1;
             if n != 5 {
                 bad.push(n);
@@ -155,6 +167,64 @@ fn len_is_exact_while_the_sync_state_comes_and_goes() {
     });
     assert!(
         bad.is_empty(),
-        "len() gave {bad:?} (user entries: 5) in {reads} reads"
+        "{what} gave {bad:?} (user entries: 5) in {reads} reads"
     );
+}
+
+/// Integer keys are 8 little-endian bytes: 256 u64 (and i64) values encode
+/// to bytes beginning with `"\0shmkv:"` (e.g. `u64::from_le_bytes(*b"\0shmkv:x")`)
+/// and were refused with `ReservedKey`, although an 8-byte key can never be
+/// a system key (`SYNC_STATE_KEY` is 11 bytes). Legitimate ids must store.
+#[test]
+fn integer_keys_whose_bytes_begin_with_the_reserved_prefix_are_ordinary() {
+    let c = Cleanup::new("syncstate-intkeys");
+    let t: ShmMap<u64, u64> = ShmMap::create(&c.name, &c.opts).unwrap();
+    let k = u64::from_le_bytes(*b"\0shmkv:x");
+    t.insert(&k, &1).unwrap();
+    t.write(|b| b.insert(&(k + (1 << 56)), &2)).unwrap();
+    assert_eq!(t.get(&k).unwrap(), Some(1));
+    assert_eq!(t.len(), 2);
+    let mut keys = t.keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![k, k + (1 << 56)]);
+    assert!(t.remove(&k).unwrap());
+    assert!(t.write(|b| b.remove(&(k + (1 << 56)))).unwrap());
+    assert!(t.is_empty());
+    drop(t);
+    let c2 = Cleanup::new("syncstate-intkeys-i64");
+    let t: ShmMap<i64, u64> = ShmMap::create(&c2.name, &c2.opts).unwrap();
+    let k = i64::from_le_bytes(*b"\0shmkv:\xff");
+    t.insert(&k, &3).unwrap();
+    assert_eq!(t.get(&k).unwrap(), Some(3));
+}
+
+/// A sync killed but not yet reaped by its parent (a zombie: a supervisor
+/// that does not wait, a container init that does not reap) still has its
+/// `/proc/<pid>/stat` with the same start time: `owner_alive` said yes, so
+/// every restarted sync was refused the lease (exit 3) for as long as the
+/// zombie stayed. A zombie holds nothing.
+#[test]
+fn a_zombie_owner_is_not_alive() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let start = shmkv::process_start_time(pid).unwrap();
+    // Wait until it has exited (a zombie: not reaped yet).
+    let t0 = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+        if state == 'Z' {
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut s = state(1);
+    s.owner_pid = pid;
+    s.owner_start_time = start;
+    let alive = s.owner_alive();
+    child.wait().unwrap();
+    assert!(!alive, "a zombie owner counted as a live sync");
+    // A live owner still counts.
+    assert!(state(1).owner_alive());
 }

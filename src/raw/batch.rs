@@ -37,6 +37,29 @@ impl RawBatch<'_> {
         self.insert_system(key, value)
     }
 
+    /// A typed map's `insert`: an integer key (8 bytes, shorter than any
+    /// system key such as the 11-byte [`SYNC_STATE_KEY`](crate::SYNC_STATE_KEY))
+    /// is an ordinary key even when its bytes begin with the reserved
+    /// prefix (256 u64 and 256 i64 values do); other keys as `insert`.
+    pub(crate) fn insert_typed(
+        &mut self,
+        key: &crate::key::KeyBytes<'_>,
+        value: &[u8],
+    ) -> Result<()> {
+        match key {
+            crate::key::KeyBytes::Int(k) => self.insert_system(k, value),
+            crate::key::KeyBytes::Borrowed(k) => self.insert(k, value),
+        }
+    }
+
+    /// A typed map's `remove` (integer keys as in `insert_typed`).
+    pub(crate) fn remove_typed(&mut self, key: &crate::key::KeyBytes<'_>) -> Result<bool> {
+        match key {
+            crate::key::KeyBytes::Int(k) => self.remove_system(k),
+            crate::key::KeyBytes::Borrowed(k) => self.remove(k),
+        }
+    }
+
     /// `insert` without the reserved-key check (the sync state).
     pub(crate) fn insert_system(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         // The system key is not a value of a typed map's type: no check.

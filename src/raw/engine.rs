@@ -399,11 +399,9 @@ impl Engine {
             key: self.key,
             generation: g.number,
             capacity: g.table.capacity(),
-            // User entries: the hidden sync state is not counted.
-            live: pending
-                .as_ref()
-                .map_or(h.live.load(Ordering::Acquire), |o| o.redo.live)
-                .saturating_sub(u64::from(self.has_sync_state())),
+            // User entries: the hidden sync state is not counted (`len`
+            // reads the count and the key from one consistent snapshot).
+            live: self.len() as u64,
             tombstones: h.tombstones.load(Ordering::Relaxed),
             arena_size: g.table.arena_size(),
             arena_used: h.arena_used.load(Ordering::Relaxed),

@@ -358,6 +358,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// is `i32::MAX`.
 const MAX_MESSAGE: usize = i32::MAX as usize;
 
+/// How often a watching sync checks that it still holds the lease when no
+/// revision arrives (a take-over stops it within this time).
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
 impl Syncer<'_> {
     /// Connect, snapshot or resume, watch; reconnect on faults.
     async fn main_loop(&mut self) -> Stop {
@@ -369,6 +373,10 @@ impl Syncer<'_> {
             let mut stop = self.stop.clone();
             if *stop.borrow() {
                 return Stop(exit::CLEAN);
+            }
+            // Also between reconnection attempts (etcd down for long).
+            if let Err(Fault::Stop(s)) = self.check_lease() {
+                return s;
             }
             let attempt = self.attempt(&mut force_snapshot, &mut ever_connected);
             let r = tokio::select! {
@@ -571,6 +579,8 @@ impl Syncer<'_> {
         let mut tick =
             tokio::time::interval(Duration::from_secs(self.args.summary_interval.max(1)));
         tick.tick().await;
+        let mut lease_tick = tokio::time::interval(LEASE_CHECK);
+        lease_tick.tick().await;
         let mut stop = self.stop.clone();
         loop {
             if *stop.borrow() {
@@ -579,6 +589,7 @@ impl Syncer<'_> {
             let msg = tokio::select! {
                 m = stream.message() => m?,
                 _ = tick.tick() => { self.summary(); continue; }
+                _ = lease_tick.tick() => { self.check_lease()?; continue; }
                 _ = stop.changed() => return Ok(Stop(exit::CLEAN)),
             };
             let Some(resp) = msg else {
@@ -705,6 +716,22 @@ impl Syncer<'_> {
             self.state.revision
         );
         Stop(code_of(e))
+    }
+
+    /// Between revisions: the lease must still be ours (a take-over while
+    /// etcd is quiet would otherwise be noticed only at the next revision,
+    /// leaving the old sync running and watching indefinitely).
+    fn check_lease(&self) -> Result<(), Fault> {
+        if let Ok(Some(s)) = self.map.sync_state() {
+            if s.owner_pid != self.me.0 || s.owner_start_time != self.me.1 {
+                error!(
+                    owner = s.owner_pid,
+                    "the lease was taken over by another sync; stopping"
+                );
+                return Err(Fault::Stop(Stop(exit::LEASE)));
+            }
+        }
+        Ok(())
     }
 
     fn summary(&mut self) {

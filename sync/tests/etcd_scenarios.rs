@@ -546,3 +546,114 @@ fn a_stripped_key_in_the_reserved_namespace_is_refused_with_exit_4() {
     assert_eq!(st.owner_pid, 0, "the lease was not released");
     assert_eq!(map_entries(&map.0), vec![(b"a".to_vec(), b"1".to_vec())]);
 }
+
+/// A sync taken over while etcd is quiet: it stopped only at its next
+/// revision, so with no writes it kept running (and watching) forever
+/// after losing the lease. It must notice within a summary interval.
+#[test]
+fn a_taken_over_sync_exits_without_waiting_for_a_revision() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("quiet-takeover"));
+    etcd.ctl_ok(&["put", "/q/a", "1"]);
+    let mut first = Sync::start(&etcd, "/q/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/q/", &map.0, false, &first);
+    let second = Sync::start(&etcd, "/q/", &map.0, &["--take-over"]);
+    let m = RawMap::open(&map.0, &Options::new()).unwrap();
+    wait_for(Duration::from_secs(10), "the take-over", || {
+        m.sync_state().unwrap().unwrap().owner_pid == second.pid()
+    });
+    // No etcd writes: the first one must still stop (its summary interval
+    // is 1 s in these tests).
+    assert_eq!(first.wait_exit(Duration::from_secs(10)), Some(EXIT_LEASE));
+    assert!(first.log().contains("taken over"), "{}", first.log());
+    etcd.ctl_ok(&["put", "/q/b", "2"]);
+    assert_converges(&etcd, "/q/", &map.0, false, &second);
+    assert_eq!(m.sync_state().unwrap().unwrap().owner_pid, second.pid());
+}
+
+/// One etcd txn that writes a key and deletes it (directly, by range, or
+/// from a nested txn), in either order: etcd 3.4 refuses all of these
+/// ("duplicate key"), so a revision never holds a put and a delete of one
+/// key and the sync's deletes-then-puts order within a revision is exact.
+/// Should etcd accept one, the map must still converge to etcd's state.
+#[test]
+fn a_txn_writing_and_deleting_one_key() {
+    use etcd_client::Txn;
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("putdel"));
+    etcd.ctl_ok(&["put", "/pd/k", "0"]);
+    let sync = Sync::start(&etcd, "/pd/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/pd/", &map.0, false, &sync);
+    let del = |k: &str| TxnOp::delete(k, Some(DeleteOptions::new()));
+    let put = |k: &str| TxnOp::put(k, "1", None);
+    let cases: Vec<Vec<TxnOp>> = vec![
+        vec![put("/pd/k"), del("/pd/k")],
+        vec![del("/pd/k"), put("/pd/k")],
+        vec![
+            put("/pd/k"),
+            TxnOp::delete("/pd/", Some(DeleteOptions::new().with_prefix())),
+        ],
+        vec![
+            del("/pd/k"),
+            TxnOp::txn(Txn::new().and_then(vec![put("/pd/k")])),
+        ],
+        vec![
+            TxnOp::txn(Txn::new().and_then(vec![put("/pd/k")])),
+            del("/pd/k"),
+        ],
+    ];
+    let mut c = etcd.client();
+    let mut accepted = 0;
+    for ops in cases {
+        if c.try_txn(ops).is_ok() {
+            accepted += 1;
+        }
+        assert_converges(&etcd, "/pd/", &map.0, false, &sync);
+    }
+    eprintln!("etcd accepted {accepted} of the 5 put+delete txns");
+}
+
+/// The map destroyed under a running sync (`shmkv destroy`): the next
+/// revision fails loudly (exit 1) instead of being applied to a removed
+/// segment nobody can open.
+#[test]
+fn destroying_the_map_stops_the_sync() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("destroyed"));
+    etcd.ctl_ok(&["put", "/d/a", "1"]);
+    let mut sync = Sync::start(&etcd, "/d/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/d/", &map.0, false, &sync);
+    assert!(RawMap::destroy_by_name(&map.0, &Options::new()).unwrap());
+    etcd.ctl_ok(&["put", "/d/b", "2"]);
+    let code = sync.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{}", sync.log());
+}
+
+/// Extreme numeric arguments: a huge --summary-interval (a timer far in
+/// the future) and --page-size 1 (one key per range read).
+#[test]
+fn extreme_intervals_and_page_sizes_do_not_panic() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("extreme-args"));
+    let mut c = etcd.client();
+    c.put_all(&kvs("/x/", 5, "a"));
+    let mut sync = Sync::start(
+        &etcd,
+        "/x/",
+        &map.0,
+        &[
+            "--create",
+            "--page-size",
+            "1",
+            "--summary-interval",
+            "18446744073709551615",
+            "--connect-timeout",
+            "18446744073709551615",
+        ],
+    );
+    assert_converges(&etcd, "/x/", &map.0, false, &sync);
+    etcd.ctl_ok(&["put", "/x/new", "1"]);
+    assert_converges(&etcd, "/x/", &map.0, false, &sync);
+    assert!(sync.running(), "{}", sync.log());
+    assert_eq!(sync.signal_and_wait(SIGTERM), Some(0));
+}

@@ -274,7 +274,11 @@ impl Sync {
         let child = Command::new(env!("CARGO_BIN_EXE_shmkv-sync"))
             .env("RUST_LOG", "shmkv_sync=debug")
             .args(["etcd", "--endpoints", &etcd.url, "--prefix", prefix, map])
-            .args(["--summary-interval", "1"])
+            .args(if extra.contains(&"--summary-interval") {
+                &[][..]
+            } else {
+                &["--summary-interval", "1"][..]
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(f)
