@@ -1,8 +1,8 @@
 //! The sync state: which source a map mirrors and up to which revision
 //! (`shmkv sync`, crate `shmkv-sync`), stored in the map itself as one
 //! reserved system key ([`SYNC_STATE_KEY`]) so that a revision's data and
-//! the revision number commit in the same atomic batch (DESIGN-sync.md
-//! "The sync state key").
+//! the revision number commit in the same atomic batch (DESIGN.md, "Sync
+//! from etcd", "The sync state key").
 //!
 //! Keys beginning with [`RESERVED_PREFIX`] are reserved: user writes of
 //! them are refused with [`Error::ReservedKey`]; enumerations (`entries`,

@@ -129,7 +129,7 @@ impl<'m> RawView<'m> {
             }
             if let Some(f) = found {
                 let key = self.found_ref(&f, false);
-                // The sync state is not a user entry (DESIGN-sync.md).
+                // The sync state is not a user entry (DESIGN.md "Sync from etcd").
                 if &*key == crate::SYNC_STATE_KEY {
                     continue;
                 }

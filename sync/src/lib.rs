@@ -1,5 +1,5 @@
 //! `shmkv sync`: keeps a host's shmkv map a consistent replica of an etcd
-//! key prefix (DESIGN-sync.md has the protocol).
+//! key prefix (DESIGN.md "Sync from etcd" has the protocol).
 //!
 //! - A snapshot: the whole prefix read at one revision R (paged range
 //!   reads, the later pages at R), applied as one batch that also removes
@@ -22,7 +22,7 @@ use etcd_client::{
 use shmkv::{Error, Options, RawMap, Size, SourceKind, SyncState};
 use tracing::{debug, error, info, warn};
 
-/// Exit codes of `shmkv sync` (DESIGN-sync.md "Exit codes").
+/// Exit codes of `shmkv sync` (DESIGN.md "Sync from etcd", "Exit codes").
 pub mod exit {
     /// Stopped by SIGTERM/SIGINT after the batch in progress; lease released.
     pub const CLEAN: u8 = 0;
