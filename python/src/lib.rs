@@ -780,7 +780,11 @@ struct PinnedRef {
 // `drain_deferred`, which takes only the current thread's entries). Other
 // threads only read the pointer and length of the pinned bytes, which are
 // immutable and stay mapped while the pin lives (PUBLISHED-IMMUTABLE,
-// PINNED-STAYS-MAPPED).
+// PINNED-STAYS-MAPPED). In a child forked by another thread the owner does
+// not exist, but the pin still holds: the module turns on
+// `shmkv::retain_foreign_pins_at_fork`, so the child keeps the parent's
+// other threads' pins (and their generations mapped), and the reference,
+// whose owner never runs there, is never dropped (it waits in `DEFERRED`).
 unsafe impl Send for PinnedRef {}
 
 impl Drop for PinnedRef {
@@ -1291,6 +1295,10 @@ fn _value_address(m: &Bound<'_, Map>, key: &Bound<'_, PyAny>) -> PyResult<Option
 
 #[pymodule]
 fn _shmkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A `get_buffer` view taken on one thread may be read by the thread
+    // that forks, in the child: the child keeps the generations the
+    // parent's other threads had pinned (see `PinnedRef`).
+    shmkv::retain_foreign_pins_at_fork();
     m.add_class::<Map>()?;
     m.add_class::<Batch>()?;
     m.add_class::<Pinned>()?;

@@ -32,6 +32,7 @@
 
 mod barrier;
 mod fork;
+pub(crate) use fork::retain_foreign_pins_at_fork;
 mod pin;
 mod reclaim;
 mod records;
