@@ -105,11 +105,12 @@ def test_buffer_of_pickled_value(m):
         assert pickle.loads(buf) == {"a": 1}
 
 
-@pytest.mark.parametrize("taker", ["forking-thread", "other-thread"])
+@pytest.mark.parametrize("taker", ["forking-thread", "other-thread", "exited-thread"])
 def test_view_held_across_fork_stays_mapped_in_the_child(mb, taker):
     """A view taken before os.fork(), on the forking thread or on another
-    thread (alive at the fork), keeps its bytes mapped in the child while
-    the child rewrites and compacts; the parent's view is unaffected."""
+    thread (alive at the fork, or already ended), keeps its bytes mapped in
+    the child while the child rewrites and compacts; the parent's view is
+    unaffected."""
     mb["k"] = b"A" * 1000
     views = []
     took, done = threading.Event(), threading.Event()
@@ -125,6 +126,9 @@ def test_view_held_across_fork_stays_mapped_in_the_child(mb, taker):
         t = threading.Thread(target=take)
         t.start()
         took.wait()
+        if taker == "exited-thread":
+            done.set()
+            t.join()
     v = views[0]
     try:
         pid = os.fork()
@@ -147,6 +151,6 @@ def test_view_held_across_fork_stays_mapped_in_the_child(mb, taker):
         assert mb["k"] == b"F" * 1000
     finally:
         done.set()
-        if taker == "other-thread":
+        if taker != "forking-thread":
             t.join()
         v.release()
