@@ -90,6 +90,29 @@ def test_a_batch_open_at_fork_stays_the_parents(maps, how):
     m.verify()
 
 
+def test_a_child_forked_inside_a_batch_writes_after_the_parent_commits(m):
+    """The inherited handle of a child forked inside a batch is not 'inside
+    the batch' in the child: its writes wait for the parent's commit
+    instead of failing with NestedWriteError for the child's life."""
+    with m.batch() as b:
+        b["p"] = 1
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                m["c"] = 2  # waits for the parent's lock
+                code = 0
+            except shmkv.NestedWriteError:
+                code = 3
+            finally:
+                os._exit(code)
+        time.sleep(0.2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert m["p"] == 1 and m["c"] == 2
+    m.verify()
+
+
 def _read_passed_map(m):
     return (m["k"], m.codec, m.read_only, os.getpid())
 
