@@ -173,6 +173,17 @@ pub fn read_retries() -> u64 {
     raw::seqlock::read_retries()
 }
 
+/// For bindings (the Python package): a process forked from now on keeps
+/// the generations its parent's other threads had pinned at the fork
+/// mapped in the child (for the child's life) instead of voiding those
+/// pins, because the binding's pinned bytes (Python `get_buffer` views) can
+/// be read by any thread, the forking one included. Rust code cannot reach
+/// another thread's `Ref` (it is not `Send`) and has no need for it.
+#[doc(hidden)]
+pub fn retain_foreign_pins_at_fork() {
+    raw::gens::retain_foreign_pins_at_fork();
+}
+
 /// Test support: crash points of the write protocol, the heap-backed table
 /// for fuzzing, and the layout offsets tests scribble on. Not part of the
 /// API: only with the feature `__test-hooks`, which the project's own tests

@@ -780,7 +780,11 @@ struct PinnedRef {
 // `drain_deferred`, which takes only the current thread's entries). Other
 // threads only read the pointer and length of the pinned bytes, which are
 // immutable and stay mapped while the pin lives (PUBLISHED-IMMUTABLE,
-// PINNED-STAYS-MAPPED).
+// PINNED-STAYS-MAPPED). In a child forked by another thread the owner does
+// not exist, but the pin still holds: the module turns on
+// `shmkv::retain_foreign_pins_at_fork`, so the child keeps the parent's
+// other threads' pins (and their generations mapped), and the reference,
+// whose owner never runs there, is never dropped (it waits in `DEFERRED`).
 unsafe impl Send for PinnedRef {}
 
 impl Drop for PinnedRef {
@@ -907,14 +911,21 @@ impl Pinned {
 
 // ------------------------------------------------------------------ Batch
 
-/// An open `RawTxn` (lifetime erased) and the thread that began it. A
-/// `RawTxn` is not `Send`: its `Pin` belongs to that thread. Every use
-/// checks the thread (`get`, `get_mut`, `end`: a `RuntimeError` elsewhere);
-/// dropped on another thread it is leaked instead (the lock stays held
-/// until the process exits, as for a leaked C batch).
+/// An open `RawTxn` (lifetime erased), the thread that began it and the
+/// process it was begun in. A `RawTxn` is not `Send`: its `Pin` belongs to
+/// that thread. Every use checks the thread (`get`, `get_mut`, `end`: a
+/// `RuntimeError` elsewhere); dropped on another thread it is leaked
+/// instead (the lock stays held until the process exits, as for a leaked C
+/// batch). A child forked while the batch was open inherits the object but
+/// not the lock (`SEM_UNDO` adjustments are not inherited) and must not
+/// touch the parent's staging in the shared segment: in another process
+/// every use is a `RuntimeError`, and ending or dropping it leaks it there
+/// (it never commits, aborts or releases the semaphore).
 struct OwnedTxn {
     txn: std::mem::ManuallyDrop<RawTxn<'static>>,
     owner: ThreadId,
+    /// `std::process::id()` of the process that began it.
+    pid: u32,
     /// The map handle the transaction borrows (kept alive past the
     /// transaction: declared after it, and leaked with it).
     map: Arc<RawMap>,
@@ -934,34 +945,70 @@ fn wrong_thread() -> PyErr {
     )
 }
 
+fn forked_batch() -> PyErr {
+    PyRuntimeError::new_err(
+        "this shmkv batch was open when the process forked: it belongs to the parent \
+         (which holds the lock); the child cannot use, commit or end it",
+    )
+}
+
+/// Where a transaction is used from, relative to where it was begun.
+#[derive(PartialEq, Eq)]
+enum Whose {
+    Mine,
+    OtherThread,
+    /// A child forked while it was open.
+    OtherProcess,
+}
+
 impl OwnedTxn {
-    fn mine(&self) -> bool {
-        std::thread::current().id() == self.owner
+    fn whose(&self) -> Whose {
+        if std::process::id() != self.pid {
+            Whose::OtherProcess
+        } else if std::thread::current().id() != self.owner {
+            Whose::OtherThread
+        } else {
+            Whose::Mine
+        }
+    }
+
+    fn check(&self) -> PyResult<()> {
+        match self.whose() {
+            Whose::Mine => Ok(()),
+            Whose::OtherThread => Err(wrong_thread()),
+            Whose::OtherProcess => Err(forked_batch()),
+        }
     }
 
     fn get(&self) -> PyResult<&RawTxn<'static>> {
-        if self.mine() {
-            Ok(&self.txn)
-        } else {
-            Err(wrong_thread())
-        }
+        self.check()?;
+        Ok(&self.txn)
     }
 
     fn get_mut(&mut self) -> PyResult<&mut RawTxn<'static>> {
-        if self.mine() {
-            Ok(&mut self.txn)
-        } else {
-            Err(wrong_thread())
-        }
+        self.check()?;
+        Ok(&mut self.txn)
     }
 
-    /// The transaction, to commit or abort it; `None` (and the
-    /// transaction left in `slot`) on another thread.
-    fn end(slot: &mut Option<OwnedTxn>) -> Option<RawTxn<'static>> {
-        if !slot.as_ref()?.mine() {
-            return None;
+    /// The transaction, to commit or abort it. On another thread an error,
+    /// the transaction left in `slot`; in a forked child `Ok(None)`: the
+    /// slot is emptied and the inherited transaction leaked (by `Drop`).
+    fn end(slot: &mut Option<OwnedTxn>) -> PyResult<Option<RawTxn<'static>>> {
+        let Some(t) = slot.as_ref() else {
+            return Ok(None);
+        };
+        match t.whose() {
+            Whose::OtherThread => return Err(wrong_thread()),
+            Whose::OtherProcess => {
+                drop(slot.take());
+                return Ok(None);
+            }
+            Whose::Mine => {}
         }
-        let mut me = std::mem::ManuallyDrop::new(slot.take()?);
+        let Some(t) = slot.take() else {
+            return Ok(None);
+        };
+        let mut me = std::mem::ManuallyDrop::new(t);
         // SAFETY: moved out once; `me` is never dropped (ManuallyDrop), and
         // its `map` is released below after the transaction is moved out.
         let txn = unsafe { std::mem::ManuallyDrop::take(&mut me.txn) };
@@ -971,19 +1018,20 @@ impl OwnedTxn {
         // another clone of the same `Arc` (its `map` field) for as long
         // as it lives, which outlives the transaction's end.
         drop(map);
-        Some(txn)
+        Ok(Some(txn))
     }
 }
 
 impl Drop for OwnedTxn {
     fn drop(&mut self) {
-        if self.mine() {
+        if self.whose() == Whose::Mine {
             // SAFETY: dropped once, on the thread that began it, before
             // the `map` field (dropped after this body).
             unsafe { std::mem::ManuallyDrop::drop(&mut self.txn) };
         } else {
             // Leak the transaction and a reference to its map: its pin may
-            // not be released from this thread.
+            // not be released from this thread, and in a forked child
+            // dropping it would release the parent's lock.
             std::mem::forget(self.map.clone());
         }
     }
@@ -1054,6 +1102,7 @@ impl Batch {
         slf.txn = Some(OwnedTxn {
             txn: std::mem::ManuallyDrop::new(txn),
             owner: std::thread::current().id(),
+            pid: std::process::id(),
             map: slf.map.clone(),
         });
         Ok(slf)
@@ -1084,18 +1133,22 @@ impl Batch {
                 "the batch is not open (already committed or aborted?)",
             ));
         }
-        let txn = OwnedTxn::end(&mut self.txn).ok_or_else(wrong_thread)?;
+        let txn = OwnedTxn::end(&mut self.txn)?;
         self.done = true;
         self.staged.clear();
-        detached(py, || txn.commit()).py_err()
+        match txn {
+            Some(txn) => detached(py, || txn.commit()).py_err(),
+            // A forked child: the batch is the parent's.
+            None => Err(forked_batch()),
+        }
     }
 
     /// Discards everything staged and releases the lock.
     fn abort(&mut self) -> PyResult<()> {
-        if self.txn.is_some() {
-            OwnedTxn::end(&mut self.txn)
-                .ok_or_else(wrong_thread)?
-                .abort();
+        // In a forked child `end` leaks the parent's transaction: nothing
+        // of it is the child's to abort.
+        if let Some(txn) = OwnedTxn::end(&mut self.txn)? {
+            txn.abort();
         }
         self.done = true;
         self.staged.clear();
@@ -1242,6 +1295,10 @@ fn _value_address(m: &Bound<'_, Map>, key: &Bound<'_, PyAny>) -> PyResult<Option
 
 #[pymodule]
 fn _shmkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A `get_buffer` view taken on one thread may be read by the thread
+    // that forks, in the child: the child keeps the generations the
+    // parent's other threads had pinned (see `PinnedRef`).
+    shmkv::retain_foreign_pins_at_fork();
     m.add_class::<Map>()?;
     m.add_class::<Batch>()?;
     m.add_class::<Pinned>()?;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 
 import pytest
@@ -102,3 +103,54 @@ def test_buffer_of_pickled_value(m):
     m["k"] = {"a": 1}
     with m.get_buffer("k") as buf:
         assert pickle.loads(buf) == {"a": 1}
+
+
+@pytest.mark.parametrize("taker", ["forking-thread", "other-thread", "exited-thread"])
+def test_view_held_across_fork_stays_mapped_in_the_child(mb, taker):
+    """A view taken before os.fork(), on the forking thread or on another
+    thread (alive at the fork, or already ended), keeps its bytes mapped in
+    the child while the child rewrites and compacts; the parent's view is
+    unaffected."""
+    mb["k"] = b"A" * 1000
+    views = []
+    took, done = threading.Event(), threading.Event()
+
+    def take():
+        views.append(mb.get_buffer("k"))
+        took.set()
+        done.wait()
+
+    if taker == "forking-thread":
+        views.append(mb.get_buffer("k"))
+    else:
+        t = threading.Thread(target=take)
+        t.start()
+        took.wait()
+        if taker == "exited-thread":
+            done.set()
+            t.join()
+    v = views[0]
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for i in range(5):
+                    mb["k"] = bytes([66 + i]) * 1000
+                    mb.compact()
+                code = 0 if bytes(v) == b"A" * 1000 else 2
+                v.release()
+                mb.compact()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        # Before: the child died of SIGSEGV (-11) reading a view pinned by
+        # the parent's other thread, whose pin the fork reset had voided.
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert bytes(v) == b"A" * 1000
+        assert mb["k"] == b"F" * 1000
+    finally:
+        done.set()
+        if taker != "forking-thread":
+            t.join()
+        v.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import pickle
@@ -36,6 +37,79 @@ def test_fork_after_open(m):
     assert os.waitstatus_to_exitcode(status) == 0
     assert m["child"] == pid and m["child-batch"] == 2
     m["after"] = 3  # the parent's handle is unaffected
+    m.verify()
+
+
+@pytest.mark.parametrize("how", ["exception", "commit", "drop"])
+def test_a_batch_open_at_fork_stays_the_parents(maps, how):
+    """A child forked inside a batch inherits the object but not the lock:
+    it can neither stage into the parent's batch (whose records are in the
+    shared segment), nor commit it, nor release the parent's lock by
+    leaving the block (an exception, e.g. sys.exit) or dropping it."""
+    m = maps.new()
+    b = m.batch()
+    b.__enter__()
+    b["p"] = 1
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            try:
+                b["c"] = 2
+                code |= 1  # staged into the parent's batch
+            except RuntimeError:
+                pass
+            if how == "exception":
+                try:
+                    b.__exit__(SystemExit, SystemExit(0), None)
+                except BaseException:
+                    code |= 2  # the exception leaving the block was replaced
+            elif how == "commit":
+                try:
+                    b.commit()
+                    code |= 2  # committed the parent's batch
+                except RuntimeError:
+                    pass
+            else:
+                del b
+                gc.collect()
+            other = shmkv.Map(m.name, create=False, lock_timeout=0.3)
+            try:
+                other["x"] = 3
+                code |= 4  # took the lock the parent holds
+            except shmkv.LockTimeoutError:
+                pass
+        except BaseException:
+            code |= 64
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    b.commit()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert dict(m.items()) == {"p": 1}
+    m.verify()
+
+
+def test_a_child_forked_inside_a_batch_writes_after_the_parent_commits(m):
+    """The inherited handle of a child forked inside a batch is not 'inside
+    the batch' in the child: its writes wait for the parent's commit
+    instead of failing with NestedWriteError for the child's life."""
+    with m.batch() as b:
+        b["p"] = 1
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                m["c"] = 2  # waits for the parent's lock
+                code = 0
+            except shmkv.NestedWriteError:
+                code = 3
+            finally:
+                os._exit(code)
+        time.sleep(0.2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert m["p"] == 1 and m["c"] == 2
     m.verify()
 
 

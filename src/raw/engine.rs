@@ -55,6 +55,12 @@ pub(crate) struct Engine {
     /// Process-local: the thread (address of a thread-local) holding the
     /// write lock through this handle, 0 if none. Detects nested writes.
     pub(super) writer_thread: AtomicUsize,
+    /// The fork epoch `writer_thread` was set in: in a child forked while
+    /// one of its parent's threads held the lock (the forking thread
+    /// inside a batch), the mark is stale (the child does not hold the
+    /// semaphore), so its writes wait for the lock instead of failing with
+    /// `NestedWrite` for good.
+    pub(super) writer_epoch: std::sync::atomic::AtomicU32,
     /// The last committed redo log readers parsed (generation word, log),
     /// so that reads during an apply parse each log once per process.
     pub(super) overlay_cache: std::sync::RwLock<Option<(u64, Arc<Overlay>)>>,
@@ -89,6 +95,8 @@ impl<'m> WriteGuard<'m> {
     /// The calling thread holds `map`'s semaphore (acquired, not yet
     /// released) and nothing else will release it.
     pub(super) unsafe fn new(map: &'m Engine) -> WriteGuard<'m> {
+        map.writer_epoch
+            .store(super::gens::fork_epoch(), Ordering::Relaxed);
         map.writer_thread.store(thread_mark(), Ordering::Relaxed);
         WriteGuard {
             map,
@@ -260,7 +268,11 @@ impl Engine {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        if self.writer_thread.load(Ordering::Relaxed) == thread_mark() {
+        // Only this thread stores its own mark, so a match means it holds
+        // the lock, unless the mark dates from before a fork.
+        if self.writer_thread.load(Ordering::Relaxed) == thread_mark()
+            && self.writer_epoch.load(Ordering::Relaxed) == super::gens::fork_epoch()
+        {
             return Err(Error::NestedWrite);
         }
         self.sem

@@ -422,6 +422,7 @@ impl Engine {
             gens: Gens::new(first),
             root: root_seg,
             writer_thread: AtomicUsize::new(0),
+            writer_epoch: std::sync::atomic::AtomicU32::new(0),
             overlay_cache: std::sync::RwLock::new(None),
             waiter_root: std::sync::OnceLock::new(),
             raw_writes_ok: opts.typed.is_some() || opts.raw_writes,

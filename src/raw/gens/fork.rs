@@ -45,6 +45,23 @@ pub(super) fn token() -> u32 {
     }
 }
 
+/// Whether the fork reset keeps, instead of voiding, the pins of threads
+/// the child does not have (`retain_foreign_pins_at_fork`). Off unless a
+/// binding turns it on.
+static RETAIN_FOREIGN_PINS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, a forked child keeps the generations that other threads of
+/// its parent had pinned at the fork mapped for its whole life (their
+/// records become DEAD with their counted slots still named), instead of
+/// voiding those pins. For bindings whose pinned bytes are reachable from
+/// every thread (the Python package's `get_buffer` views: a view taken on
+/// one thread may be read by the thread that forks, in the child). The
+/// cost: those generations stay mapped in the child.
+pub(crate) fn retain_foreign_pins_at_fork() {
+    RETAIN_FOREIGN_PINS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[cfg(not(loom))]
 extern "C" fn after_fork_in_child() {
     // Async-signal-safe: atomics and a const thread-local without a
@@ -154,7 +171,19 @@ impl<G: Numbered> Gens<G> {
             if w & 3 < FREE && epoch != now && owner != survivor {
                 // The owner does not exist in this process (claimers only
                 // take FREE records, so nobody else changes this one): its
-                // pins are void.
+                // pins are void. Unless a binding asked to keep them (its
+                // pinned bytes are reachable from the surviving thread):
+                // then the counted slots stay named and the record DEAD,
+                // never reused or released.
+                if RETAIN_FOREIGN_PINS.load(O::Relaxed) && !r.idle() {
+                    for (s, c) in r.named.iter().zip(&r.counts) {
+                        if c.get() == 0 {
+                            s.store(std::ptr::null_mut(), Ordering::Relaxed);
+                        }
+                    }
+                    r.state.store(w & !3 | DEAD, O::Release);
+                    continue;
+                }
                 for (s, c) in r.named.iter().zip(&r.counts) {
                     c.set(0);
                     s.store(std::ptr::null_mut(), Ordering::Relaxed);

@@ -32,6 +32,7 @@
 
 mod barrier;
 mod fork;
+pub(crate) use fork::retain_foreign_pins_at_fork;
 mod pin;
 mod reclaim;
 mod records;
@@ -41,6 +42,12 @@ mod tests;
 use std::ptr;
 
 use self::fork::{register_fork_handler, ForkGuard, ForkLock, FORK_EPOCH};
+
+/// The process's fork count (bumped in a child by the atfork handler): a
+/// mark taken before a `fork` is stale in the child.
+pub(crate) fn fork_epoch() -> u32 {
+    FORK_EPOCH.load(std::sync::atomic::Ordering::Acquire)
+}
 use self::reclaim::Retired;
 use self::records::Node;
 use super::provider::Segment;

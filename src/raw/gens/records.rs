@@ -25,7 +25,9 @@ pub(super) const ORPHAN: u64 = 1;
 /// Unused: a thread may claim it.
 pub(super) const FREE: u64 = 2;
 /// Never used again: its owner was lost to a `fork` in the middle of a
-/// `RefCell` borrow of `more` (its slots are cleared).
+/// `RefCell` borrow of `more` (its slots are cleared), or whose pins a
+/// binding asked to retain at that fork (`retain_foreign_pins_at_fork`:
+/// its counted slots stay named for good).
 pub(super) const DEAD: u64 = 3;
 
 /// A record's state word: the state, the owner's token (bits 2..32) and
