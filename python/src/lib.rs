@@ -4,7 +4,7 @@
 //! classes defined here with `collections.abc.MutableMapping`, so that the
 //! hot methods (`__getitem__`, `get`, `__contains__`, `__setitem__`) stay
 //! native and the mixins (`pop`, `update`, `keys`, ...) come from Python.
-//! See `DESIGN-python.md` for the pins, the GIL, threads and `fork`.
+//! See DESIGN.md, "The Python package", for the pins, the GIL, threads and `fork`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
