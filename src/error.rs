@@ -213,6 +213,19 @@ pub enum Error {
     /// A write was started inside another write on the same map and thread.
     #[error("nested write on the same map (would deadlock)")]
     NestedWrite,
+    /// A batch (`RawTxn`, or the batch of a `write` closure) used in a
+    /// process forked while it was open: it belongs to the process that
+    /// began it (which holds the lock; the child does not), so the child
+    /// can neither stage into it nor commit it, and ending it there leaves
+    /// the parent's lock and staging alone. Begin a new write in the child.
+    #[error(
+        "this batch was begun by process {owner_pid} before a fork: it belongs to that \
+         process; begin a new write in this one"
+    )]
+    InheritedWrite {
+        /// The process that began the batch.
+        owner_pid: u32,
+    },
     /// Inside a `view` closure only: a write began after the view started
     /// and a read met it, so this run of the closure cannot be consistent;
     /// the view runs the closure again (it never returns this error).

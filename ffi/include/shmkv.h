@@ -83,6 +83,12 @@
 // belong to shmkv (the sync state of `shmkv sync`).
 #define SHMKV_E_RESERVED_KEY -21
 
+// A batch used in a process forked while it was open: it belongs to the
+// process that began it (which holds the lock). Staging and committing
+// are refused; `shmkv_batch_abort` (or `shmkv_close`) in the child frees
+// the child's copy and leaves the parent's lock and staging alone.
+#define SHMKV_E_INHERITED_WRITE -22
+
 // `shmkv_get_copy`: the key is not in the map (not an error).
 #define SHMKV_ABSENT -100
 

@@ -83,6 +83,11 @@ pub const SHMKV_E_OTHER: i32 = -20;
 /// A write of a reserved key: keys beginning with the bytes `"\0shmkv:"`
 /// belong to shmkv (the sync state of `shmkv sync`).
 pub const SHMKV_E_RESERVED_KEY: i32 = -21;
+/// A batch used in a process forked while it was open: it belongs to the
+/// process that began it (which holds the lock). Staging and committing
+/// are refused; `shmkv_batch_abort` (or `shmkv_close`) in the child frees
+/// the child's copy and leaves the parent's lock and staging alone.
+pub const SHMKV_E_INHERITED_WRITE: i32 = -22;
 /// `shmkv_get_copy`: the key is not in the map (not an error).
 pub const SHMKV_ABSENT: i64 = -100;
 
@@ -220,6 +225,7 @@ fn code_of(e: &Error) -> i32 {
         Error::NestedWrite => SHMKV_E_NESTED_WRITE,
         Error::Os { .. } => SHMKV_E_OS,
         Error::ReservedKey { .. } => SHMKV_E_RESERVED_KEY,
+        Error::InheritedWrite { .. } => SHMKV_E_INHERITED_WRITE,
         _ => SHMKV_E_OTHER,
     }
 }

@@ -130,3 +130,50 @@ fn sync_state_and_reserved_keys() {
     // SAFETY: closed once.
     unsafe { shmkv_close(m) };
 }
+
+/// A batch open across `fork()`: the child's copy refuses staging and
+/// commit (`SHMKV_E_INHERITED_WRITE`) and its abort releases nothing of the
+/// parent's; the parent then commits its batch whole.
+#[test]
+fn a_batch_open_at_fork_stays_the_parents() {
+    let n = Named::new("fork-batch");
+    let m = open(&n);
+    let mut b = ptr::null_mut();
+    // SAFETY: an open handle, a valid out-pointer.
+    assert_eq!(unsafe { shmkv_batch_begin(m, &mut b) }, SHMKV_OK);
+    // SAFETY: an open batch, valid byte ranges.
+    let rc = unsafe { shmkv_batch_insert(b, b"p".as_ptr(), 1, b"1".as_ptr(), 1) };
+    assert_eq!(rc, SHMKV_OK);
+    // SAFETY: the child only calls the C API on its copies and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: as above; the child's copies of the handle and batch.
+        let code = unsafe {
+            libc::alarm(20);
+            if shmkv_batch_insert(b, b"c".as_ptr(), 1, b"x".as_ptr(), 1) != SHMKV_E_INHERITED_WRITE
+            {
+                1
+            } else if shmkv_batch_commit(b) != SHMKV_E_INHERITED_WRITE {
+                2
+            } else {
+                0
+            }
+        };
+        // SAFETY: ends the child without the test harness.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: our child; a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child: 1 staged into, 2 committed the parent's batch (status {status})"
+    );
+    // SAFETY: the parent's open batch.
+    assert_eq!(unsafe { shmkv_batch_commit(b) }, SHMKV_OK);
+    assert_eq!(contains(m, b"p"), SHMKV_OK);
+    assert_eq!(contains(m, b"c"), SHMKV_MISSING);
+    // SAFETY: an open handle, closed once.
+    unsafe { shmkv_close(m) };
+}

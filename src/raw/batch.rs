@@ -20,9 +20,34 @@ pub struct RawBatch<'b> {
     /// A new generation the batch moved to (unpublished until commit).
     pub(super) fresh: Option<Box<Generation>>,
     pub(super) stager: Stager<'b>,
+    /// The fork epoch and process the batch began in (`check_process`).
+    pub(super) owner: (u32, u32),
 }
 
 impl RawBatch<'_> {
+    /// The `owner` of a batch begun now, in this process.
+    pub(super) fn owner_here() -> (u32, u32) {
+        (super::gens::fork_epoch(), std::process::id())
+    }
+
+    /// Whether the batch was begun in another process: this is a child
+    /// forked while the batch was open (the fork epoch moved on).
+    fn inherited(&self) -> bool {
+        self.owner.0 != super::gens::fork_epoch()
+    }
+
+    /// [`Error::InheritedWrite`] in a child forked while the batch was
+    /// open: its staged records are in the shared arena and its lock is
+    /// the parent's, so nothing here may touch them.
+    fn check_process(&self) -> Result<()> {
+        if self.inherited() {
+            return Err(Error::InheritedWrite {
+                owner_pid: self.owner.1,
+            });
+        }
+        Ok(())
+    }
+
     pub(super) fn table(&self) -> &Table {
         &self.fresh.as_deref().unwrap_or(self.base).table
     }
@@ -62,6 +87,7 @@ impl RawBatch<'_> {
 
     /// `insert` without the reserved-key check (the sync state).
     pub(crate) fn insert_system(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_process()?;
         // The system key is not a value of a typed map's type: no check.
         if !self.map.raw_writes_ok && !crate::sync_state::is_reserved_key(key) {
             if let Some((_, schema)) = super::schema::recorded(self.map.root()) {
@@ -93,6 +119,7 @@ impl RawBatch<'_> {
 
     /// `remove` without the reserved-key check (the sync state).
     pub(crate) fn remove_system(&mut self, key: &[u8]) -> Result<bool> {
+        self.check_process()?;
         let h = hash_key(self.map.seed, key);
         let t = &self.fresh.as_deref().unwrap_or(self.base).table;
         self.stager.remove(t, key, h)
@@ -101,6 +128,7 @@ impl RawBatch<'_> {
     /// The value of `key` as this batch sees the map (its own writes
     /// included).
     pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
+        self.check_process()?;
         let h = hash_key(self.map.seed, key);
         self.stager.get(self.table(), key, h)
     }
@@ -177,6 +205,7 @@ impl RawBatch<'_> {
     /// Commits the batch: in place, or by moving to a new generation when
     /// the table or arena is full, then publishing it.
     pub(super) fn commit(mut self) -> Result<()> {
+        self.check_process()?;
         let mut moves = 0;
         loop {
             let result = match self.fresh.as_deref() {
@@ -201,6 +230,13 @@ impl RawBatch<'_> {
 
 impl Drop for RawBatch<'_> {
     fn drop(&mut self) {
+        if self.inherited() {
+            // The parent's batch in a forked child: its unpublished
+            // generation and the root's `pending` word are the parent's.
+            // Leak this process's copy of the handle instead.
+            std::mem::forget(self.fresh.take());
+            return;
+        }
         // An unpublished generation (the batch failed or panicked): remove it.
         if let Some(fresh) = self.fresh.take() {
             let _ = self.map.provider.remove(fresh.seg.id);

@@ -86,6 +86,10 @@ pub(super) fn thread_mark() -> usize {
 pub(super) struct WriteGuard<'m> {
     map: &'m Engine,
     lock: WriteLock,
+    /// The fork epoch the lock was taken in: in a child forked while it
+    /// was held, the semaphore is the parent's (`SEM_UNDO` adjustments are
+    /// not inherited), so dropping the guard there releases nothing.
+    epoch: u32,
 }
 
 impl<'m> WriteGuard<'m> {
@@ -95,13 +99,14 @@ impl<'m> WriteGuard<'m> {
     /// The calling thread holds `map`'s semaphore (acquired, not yet
     /// released) and nothing else will release it.
     pub(super) unsafe fn new(map: &'m Engine) -> WriteGuard<'m> {
-        map.writer_epoch
-            .store(super::gens::fork_epoch(), Ordering::Relaxed);
+        let epoch = super::gens::fork_epoch();
+        map.writer_epoch.store(epoch, Ordering::Relaxed);
         map.writer_thread.store(thread_mark(), Ordering::Relaxed);
         WriteGuard {
             map,
             // SAFETY: the caller holds the map's semaphore (forwarded).
             lock: unsafe { WriteLock::assume_held() },
+            epoch,
         }
     }
 
@@ -113,6 +118,12 @@ impl<'m> WriteGuard<'m> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
+        if self.epoch != super::gens::fork_epoch() {
+            // A child forked while the lock was held (inside a batch): the
+            // lock, the `applying` word and the nested-write mark are the
+            // parent's (the mark is stale here by its epoch).
+            return;
+        }
         // Only a panic can leave a committed write unfinished (the steps
         // after the commit store return no errors): finish it.
         if std::thread::panicking() {
@@ -340,6 +351,7 @@ impl Engine {
             base,
             fresh: None,
             stager: Stager::new(&base.table, guard.token()),
+            owner: RawBatch::owner_here(),
         };
         if compact || base.table.wants_compaction() {
             batch.migrate(None)?;
@@ -399,6 +411,12 @@ impl Engine {
 
     /// Counters and identity (costs a few system calls).
     pub(crate) fn stats(&self) -> Result<Stats> {
+        // User entries: the hidden sync state is not counted (`len` reads
+        // the count and the key from one consistent snapshot). Read before
+        // this pin is taken: `len` pins the generation in force on its own,
+        // and a generation published in between would otherwise be mapped
+        // and pinned twice over when `mapped_generations` is counted.
+        let live = self.len() as u64;
         let pin = self.gens.pin();
         let g = self.current(&pin)?;
         // A committed write being applied counts as applied (as for `len`).
@@ -411,9 +429,7 @@ impl Engine {
             key: self.key,
             generation: g.number,
             capacity: g.table.capacity(),
-            // User entries: the hidden sync state is not counted (`len`
-            // reads the count and the key from one consistent snapshot).
-            live: self.len() as u64,
+            live,
             tombstones: h.tombstones.load(Ordering::Relaxed),
             arena_size: g.table.arena_size(),
             arena_used: h.arena_used.load(Ordering::Relaxed),

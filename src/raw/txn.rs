@@ -75,6 +75,7 @@ impl Engine {
             base,
             fresh: None,
             stager: Stager::new(&base.table, token),
+            owner: RawBatch::owner_here(),
         };
         if base.table.wants_compaction() {
             batch.migrate(None)?;
