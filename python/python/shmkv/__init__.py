@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any, Iterator, List, Optional, Tuple, Union
 
-from . import _shmkv
+from . import _errors, _shmkv
 from ._errors import (
     CorruptedError,
     Error,
@@ -196,17 +196,5 @@ __all__ = [
     "list_maps",
     "parse_size",
     "MAX_KEY_LEN",
-    "Error",
-    "NotFoundError",
-    "MapNotFoundError",
-    "MapExistsError",
-    "PermissionDeniedError",
-    "ReadOnlyError",
-    "InvalidArgumentError",
-    "TooLargeError",
-    "FullError",
-    "LockTimeoutError",
-    "CorruptedError",
-    "IncompatibleError",
-    "NestedWriteError",
+    *_errors.__all__,
 ]
