@@ -15,7 +15,7 @@ use pyo3::exceptions::{PyBufferError, PyRuntimeError, PyTypeError, PyValueError}
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
-use shmkv::{Error, Options, RawMap, RawTxn, Ref, Size};
+use shmkv::{Error, HugePages, Options, RawMap, RawTxn, Ref, Size};
 
 // ---------------------------------------------------------------- errors
 
@@ -367,10 +367,10 @@ impl Map {
     #[new]
     #[pyo3(signature = (name, *, create=true, capacity=None, arena=None, max_size=None,
         mode=0o600, read_only=false, lock_timeout=5.0, sysv_key=None, ftok=None,
-        codec="pickle"),
+        codec="pickle", huge_pages="off"),
         text_signature = "(name, *, create=True, capacity=None, arena=None, max_size=None, \
             mode=0o600, read_only=False, lock_timeout=5.0, sysv_key=None, ftok=None, \
-            codec='pickle')")]
+            codec='pickle', huge_pages='off')")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -385,6 +385,7 @@ impl Map {
         sysv_key: Option<i32>,
         ftok: Option<&Bound<'_, PyAny>>,
         codec: &str,
+        huge_pages: &str,
     ) -> PyResult<Map> {
         let name: String = name
             .cast::<PyString>()
@@ -392,7 +393,20 @@ impl Map {
             .to_str()?
             .to_owned();
         let codec = Codec::new(py, codec)?;
-        let mut opts = Options::new().mode(mode).read_only(read_only);
+        let huge = match huge_pages {
+            "off" => HugePages::Off,
+            "try" => HugePages::Try,
+            "require" => HugePages::Require,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "huge_pages is 'off', 'try' or 'require', not {other:?}"
+                )))
+            }
+        };
+        let mut opts = Options::new()
+            .mode(mode)
+            .read_only(read_only)
+            .huge_pages(huge);
         if let Some(c) = capacity {
             if !c.is_none() {
                 if c.is_instance_of::<pyo3::types::PyBool>()

@@ -165,6 +165,45 @@ def test_sizes_accept_ints_and_human_strings(maps):
         shmkv.parse_size("-5mb")
 
 
+def _free_huge_pages() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("HugePages_Free:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_huge_pages_option(maps):
+    """huge_pages='off'|'try'|'require' reaches Options::huge_pages: the policy
+    is recorded, 'try' falls back to normal pages when the kernel has none
+    free, 'require' then raises an error naming vm.nr_hugepages and creates
+    nothing; with free pages both get 2 MiB pages."""
+    with pytest.raises(ValueError):
+        maps.new(huge_pages="sometimes")
+    with pytest.raises(TypeError):
+        maps.new(huge_pages=1)
+    off = maps.new()
+    assert off.stats()["huge_page_policy"] == "Off" and off.stats()["huge_pages"] is False
+    # A small map: 1 MiB arena and 1,024 slots fit in a few 2 MiB pages.
+    free = _free_huge_pages()
+    t = maps.new(huge_pages="try")
+    assert t.stats()["huge_page_policy"] == "Try"
+    t["k"] = 1
+    assert t["k"] == 1
+    name = maps.name("req")
+    if free >= 4:
+        assert t.stats()["huge_pages"] is True
+        r = shmkv.Map(name, capacity=1024, arena="1mb", huge_pages="require")
+        assert r.stats()["huge_pages"] is True and r.stats()["huge_page_policy"] == "Require"
+    else:
+        assert t.stats()["huge_pages"] is False
+        with pytest.raises(shmkv.Error) as e:
+            shmkv.Map(name, capacity=1024, arena="1mb", huge_pages="require")
+        assert "nr_hugepages" in str(e.value)
+        with pytest.raises(shmkv.MapNotFoundError):
+            shmkv.Map(name, create=False)
+
+
 def test_open_existing_and_missing(maps):
     """create=False opens an existing map; a missing map is MapNotFoundError (not a KeyError)."""
     a = maps.new()
