@@ -186,6 +186,19 @@ struct Change {
     dels: Vec<Vec<u8>>,
 }
 
+/// What a batch of `Syncer::apply` writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// A snapshot at one revision (replaces the contents).
+    Snapshot,
+    /// The events of one etcd revision.
+    Revision,
+    /// A progress notification: no event of the prefix up to this
+    /// revision was left unsent, so the stored revision moves up to it
+    /// (no data changes; the time of the last event stays).
+    Progress,
+}
+
 struct Syncer<'a> {
     args: &'a EtcdArgs,
     map: RawMap,
@@ -529,7 +542,7 @@ impl Syncer<'_> {
         drop(keep);
         let n = change.puts.len();
         let removed = change.dels.len();
-        self.apply(rev, &change, true)?;
+        self.apply(rev, &change, Applied::Snapshot)?;
         info!(
             revision = rev,
             keys = n,
@@ -613,6 +626,20 @@ impl Syncer<'_> {
             if let Some(h) = resp.header() {
                 self.seen = self.seen.max(h.revision());
             }
+            // A progress notification (no events, not the creation
+            // response, whose header revision says nothing about what was
+            // sent): etcd sends it only to a synced watcher, so every event
+            // of the prefix up to its header revision has been delivered.
+            // Storing that revision keeps a quiet prefix's resume point
+            // ahead of etcd's compaction (no fresh snapshot on reconnect).
+            if resp.events().is_empty() && !resp.created() {
+                if let Some(h) = resp.header() {
+                    if h.revision() > self.state.revision {
+                        self.apply(h.revision(), &Change::default(), Applied::Progress)?;
+                    }
+                }
+                continue;
+            }
             // Group the events by revision (a response never splits one).
             let mut cur: Option<(i64, Change)> = None;
             for ev in resp.events() {
@@ -620,7 +647,7 @@ impl Syncer<'_> {
                 let rev = kv.mod_revision();
                 if let Some((r, c)) = cur.take() {
                     if r != rev {
-                        self.apply(r, &c, false)?;
+                        self.apply(r, &c, Applied::Revision)?;
                         cur = Some((rev, Change::default()));
                     } else {
                         cur = Some((r, c));
@@ -636,15 +663,15 @@ impl Syncer<'_> {
                 }
             }
             if let Some((r, c)) = cur {
-                self.apply(r, &c, false)?;
+                self.apply(r, &c, Applied::Revision)?;
             }
         }
     }
 
     /// Applies one revision (or a snapshot) and its sync state as one
     /// batch; checks the lease in the same batch.
-    fn apply(&mut self, rev: i64, c: &Change, snapshot: bool) -> Result<(), Fault> {
-        if !snapshot && rev <= self.state.revision {
+    fn apply(&mut self, rev: i64, c: &Change, kind: Applied) -> Result<(), Fault> {
+        if kind != Applied::Snapshot && rev <= self.state.revision {
             // Already applied (a resumed watch never sends these; guard).
             return Ok(());
         }
@@ -656,7 +683,9 @@ impl Syncer<'_> {
         next.endpoints = self.args.endpoints.join(",");
         next.revision = rev;
         next.seen_revision = self.seen.max(rev);
-        next.last_event_unix_ms = now;
+        if kind != Applied::Progress {
+            next.last_event_unix_ms = now;
+        }
         next.updated_unix_ms = now;
         next.owner_pid = self.me.0;
         next.owner_start_time = self.me.1;
@@ -688,7 +717,12 @@ impl Syncer<'_> {
             return Err(Fault::Stop(Stop(exit::LEASE)));
         }
         self.state = next;
-        if !snapshot {
+        if kind == Applied::Progress {
+            debug!(
+                revision = rev,
+                "progress: no event of the prefix up to this revision"
+            );
+        } else if kind == Applied::Revision {
             self.revs += 1;
             self.events += (c.puts.len() + c.dels.len()) as u64;
             debug!(

@@ -657,3 +657,49 @@ fn extreme_intervals_and_page_sizes_do_not_panic() {
     assert!(sync.running(), "{}", sync.log());
     assert_eq!(sync.signal_and_wait(SIGTERM), Some(0));
 }
+
+/// A quiet prefix in a busy etcd: progress notifications move the stored
+/// revision up with etcd's, so after a compaction past the prefix's last
+/// event a restarted sync still resumes its watch (no fresh snapshot).
+/// Before, the stored revision stayed at the prefix's last event, and every
+/// reconnection after such a compaction took a whole snapshot.
+#[test]
+fn progress_notifications_keep_a_quiet_prefix_resumable_after_compaction() {
+    let etcd = Etcd::start_with(&["--experimental-watch-progress-notify-interval", "200ms"]);
+    let map = MapGuard(unique("progress"));
+    let mut c = etcd.client();
+    c.put_all(&kvs("/quiet/", 20, "a"));
+    let mut sync = Sync::start(&etcd, "/quiet/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/quiet/", &map.0, false, &sync);
+    let last_event = RawMap::open(&map.0, &Options::new())
+        .unwrap()
+        .sync_state()
+        .unwrap()
+        .unwrap()
+        .last_event_unix_ms;
+    // Busy elsewhere: revisions that are not the prefix's.
+    c.put_all(&kvs("/busy/", 200, "b"));
+    let busy = etcd.revision();
+    wait_for(
+        Duration::from_secs(15),
+        "the stored revision to follow etcd's through progress notifications",
+        || map_revision(&map.0) >= busy,
+    );
+    let st = RawMap::open(&map.0, &Options::new())
+        .unwrap()
+        .sync_state()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        st.last_event_unix_ms, last_event,
+        "a progress notification is not an event"
+    );
+    assert_eq!(sync.signal_and_wait(SIGTERM), Some(0));
+    etcd.ctl_ok(&["compact", &busy.to_string()]);
+    let sync = Sync::start(&etcd, "/quiet/", &map.0, &[]);
+    c.put_all(&kvs("/quiet/", 5, "c"));
+    assert_converges(&etcd, "/quiet/", &map.0, false, &sync);
+    let log = sync.log();
+    assert!(log.contains("resuming the watch"), "{log}");
+    assert!(!log.contains("snapshot applied"), "{log}");
+}

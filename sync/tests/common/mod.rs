@@ -46,12 +46,19 @@ pub struct Etcd {
     pub url: String,
     peer: String,
     dir: PathBuf,
+    /// More `etcd` arguments (`start_with`).
+    extra: Vec<String>,
 }
 
 impl Etcd {
     /// Starts etcd; panics (the test fails, it is never skipped) when the
     /// `etcd` binary is absent.
     pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    /// `start` with more `etcd` arguments (kept across restarts).
+    pub fn start_with(extra: &[&str]) -> Etcd {
         let found = Command::new("etcd")
             .arg("--version")
             .output()
@@ -69,6 +76,7 @@ impl Etcd {
             url: format!("http://127.0.0.1:{}", free_port()),
             peer: format!("http://127.0.0.1:{}", free_port()),
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         e.spawn();
         e
@@ -95,6 +103,7 @@ impl Etcd {
             .arg(&self.peer)
             .arg("--initial-cluster")
             .arg(format!("default={}", self.peer))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
