@@ -94,6 +94,12 @@ impl RawMap {
         Engine::destroy_by_name(p, name, opts)
     }
 
+    /// The engine (for the crate's own tests).
+    #[cfg(test)]
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.e
+    }
+
     /// The map's name.
     #[inline]
     pub fn name(&self) -> &str {

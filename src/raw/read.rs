@@ -4,7 +4,7 @@
 
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::engine::{Engine, WriteGuard};
@@ -74,20 +74,34 @@ impl Engine {
         if seq & 1 == 0 && h.commit.load(Ordering::Acquire) == 0 {
             return Ok(ReadState { seq, overlay: None });
         }
-        let cached = self
-            .overlay_cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .filter(|(w, _)| *w == g.word)
-            .map(|c| c.1.clone());
+        // The cache's lock is only tried, never waited for: the cache only
+        // saves parsing, and a `fork` leaves the lock held for good in the
+        // child if another thread of the parent held it then (std's lock
+        // does not know about `fork`); a read must not wait for a thread
+        // this process does not have. Contention only costs a parse.
+        let cached = match self.overlay_cache.try_read() {
+            Ok(c) => c
+                .as_ref()
+                .filter(|(w, _)| *w == g.word)
+                .map(|c| c.1.clone()),
+            Err(TryLockError::Poisoned(e)) => e
+                .into_inner()
+                .as_ref()
+                .filter(|(w, _)| *w == g.word)
+                .map(|c| c.1.clone()),
+            Err(TryLockError::WouldBlock) => None,
+        };
         let state = g.table.read_state(cached.as_ref())?;
         if let Some(o) = &state.overlay {
             if cached.is_none_or(|c| !Arc::ptr_eq(&c, o)) {
-                *self
-                    .overlay_cache
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Some((g.word, o.clone()));
+                let slot = match self.overlay_cache.try_write() {
+                    Ok(c) => Some(c),
+                    Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                    Err(TryLockError::WouldBlock) => None,
+                };
+                if let Some(mut slot) = slot {
+                    *slot = Some((g.word, o.clone()));
+                }
             }
         }
         Ok(state)
@@ -329,5 +343,97 @@ impl Engine {
                 std::thread::sleep(Duration::from_micros(backoff.min(10_000)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod fork_tests {
+    //! The process-local cache of parsed redo logs across `fork()`.
+    use std::time::Duration;
+
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+
+    use crate::raw::hooks::{arm, CrashPoint};
+    use crate::{Options, RawMap};
+
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = RawMap::destroy_by_name(&self.0, &Options::new());
+        }
+    }
+
+    /// A child forked while another thread of its parent held the cache's
+    /// lock (storing a log it had just parsed) reads a map whose write is
+    /// committed but not applied (its writer died): the read must not wait
+    /// for a thread the child does not have. Before: the child's read
+    /// blocked for good on the inherited `RwLock` (SIGALRM).
+    #[test]
+    fn a_child_reads_through_a_log_while_a_parent_thread_held_the_cache() {
+        let name = format!("shmkv-unit-overlay-fork-{}", std::process::id());
+        let _c = Cleanup(name.clone());
+        let opts = Options::new()
+            .capacity(16)
+            .lock_timeout(Duration::from_millis(300));
+        let m = RawMap::create(&name, &opts).unwrap();
+        m.insert(b"k", b"old").unwrap();
+        // A writer that dies right after its commit store.
+        // SAFETY: the child only writes the map (and is killed there).
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                arm(CrashPoint::AfterCommit, 0);
+                let _ = m.insert(b"k", b"new");
+                // SAFETY: not reached (the crash point kills the process).
+                unsafe { libc::_exit(3) };
+            }
+            ForkResult::Parent { child } => {
+                let st = waitpid(child, None).unwrap();
+                assert!(
+                    matches!(st, WaitStatus::Signaled(_, nix::sys::signal::SIGKILL, _)),
+                    "{st:?}"
+                );
+            }
+        }
+        // A read-only handle cannot recover: it reads through the log.
+        let ro = RawMap::open(&name, &opts.clone().read_only(true)).unwrap();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let status = std::thread::scope(|s| {
+            let ro = &ro;
+            s.spawn(move || {
+                let g = ro.engine().overlay_cache.write().unwrap();
+                held_tx.send(()).unwrap();
+                let _ = done_rx.recv();
+                drop(g);
+            });
+            held_rx.recv().unwrap();
+            // SAFETY: the child reads the map and `_exit`s.
+            let st = match unsafe { fork() }.unwrap() {
+                ForkResult::Child => {
+                    // SAFETY: plain integer argument; a hung child dies.
+                    unsafe { libc::alarm(5) };
+                    let code = match ro.get(b"k") {
+                        Ok(Some(v)) if v == b"new" => 0,
+                        _ => 1,
+                    };
+                    // SAFETY: ends the child without the parent's destructors.
+                    unsafe { libc::_exit(code) };
+                }
+                ForkResult::Parent { child } => waitpid(child, None).unwrap(),
+            };
+            done_tx.send(()).unwrap();
+            st
+        });
+        assert!(
+            matches!(status, WaitStatus::Exited(_, 0)),
+            "the child's read: {status:?} (SIGALRM: it waited for the parent \
+             thread's hold of the log cache; exit 1: a wrong value)"
+        );
+        assert_eq!(ro.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+        drop(ro);
+        // A writable handle recovers the dead write; then remove the map.
+        m.insert(b"k2", b"v").unwrap();
+        m.destroy().unwrap();
     }
 }

@@ -71,16 +71,44 @@ extern "C" fn after_fork_in_child() {
 }
 
 /// Registers the fork handler once per process. A flag rather than a
-/// `Once`, for the same reason as `barrier::MODE`; a race registers twice,
-/// which only bumps the epoch twice per fork.
+/// `Once`, for the same reason as `barrier::MODE`. The flag is set only
+/// after a registration returned, so no caller goes on (to begin a batch
+/// that a child must see as its parent's) before some handler is in
+/// place; first callers that race all register, which only bumps the
+/// epoch more than once per fork. (Before, the flag was claimed first: a
+/// second thread could open a map, begin a batch and fork while the first
+/// was still registering, and the child took that batch for its own.)
 pub(super) fn register_fork_handler() {
     #[cfg(not(loom))]
     {
+        use std::sync::atomic::Ordering as O;
         static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if !DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if !DONE.load(O::Acquire) {
+            #[cfg(test)]
+            registration_paused();
             // SAFETY: registers a plain extern "C" function with no
             // captured state; it stays valid for the life of the process.
             unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+            DONE.store(true, O::Release);
+        }
+    }
+}
+
+/// Test hook: 1 = the next registration pauses (the hook then reads 2)
+/// until a test stores 0.
+#[cfg(all(test, not(loom)))]
+pub(super) static PAUSE_REGISTRATION: std::sync::atomic::AtomicU8 =
+    std::sync::atomic::AtomicU8::new(0);
+
+#[cfg(all(test, not(loom)))]
+fn registration_paused() {
+    use std::sync::atomic::Ordering as O;
+    if PAUSE_REGISTRATION
+        .compare_exchange(1, 2, O::SeqCst, O::SeqCst)
+        .is_ok()
+    {
+        while PAUSE_REGISTRATION.load(O::SeqCst) != 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }

@@ -258,3 +258,67 @@ fn a_pin_that_followed_current_keeps_and_releases_every_generation() {
     gens.reclaim();
     assert_eq!(gens.mapped(), 1);
 }
+
+/// The first `Gens::new` of a process registers the fork handler; another
+/// thread's map opened while that registration is under way must not
+/// begin a batch that a child then takes for its own (the child's epoch
+/// would not move). Runs in a fresh process (the test binary re-executed),
+/// whose first registration is held paused by a hook.
+#[test]
+#[cfg_attr(miri, ignore = "fork and re-exec")]
+fn a_map_opened_while_the_first_registration_runs_sees_forks() {
+    const ROLE: &str = "SHMKV_UNIT_ROLE_REGISTRATION";
+    let name = "raw::gens::tests::a_map_opened_while_the_first_registration_runs_sees_forks";
+    if std::env::var_os(ROLE).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(ROLE, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("RESULT ok"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    use crate::raw::provider::HeapKernel;
+    use crate::Options;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    fork::PAUSE_REGISTRATION.store(1, O::SeqCst);
+    let k = HeapKernel::new();
+    std::thread::scope(|s| {
+        // The process's first map: its registration pauses.
+        s.spawn(|| drop(Gens::<D>::new(Box::new(D(1)))));
+        while fork::PAUSE_REGISTRATION.load(O::SeqCst) != 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let m = k.create("reg", &Options::new().capacity(4)).unwrap();
+        let mut t = Some(m.begin().unwrap());
+        t.as_mut().unwrap().insert(b"parent", b"1").unwrap();
+        // SAFETY: the child only stages into the inherited batch and
+        // `_exit`s.
+        let st = match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let code = match t.as_mut().unwrap().insert(b"child", b"2") {
+                    Err(crate::Error::InheritedWrite { .. }) => 0,
+                    _ => 1,
+                };
+                // SAFETY: ends the child without the parent's destructors.
+                unsafe { libc::_exit(code) };
+            }
+            ForkResult::Parent { child } => waitpid(child, None).unwrap(),
+        };
+        fork::PAUSE_REGISTRATION.store(0, O::SeqCst);
+        t.take().unwrap().commit().unwrap();
+        assert_eq!(
+            st,
+            WaitStatus::Exited(st.pid().unwrap(), 0),
+            "exit 1: the child staged into its parent's batch (its fork \
+             epoch did not move: no handler registered yet)"
+        );
+    });
+    println!("RESULT ok");
+}
