@@ -62,7 +62,8 @@ pub(crate) struct Engine {
     /// `NestedWrite` for good.
     pub(super) writer_epoch: std::sync::atomic::AtomicU32,
     /// The last committed redo log readers parsed (generation word, log),
-    /// so that reads during an apply parse each log once per process.
+    /// so that reads during an apply parse each log about once per process
+    /// (only tried, never waited for: see `read_state`).
     pub(super) overlay_cache: std::sync::RwLock<Option<(u64, Arc<Overlay>)>>,
     /// For a read-only handle: a writable mapping of the root, attached on
     /// the first `wait_for_change`, through which it registers as a
