@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shmkv::{list_maps, Error, RawMap};
 
-use crate::fail::{error_kind, fail, Fail};
+use crate::fail::{confirm, error_kind, fail, Fail};
 use crate::format::*;
 use crate::watch::snapshot;
 use crate::{open, options, Cli, Out, Sizing};
@@ -364,23 +364,17 @@ pub(crate) fn destroy(cli: &Cli, name: &str, yes: bool) -> Out {
         // program's (`KeyInUse`), not allowed, locked: say so.
         Err(e) => return Err(Fail::map(name, e)),
     };
-    if !yes {
-        eprint!("destroy map {name:?} and everything in it? [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .map_err(|e| fail("io", e.to_string()))?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            if answer.is_empty() && cli.json {
-                // EOF: the JSON error gets a line of its own.
-                eprintln!();
-            }
-            return Err(fail(
-                "not_confirmed",
-                format!("map {name:?}: not destroyed (use --yes to skip the question)"),
-            )
-            .about(name));
-        }
+    if !yes
+        && !confirm(
+            &format!("destroy map {name:?} and everything in it?"),
+            cli.json,
+        )?
+    {
+        return Err(fail(
+            "not_confirmed",
+            format!("map {name:?}: not destroyed (use --yes to skip the question)"),
+        )
+        .about(name));
     }
     match map {
         Some(m) => m.destroy(),

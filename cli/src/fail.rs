@@ -137,3 +137,18 @@ pub(crate) fn error_kind(e: &Error) -> &'static str {
         _ => "other",
     }
 }
+
+/// Asks `question [y/N]` on stderr and reads the answer from stdin: `y`,
+/// `Y` or `yes` confirm. At EOF with `--json` the JSON error that follows
+/// gets a line of its own.
+pub(crate) fn confirm(question: &str, json: bool) -> Result<bool, Fail> {
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| fail("io", e.to_string()))?;
+    if answer.is_empty() && json {
+        eprintln!();
+    }
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

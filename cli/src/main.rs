@@ -393,7 +393,7 @@ fn sizing_needs_create(cli: &Cli) -> Out {
     if !create && sizing.given() {
         return Err(fail(
             "usage",
-            "--capacity, --arena, --max-size, --mode and --wake-every-write need --create".into(),
+            "--capacity, --arena, --max-size, --mode, --wake-every-write and --huge-pages need --create".into(),
         )
         .code(2));
     }

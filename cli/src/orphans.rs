@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use shmkv::{key_from_name, list_orphans, remove_orphan, Orphan, OrphanRemoval};
 
-use crate::fail::{error_kind, fail};
+use crate::fail::{confirm, error_kind, fail};
 use crate::{Cli, Out};
 
 fn orphan_json(o: &Orphan) -> Value {
@@ -69,18 +69,11 @@ pub(crate) fn destroy(cli: &Cli, name: Option<&str>, yes: bool, force: bool) -> 
     }
     if !yes {
         let bytes: u64 = found.iter().map(|o| o.size).sum();
-        eprint!(
-            "remove {} orphaned data segment(s), {bytes} bytes? [y/N] ",
+        let question = format!(
+            "remove {} orphaned data segment(s), {bytes} bytes?",
             found.len()
         );
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .map_err(|e| fail("io", e.to_string()))?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            if answer.is_empty() && cli.json {
-                eprintln!();
-            }
+        if !confirm(&question, cli.json)? {
             return Err(fail(
                 "not_confirmed",
                 "orphans not removed (use --yes to skip the question)".into(),
