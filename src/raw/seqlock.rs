@@ -31,9 +31,12 @@ pub(crate) struct SlotRead {
 /// on that path; a process-local counter, never shared memory.
 static READ_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Adds a read's retries to the counter: one read-modify-write per read
+/// that retried (not one per spin pass, which would have spinning readers
+/// write one shared cache line thousands of times).
 #[cold]
-fn note_retry() {
-    READ_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+fn note_retries(n: u64) {
+    READ_RETRIES.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// See [`crate::read_retries`].
@@ -46,6 +49,7 @@ impl Slot {
     /// odd (or kept changing) for [`SPIN_LIMIT`] tries.
     #[inline]
     pub(crate) fn read(&self) -> Option<SlotRead> {
+        let mut retries = 0;
         for _ in 0..SPIN_LIMIT {
             let s1 = self.seq.load(Ordering::Acquire);
             if s1 & 1 == 0 {
@@ -56,6 +60,9 @@ impl Slot {
                     fence(Ordering::Acquire);
                 }
                 if self.seq.load(Ordering::Relaxed) == s1 {
+                    if retries != 0 {
+                        note_retries(retries);
+                    }
                     return Some(SlotRead {
                         hash,
                         rec: SlotWord(rec),
@@ -63,9 +70,10 @@ impl Slot {
                     });
                 }
             }
-            note_retry();
+            retries += 1;
             crate::sync::spin_loop();
         }
+        note_retries(retries);
         None
     }
 
