@@ -116,6 +116,12 @@ int main(void) {
     CHECK(shmkv_insert(m, NULL, 3, S("v")) == SHMKV_E_INVALID);
     CHECK(shmkv_len(m, NULL) == SHMKV_E_INVALID);
 
+    /* A map no `shmkv sync` mirrors has no sync state; its reserved key
+     * cannot be written by users. */
+    ShmkvSyncInfo info;
+    CHECK(shmkv_sync_state(m, &info, NULL, 0) == SHMKV_MISSING);
+    CHECK(shmkv_insert(m, (const uint8_t *)"\0shmkv:sync", 11, S("x")) == SHMKV_E_RESERVED_KEY);
+
     /* Insert, get (copy), get into a small buffer, contains, remove. */
     CHECK(shmkv_insert(m, S("greeting"), S("hello")) == SHMKV_OK);
     CHECK(shmkv_insert(m, S(""), S("empty key")) == SHMKV_OK);
