@@ -27,7 +27,7 @@ pub mod exit {
     /// Stopped by SIGTERM/SIGINT after the batch in progress; lease released.
     pub const CLEAN: u8 = 0;
     /// Another error while running (the map became unusable, an
-    /// unexpected etcd answer): the map keeps its last consistent state.
+    /// unexpected map error): the map keeps its last consistent state.
     pub const ERROR: u8 = 1;
     /// Bad arguments, the map cannot be opened/created, or etcd cannot be
     /// reached at start (within the connect deadline).
@@ -155,7 +155,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Why the sync stops (an exit code and what to log).
+/// Why the sync stops: its exit code (the cause is logged where it is met).
 #[derive(Debug)]
 struct Stop(u8);
 
@@ -524,22 +524,21 @@ impl Syncer<'_> {
         self.seen = self.seen.max(rev);
         let fetched = t0.elapsed();
         let mut change = Change::default();
-        let mut keep = HashSet::with_capacity(kvs.len());
         for (k, v) in kvs {
-            let k = self.map_key(&k);
-            keep.insert(k.clone());
-            change.puts.push((k, v));
+            change.puts.push((self.map_key(&k), v));
         }
-        let existing = self
-            .map
-            .entries()
-            .map_err(|e| Fault::Stop(self.map_failed(&e, rev, None)))?;
-        for (k, _) in existing {
-            if !keep.contains(&*k) {
-                change.dels.push(k.to_vec());
-            }
-        }
-        drop(keep);
+        change.dels = {
+            let existing = self
+                .map
+                .entries()
+                .map_err(|e| Fault::Stop(self.map_failed(&e, rev, None)))?;
+            let keep: HashSet<&[u8]> = change.puts.iter().map(|(k, _)| k.as_slice()).collect();
+            existing
+                .iter()
+                .filter(|(k, _)| !keep.contains(&**k))
+                .map(|(k, _)| k.to_vec())
+                .collect()
+        };
         let n = change.puts.len();
         let removed = change.dels.len();
         self.apply(rev, &change, Applied::Snapshot)?;
@@ -641,29 +640,21 @@ impl Syncer<'_> {
                 continue;
             }
             // Group the events by revision (a response never splits one).
-            let mut cur: Option<(i64, Change)> = None;
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let rev = kv.mod_revision();
-                if let Some((r, c)) = cur.take() {
-                    if r != rev {
-                        self.apply(r, &c, Applied::Revision)?;
-                        cur = Some((rev, Change::default()));
-                    } else {
-                        cur = Some((r, c));
+            let events: Vec<_> = resp
+                .events()
+                .iter()
+                .filter_map(|ev| ev.kv().map(|kv| (ev.event_type(), kv)))
+                .collect();
+            for group in events.chunk_by(|a, b| a.1.mod_revision() == b.1.mod_revision()) {
+                let mut c = Change::default();
+                for (kind, kv) in group {
+                    let k = self.map_key(kv.key());
+                    match kind {
+                        EventType::Put => c.puts.push((k, kv.value().to_vec())),
+                        EventType::Delete => c.dels.push(k),
                     }
-                } else {
-                    cur = Some((rev, Change::default()));
                 }
-                let (_, c) = cur.as_mut().expect("set above");
-                let k = self.map_key(kv.key());
-                match ev.event_type() {
-                    EventType::Put => c.puts.push((k, kv.value().to_vec())),
-                    EventType::Delete => c.dels.push(k),
-                }
-            }
-            if let Some((r, c)) = cur {
-                self.apply(r, &c, Applied::Revision)?;
+                self.apply(group[0].1.mod_revision(), &c, Applied::Revision)?;
             }
         }
     }
