@@ -342,6 +342,22 @@ impl Engine {
         let pin = self.gens.pin();
         let guard = self.lock()?;
         let base = self.recover_locked(&pin, guard.token())?;
+        let mut batch = self.start_batch(base, guard.token(), compact)?;
+        let r = f(&mut batch)?;
+        batch.commit()?;
+        self.notify(&pin);
+        Ok(r)
+    }
+
+    /// A batch on `base` under the lock `token` (of `write_inner` and
+    /// `begin`), moved to a fresh generation first when `compact` is asked
+    /// for or the table wants compaction.
+    pub(super) fn start_batch<'b>(
+        &'b self,
+        base: &'b Generation,
+        token: &'b WriteLock,
+        compact: bool,
+    ) -> Result<RawBatch<'b>> {
         // Staging overwrites arena bytes above `arena_used`, where the last
         // write's log lay; readers that parsed that log validate it with
         // `view_seq`, which that write moved on before: this fence orders
@@ -351,16 +367,13 @@ impl Engine {
             map: self,
             base,
             fresh: None,
-            stager: Stager::new(&base.table, guard.token()),
+            stager: Stager::new(&base.table, token),
             owner: RawBatch::owner_here(),
         };
         if compact || base.table.wants_compaction() {
             batch.migrate(None)?;
         }
-        let r = f(&mut batch)?;
-        batch.commit()?;
-        self.notify(&pin);
-        Ok(r)
+        Ok(batch)
     }
 
     /// Commits and applies a batch to the published generation `t` (steps

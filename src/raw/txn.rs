@@ -8,9 +8,7 @@ use std::mem::ManuallyDrop;
 use super::batch::RawBatch;
 use super::engine::{Engine, WriteGuard};
 use super::gens::Pin;
-use super::write::Stager;
 use crate::error::Result;
-use crate::sync::{fence, Ordering};
 
 /// An open write: the map's write lock is held from [`RawMap::begin`]
 /// until [`commit`](RawTxn::commit), [`abort`](RawTxn::abort) or drop
@@ -68,18 +66,7 @@ impl Engine {
         // SAFETY: the token lives in `*guard`, boxed (stable address) and
         // dropped after the batch, the only holder of this reference.
         let token = unsafe { &*std::ptr::from_ref(guard.token()) };
-        // As in `write_inner`: staging after the last write's log.
-        fence(Ordering::Release);
-        let mut batch = RawBatch {
-            map: self,
-            base,
-            fresh: None,
-            stager: Stager::new(&base.table, token),
-            owner: RawBatch::owner_here(),
-        };
-        if base.table.wants_compaction() {
-            batch.migrate(None)?;
-        }
+        let batch = self.start_batch(base, token, false)?;
         Ok(RawTxn {
             batch: ManuallyDrop::new(batch),
             guard,
