@@ -185,10 +185,6 @@ class Batch(_shmkv.Batch, MutableMapping):
 
     __slots__ = ()
 
-    def update(self, other=(), /, **kwds) -> None:  # type: ignore[override]
-        """Like ``dict.update`` (staged in this batch)."""
-        MutableMapping.update(self, other, **kwds)
-
 
 def list_maps(all: bool = False) -> List[dict]:
     """Every shmkv map this process can see, as dicts (``name``, ``key``,
