@@ -371,12 +371,16 @@ def test_stats_verify_compact_list_maps_destroy(maps):
     for i in range(50):
         del a[f"k{i}"]
     s = a.stats()
-    assert s["name"] == a.name and s["live"] == 50 and s["tombstones"] >= 1
+    # How many of the 50 deletes leave a tombstone depends on where the keys
+    # hash (a tombstone followed by an empty slot goes back to empty), so the
+    # count is checked against the slots verify() walks, not against a guess.
+    assert s["name"] == a.name and s["live"] == 50
     assert {"capacity", "arena_size", "version", "lock_pid", "mapped_generations"} <= set(s)
     rep = a.verify()
-    assert rep["live"] == 50
+    assert rep["live"] == 50 and rep["tombstones"] == s["tombstones"]
     a.compact()
-    assert a.stats()["tombstones"] == 0 and a.stats()["generation"] >= 2
+    after = a.stats()
+    assert after["tombstones"] == 0 and after["generation"] == s["generation"] + 1
     assert dict(a) == {f"k{i}": i for i in range(50, 100)}
     listed = {x["name"]: x for x in shmkv.list_maps()}
     assert listed[a.name]["state"] == "ready" and listed[a.name]["stats"]["live"] == 50
