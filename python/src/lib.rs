@@ -64,6 +64,7 @@ fn to_py(e: Error) -> PyErr {
             }
             Error::Corrupted(_) => "CorruptedError",
             Error::NestedWrite => "NestedWriteError",
+            Error::ReservedKey { .. } => "ReservedKeyError",
             Error::Os { source, .. } if source.raw_os_error() == Some(libc_eacces()) => {
                 "PermissionDeniedError"
             }

@@ -119,6 +119,28 @@ def test_msgpack_missing_is_a_clear_error(maps, monkeypatch):
         shmkv.Map(maps.name(), codec="msgpack")
 
 
+def test_reserved_keys_are_refused_with_reserved_key_error(m):
+    """Keys starting with b"\\0shmkv:" belong to shmkv: writes raise ReservedKeyError
+    (an InvalidArgumentError, so a ValueError), in the map and in a batch, and change nothing."""
+    m["keep"] = 1
+    v = m.version
+    for key in (b"\0shmkv:sync", "\0shmkv:anything", b"\0shmkv:"):
+        with pytest.raises(shmkv.ReservedKeyError) as e:
+            m[key] = 1
+        assert isinstance(e.value, ValueError) and isinstance(e.value, shmkv.InvalidArgumentError)
+        with pytest.raises(shmkv.ReservedKeyError):
+            del m[key]
+        with pytest.raises(shmkv.ReservedKeyError):
+            with m.batch() as b:
+                b["other"] = 2
+                b[key] = 1
+    assert m.version == v and dict(m) == {"keep": 1}
+    # Keys that only look alike are ordinary keys.
+    m[b"\0shmkv"] = 3
+    m["shmkv:sync"] = 4
+    assert m[b"\0shmkv"] == 3 and m["shmkv:sync"] == 4
+
+
 def test_wrong_types_are_type_errors(m):
     """Keys other than str/bytes, bad option types: TypeError/ValueError, never a crash."""
     for bad in (1, 1.5, None, ("t",), ["l"], object()):

@@ -35,6 +35,7 @@ from ._errors import (
     NotFoundError,
     PermissionDeniedError,
     ReadOnlyError,
+    ReservedKeyError,
     TooLargeError,
 )
 
@@ -89,7 +90,8 @@ class Map(_shmkv.Map, MutableMapping):
     Errors derive from :class:`shmkv.Error`: :class:`MapNotFoundError`,
     :class:`FullError`, :class:`LockTimeoutError` (``.holder_pid``),
     :class:`CorruptedError`, :class:`IncompatibleError`,
-    :class:`PermissionDeniedError` (a ``PermissionError``); keys or values
+    :class:`PermissionDeniedError` (a ``PermissionError``),
+    :class:`ReservedKeyError` (a ``ValueError``); keys or values
     of the wrong type raise ``TypeError``.
 
     The object may be shared by threads and survives ``fork()`` (gunicorn

@@ -17,6 +17,7 @@ from ._errors import (
     NotFoundError as NotFoundError,
     PermissionDeniedError as PermissionDeniedError,
     ReadOnlyError as ReadOnlyError,
+    ReservedKeyError as ReservedKeyError,
     TooLargeError as TooLargeError,
 )
 

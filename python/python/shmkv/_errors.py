@@ -35,6 +35,11 @@ class InvalidArgumentError(Error, ValueError):
     """A name, size, mode or other option is not acceptable."""
 
 
+class ReservedKeyError(InvalidArgumentError):
+    """A write of a key in the namespace shmkv keeps for itself (keys that
+    start with ``b"\\0shmkv:"``, such as the state ``shmkv sync`` stores)."""
+
+
 class TooLargeError(Error, ValueError):
     """A key or an encoded value is larger than the map accepts."""
 
@@ -78,6 +83,7 @@ __all__ = [
     "PermissionDeniedError",
     "ReadOnlyError",
     "InvalidArgumentError",
+    "ReservedKeyError",
     "TooLargeError",
     "FullError",
     "LockTimeoutError",
