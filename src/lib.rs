@@ -194,6 +194,13 @@ pub mod __private {
     pub use crate::raw::hooks::{arm, CrashPoint};
     pub use crate::raw::provider::HeapKernel;
 
+    /// Stages `bytes` as the sync state's stored value, bypassing
+    /// [`SyncState`](crate::SyncState)'s encoding (to plant a corrupted or
+    /// unknown-version state; user writes of the key are refused).
+    pub fn set_raw_sync_state(b: &mut crate::RawBatch<'_>, bytes: &[u8]) -> crate::Result<()> {
+        b.insert_system(crate::SYNC_STATE_KEY, bytes)
+    }
+
     /// `FUTEX_WAKE` calls this process made (writers wake only when someone
     /// waits).
     pub fn futex_wakes() -> u64 {

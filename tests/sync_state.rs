@@ -101,8 +101,28 @@ fn the_sync_state_commits_with_its_batch_and_is_hidden() {
     assert!(m.sync_state().unwrap().unwrap().owner_alive());
     m.write(|b| b.clear_sync_state()).unwrap();
     assert_eq!(m.sync_state().unwrap(), None);
-    // A corrupted state reads as Corrupted (written behind the API's back
-    // only by a test: a raw write of the key is refused).
+    // A corrupted state reads as Corrupted, never a panic (written behind
+    // the API's back by a test hook: a user write of the key is refused).
+    let mut unknown_version = state(3).encode();
+    unknown_version[4] = 2;
+    for bad in [&b"garbage"[..], &unknown_version, b""] {
+        m.write(|b| shmkv::__private::set_raw_sync_state(b, bad))
+            .unwrap();
+        assert!(
+            matches!(m.sync_state(), Err(Error::Corrupted(_))),
+            "{:?}",
+            m.sync_state()
+        );
+        assert!(matches!(
+            m.write(|b| b.sync_state()),
+            Err(Error::Corrupted(_))
+        ));
+        // Still hidden from the user's view of the map.
+        assert_eq!(m.len(), 0);
+        assert!(m.entries().unwrap().is_empty());
+    }
+    m.write(|b| b.clear_sync_state()).unwrap();
+    assert_eq!(m.sync_state().unwrap(), None);
 }
 
 #[test]

@@ -247,8 +247,9 @@ enum Cmd {
     /// until SIGTERM/SIGINT. Exit codes: 0 stopped by a signal, 1 error,
     /// 2 usage or store unreachable at start, 3 another sync holds the
     /// map's lease (see --take-over), 4 a revision does not fit (full,
-    /// value too large): nothing of it was applied. Logs to stderr
-    /// (RUST_LOG, default info).
+    /// value too large): nothing of it was applied (fix it in etcd, then
+    /// restart with --resnapshot). Logs to stderr (RUST_LOG, default
+    /// info).
     #[cfg(feature = "etcd")]
     Sync {
         #[command(subcommand)]

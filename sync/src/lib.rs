@@ -63,6 +63,13 @@ pub struct EtcdArgs {
     /// the old sync stops at its next revision with exit code 3).
     #[arg(long)]
     pub take_over: bool,
+    /// Start with a fresh snapshot of etcd instead of resuming from the
+    /// revision stored in the map: after a revision that did not fit
+    /// (exit code 4) was deleted or shrunk in etcd. A sync state that
+    /// cannot be read (corrupted, or written by an unknown version) is
+    /// replaced instead of refused.
+    #[arg(long)]
+    pub resnapshot: bool,
     /// Create the map if it does not exist (with the sizing options).
     #[arg(long)]
     pub create: bool,
@@ -252,7 +259,13 @@ async fn run_etcd(args: &EtcdArgs) -> u8 {
     // The lease: check-and-set in one write batch (under the write lock).
     let mut refused = None;
     let acquired = map.write(|b| {
-        let old = b.sync_state()?;
+        let old = match b.sync_state() {
+            Err(Error::Corrupted(why)) if args.resnapshot => {
+                warn!("replacing the map's unreadable sync state ({why})");
+                None
+            }
+            r => r?,
+        };
         if let Some(s) = &old {
             if s.owner_alive() && s.owner_pid != me.0 && !args.take_over {
                 refused = Some(s.owner_pid);
@@ -294,6 +307,13 @@ async fn run_etcd(args: &EtcdArgs) -> u8 {
                 refused.unwrap_or(0)
             );
             return exit::LEASE;
+        }
+        Err(e @ Error::Corrupted(_)) => {
+            error!(
+                map = %args.map,
+                "cannot take the lease: {e}; --resnapshot replaces the state with a fresh snapshot"
+            );
+            return exit::ERROR;
         }
         Err(e) => {
             error!(map = %args.map, "cannot take the lease: {e}");
@@ -381,7 +401,7 @@ impl Syncer<'_> {
         let started = Instant::now();
         let mut backoff = BACKOFF_MIN;
         let mut ever_connected = false;
-        let mut force_snapshot = false;
+        let mut force_snapshot = self.args.resnapshot;
         loop {
             let mut stop = self.stop.clone();
             if *stop.borrow() {
@@ -733,14 +753,20 @@ impl Syncer<'_> {
             || "(at commit)".to_string(),
             |k| String::from_utf8_lossy(k).into_owned(),
         );
+        let code = code_of(e);
+        let hint = if code == exit::FULL {
+            "; once etcd no longer holds it, restart with --resnapshot"
+        } else {
+            ""
+        };
         error!(
             map = %self.args.map,
             revision = rev,
             key = %key,
-            "cannot apply revision {rev} (key {key:?}): {e}; the map keeps revision {}",
+            "cannot apply revision {rev} (key {key:?}): {e}; the map keeps revision {}{hint}",
             self.state.revision
         );
-        Stop(code_of(e))
+        Stop(code)
     }
 
     /// Between revisions: the lease must still be ours (a take-over while

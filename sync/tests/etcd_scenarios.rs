@@ -375,6 +375,52 @@ fn full_is_reported_without_a_partial_revision() {
     // The state equals etcd's at that revision (convergence at `before`).
     let (_, kvs) = etcd.get_prefix("/f/small");
     assert_eq!(map_entries(&map.0), kvs);
+    assert!(log.contains("--resnapshot"), "{log}");
+    // Deleting the keys in etcd does not help a plain restart: it resumes
+    // at `before` + 1 and meets the same revision again.
+    etcd.ctl_ok(&["del", "--prefix", "/f/big"]);
+    let mut again = Sync::start(&etcd, "/f/", &map.0, &[]);
+    assert_eq!(again.wait_exit(Duration::from_secs(20)), Some(EXIT_FULL));
+    assert!(again
+        .log()
+        .contains(&format!("cannot apply revision {rev}")));
+    assert_eq!(map_revision(&map.0), before);
+    // --resnapshot reads etcd as it is now, past that revision.
+    let fresh = Sync::start(&etcd, "/f/", &map.0, &["--resnapshot"]);
+    assert_converges(&etcd, "/f/", &map.0, false, &fresh);
+    assert!(map_revision(&map.0) > rev);
+    etcd.ctl_ok(&["put", "/f/after", "2"]);
+    assert_converges(&etcd, "/f/", &map.0, false, &fresh);
+}
+
+#[test]
+fn an_unreadable_sync_state_is_refused_unless_resnapshot_replaces_it() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("badstate"));
+    etcd.ctl_ok(&["put", "/b/a", "1"]);
+    let m = RawMap::create(&map.0, &Options::new()).unwrap();
+    m.insert(b"/b/stale", b"x").unwrap();
+    m.write(|b| shmkv::__private::set_raw_sync_state(b, b"not a sync state"))
+        .unwrap();
+    let mut refused = Sync::start(&etcd, "/b/", &map.0, &[]);
+    assert_eq!(refused.wait_exit(Duration::from_secs(20)), Some(1));
+    let log = refused.log();
+    assert!(
+        log.contains("sync state") && log.contains("--resnapshot"),
+        "{log}"
+    );
+    // Nothing was touched.
+    assert_eq!(m.get(b"/b/stale").unwrap().as_deref(), Some(&b"x"[..]));
+    assert!(m.sync_state().is_err());
+    let sync = Sync::start(&etcd, "/b/", &map.0, &["--resnapshot"]);
+    assert_converges(&etcd, "/b/", &map.0, false, &sync);
+    assert!(sync
+        .log()
+        .contains("replacing the map's unreadable sync state"));
+    let st = m.sync_state().unwrap().unwrap();
+    assert_eq!(st.owner_pid, sync.pid());
+    etcd.ctl_ok(&["put", "/b/c", "3"]);
+    assert_converges(&etcd, "/b/", &map.0, false, &sync);
 }
 
 #[test]
