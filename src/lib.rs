@@ -161,7 +161,8 @@ pub use raw_map::RawMap;
 pub use size::{Size, SizeError};
 pub use stats::Stats;
 pub use sync_state::{
-    is_reserved_key, process_start_time, SourceKind, SyncState, RESERVED_PREFIX, SYNC_STATE_KEY,
+    is_live_owner, is_reserved_key, process_start_time, SourceKind, SyncState, RESERVED_PREFIX,
+    SYNC_STATE_KEY,
 };
 
 /// Seqlock retries of lock-free reads in this process so far: reads of a

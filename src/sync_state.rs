@@ -91,6 +91,12 @@ pub struct SyncState {
 const MAGIC: &[u8; 4] = b"SKVS";
 const VERSION: u16 = 1;
 const FIXED: usize = 4 + 2 + 1 + 1 + 8 * 5 + 4 + 8 + 4 + 4;
+/// Offsets of `owner_pid` (u32) and `owner_start_time` (u64) in the
+/// encoding. Every version keeps them here, so that a sync that cannot
+/// decode a state (written by a newer version) still sees who holds the
+/// lease ([`SyncState::encoded_owner`]).
+const OWNER_PID_AT: usize = 4 + 2 + 1 + 1 + 8 * 5;
+const OWNER_START_AT: usize = OWNER_PID_AT + 4;
 /// Upper bound of the prefix and endpoints lengths (sanity, not a format
 /// limit of etcd: shmkv keys are shorter anyway).
 const MAX_FIELD: usize = 1 << 20;
@@ -191,15 +197,36 @@ impl SyncState {
     /// and it is not a zombie (`Z`/`X`: exited, not yet reaped by its
     /// parent). `false` when there is no owner.
     pub fn owner_alive(&self) -> bool {
-        self.owner_pid != 0
-            && self.owner_start_time != 0
-            && crate::sys::procfs::process_alive(self.owner_pid)
-            && crate::sys::procfs::process_start_time(self.owner_pid) == Some(self.owner_start_time)
-            && !matches!(
-                crate::sys::procfs::process_state(self.owner_pid),
-                Some('Z' | 'X') | None
-            )
+        is_live_owner(self.owner_pid, self.owner_start_time)
     }
+
+    /// The owner (pid, start time) recorded in a stored state that may not
+    /// decode (damaged after the lease fields, or written by a newer
+    /// version of the encoding): `None` when the bytes are too short or do
+    /// not begin with the state's magic.
+    pub fn encoded_owner(b: &[u8]) -> Option<(u32, u64)> {
+        if b.len() < OWNER_START_AT + 8 || &b[..4] != MAGIC {
+            return None;
+        }
+        let pid = u32::from_le_bytes(b[OWNER_PID_AT..OWNER_START_AT].try_into().ok()?);
+        let start = u64::from_le_bytes(b[OWNER_START_AT..OWNER_START_AT + 8].try_into().ok()?);
+        Some((pid, start))
+    }
+}
+
+/// Whether process `pid` is running, started at `start_time` (a reused pid
+/// is not the owner) and is not a zombie: [`SyncState::owner_alive`] for
+/// an owner read with [`SyncState::encoded_owner`]. `false` for pid 0 or
+/// start time 0 (no owner).
+pub fn is_live_owner(pid: u32, start_time: u64) -> bool {
+    pid != 0
+        && start_time != 0
+        && crate::sys::procfs::process_alive(pid)
+        && crate::sys::procfs::process_start_time(pid) == Some(start_time)
+        && !matches!(
+            crate::sys::procfs::process_state(pid),
+            Some('Z' | 'X') | None
+        )
 }
 
 /// Start time of process `pid` (clock ticks after boot, `/proc/<pid>/stat`
@@ -290,6 +317,39 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn the_owner_is_read_from_states_that_do_not_decode() {
+        let mut s = sample();
+        s.owner_pid = 0x0102_0304;
+        s.owner_start_time = 0x1122_3344_5566_7788;
+        let mut b = s.encode();
+        assert_eq!(
+            SyncState::encoded_owner(&b),
+            Some((0x0102_0304, 0x1122_3344_5566_7788))
+        );
+        // A newer version, and garbage after the lease fields.
+        b[4] = 2;
+        b.truncate(OWNER_START_AT + 8);
+        b.extend_from_slice(b"future fields");
+        assert!(SyncState::decode(&b).is_err());
+        assert_eq!(
+            SyncState::encoded_owner(&b),
+            Some((0x0102_0304, 0x1122_3344_5566_7788))
+        );
+        // Not ours, or too short: no owner.
+        assert_eq!(SyncState::encoded_owner(b"garbage"), None);
+        assert_eq!(SyncState::encoded_owner(&b[..OWNER_START_AT + 7]), None);
+        let mut other = s.encode();
+        other[0] = b'X';
+        assert_eq!(SyncState::encoded_owner(&other), None);
+        // A live owner: this process, with its start time.
+        let me = std::process::id();
+        let start = process_start_time(me).unwrap();
+        assert!(is_live_owner(me, start));
+        assert!(!is_live_owner(me, start + 1));
+        assert!(!is_live_owner(0, start));
+    }
+
     proptest::proptest! {
         /// Arbitrary bytes (and arbitrary mutations of a valid encoding)
         /// decode to a value or `Corrupted`, never a panic.
@@ -301,6 +361,7 @@ mod tests {
             if let Err(e) = SyncState::decode(&bytes) {
                 proptest::prop_assert!(matches!(e, Error::Corrupted(_)));
             }
+            let _ = SyncState::encoded_owner(&bytes);
             let mut b = sample().encode();
             for (i, x) in flips {
                 let n = b.len();

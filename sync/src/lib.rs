@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KvClient, WatchClient, WatchOptions,
 };
-use shmkv::{Error, Options, RawMap, Size, SourceKind, SyncState};
+use shmkv::{is_live_owner, Error, Options, RawMap, Size, SourceKind, SyncState, SYNC_STATE_KEY};
 use tracing::{debug, error, info, warn};
 
 /// Exit codes of `shmkv sync` (DESIGN.md "Sync from etcd", "Exit codes").
@@ -167,6 +167,14 @@ fn now_ms() -> u64 {
 struct Stop(u8);
 
 /// A failure of one attempt: retried (etcd) or fatal.
+/// Why the lease batch at start did not take the lease.
+enum Refused {
+    /// Another live sync (this pid) holds it (no `--take-over`).
+    Lease(u32),
+    /// The stored state does not decode (no `--resnapshot`).
+    Unreadable(Error),
+}
+
 enum Fault {
     /// etcd unreachable or the stream broke: reconnect with backoff.
     Etcd(etcd_client::Error),
@@ -257,21 +265,35 @@ async fn run_etcd(args: &EtcdArgs) -> u8 {
     };
     let prefix = args.prefix.as_bytes().to_vec();
     // The lease: check-and-set in one write batch (under the write lock).
-    let mut refused = None;
     let acquired = map.write(|b| {
-        let old = match b.sync_state() {
-            Err(Error::Corrupted(why)) if args.resnapshot => {
-                warn!("replacing the map's unreadable sync state ({why})");
-                None
-            }
-            r => r?,
+        // A map error (a damaged table) propagates; a stored value that
+        // does not decode is the state's own trouble, and its owner (at
+        // fixed offsets in every version) is still honoured.
+        let raw = b.get(SYNC_STATE_KEY)?.map(<[u8]>::to_vec);
+        let decoded = raw.as_deref().map(SyncState::decode).transpose();
+        let owner = match &decoded {
+            Ok(s) => s.as_ref().map(|s| (s.owner_pid, s.owner_start_time)),
+            Err(_) => raw.as_deref().and_then(SyncState::encoded_owner),
         };
-        if let Some(s) = &old {
-            if s.owner_alive() && s.owner_pid != me.0 && !args.take_over {
-                refused = Some(s.owner_pid);
-                return Ok(None);
+        if let Some((pid, start)) = owner {
+            if pid != me.0 && is_live_owner(pid, start) {
+                if !args.take_over {
+                    return Ok(Err(Refused::Lease(pid)));
+                }
+                warn!(
+                    owner = pid,
+                    "taking the map over from the sync holding its lease"
+                );
             }
         }
+        let old = match decoded {
+            Ok(s) => s,
+            Err(e) if args.resnapshot => {
+                warn!("replacing the map's unreadable sync state ({e})");
+                None
+            }
+            Err(e) => return Ok(Err(Refused::Unreadable(e))),
+        };
         let mut s = old.unwrap_or_else(|| SyncState {
             source: SourceKind::Etcd,
             cluster_id: 0,
@@ -285,33 +307,26 @@ async fn run_etcd(args: &EtcdArgs) -> u8 {
             owner_pid: 0,
             owner_start_time: 0,
         });
-        if s.owner_pid != 0 && s.owner_pid != me.0 && args.take_over {
-            warn!(
-                owner = s.owner_pid,
-                "taking the map over from the sync holding its lease"
-            );
-        }
         s.owner_pid = me.0;
         s.owner_start_time = me.1;
         s.updated_unix_ms = now_ms();
         b.set_sync_state(&s)?;
-        Ok(Some(s))
+        Ok(Ok(s))
     });
     let state = match acquired {
-        Ok(Some(s)) => s,
-        Ok(None) => {
+        Ok(Ok(s)) => s,
+        Ok(Err(Refused::Lease(pid))) => {
             error!(
                 map = %args.map,
-                owner = refused.unwrap_or(0),
-                "another sync (pid {}) holds the map's lease; stop it or use --take-over",
-                refused.unwrap_or(0)
+                owner = pid,
+                "another sync (pid {pid}) holds the map's lease; stop it or use --take-over"
             );
             return exit::LEASE;
         }
-        Err(e @ Error::Corrupted(_)) => {
+        Ok(Err(Refused::Unreadable(e))) => {
             error!(
                 map = %args.map,
-                "cannot take the lease: {e}; --resnapshot replaces the state with a fresh snapshot"
+                "cannot take the lease: the map's sync state does not decode ({e}); --resnapshot replaces it with a fresh snapshot"
             );
             return exit::ERROR;
         }
@@ -703,11 +718,9 @@ impl Syncer<'_> {
         let mut failed_key: Option<Vec<u8>> = None;
         let mut lost = None;
         let r = self.map.write(|b| {
-            if let Some(s) = b.sync_state()? {
-                if s.owner_pid != self.me.0 || s.owner_start_time != self.me.1 {
-                    lost = Some(s.owner_pid);
-                    return Ok(());
-                }
+            lost = self.other_holder(b.get(SYNC_STATE_KEY)?);
+            if lost.is_some() {
+                return Ok(());
             }
             for k in &c.dels {
                 failed_key = Some(k.clone());
@@ -755,7 +768,7 @@ impl Syncer<'_> {
         );
         let code = code_of(e);
         let hint = if code == exit::FULL {
-            "; once etcd no longer holds it, restart with --resnapshot"
+            "; delete or shrink it in etcd and restart with --resnapshot, or recreate the map larger"
         } else {
             ""
         };
@@ -773,16 +786,26 @@ impl Syncer<'_> {
     /// etcd is quiet would otherwise be noticed only at the next revision,
     /// leaving the old sync running and watching indefinitely).
     fn check_lease(&self) -> Result<(), Fault> {
-        if let Ok(Some(s)) = self.map.sync_state() {
-            if s.owner_pid != self.me.0 || s.owner_start_time != self.me.1 {
-                error!(
-                    owner = s.owner_pid,
-                    "the lease was taken over by another sync; stopping"
-                );
+        if let Ok(raw) = self.map.get_ref(SYNC_STATE_KEY) {
+            if let Some(owner) = self.other_holder(raw.as_deref()) {
+                error!(owner, "the lease was taken over by another sync; stopping");
                 return Err(Fault::Stop(Stop(exit::LEASE)));
             }
         }
         Ok(())
+    }
+
+    /// The holder of the lease recorded in the stored state `raw` when it
+    /// is not this process: its pid, read at the lease fields' fixed
+    /// offsets (so also from a state another version wrote), or 0 when the
+    /// state has no readable owner. `None` when there is no state or the
+    /// lease is ours.
+    fn other_holder(&self, raw: Option<&[u8]>) -> Option<u32> {
+        match SyncState::encoded_owner(raw?) {
+            Some(owner) if owner == self.me => None,
+            Some((pid, _)) => Some(pid),
+            None => Some(0),
+        }
     }
 
     fn summary(&mut self) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use etcd_client::{DeleteOptions, TxnOp};
-use shmkv::{Options, RawMap};
+use shmkv::{Options, RawMap, SourceKind, SyncState, SYNC_STATE_KEY};
 
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
@@ -421,6 +421,92 @@ fn an_unreadable_sync_state_is_refused_unless_resnapshot_replaces_it() {
     assert_eq!(st.owner_pid, sync.pid());
     etcd.ctl_ok(&["put", "/b/c", "3"]);
     assert_converges(&etcd, "/b/", &map.0, false, &sync);
+}
+
+/// A state written by an unknown (newer) version of the encoding: its
+/// owner, read at the lease fields' fixed offsets, still holds the lease.
+/// `--resnapshot` alone is refused (exit 3), with `--take-over` it
+/// replaces the state; and a running sync whose state is replaced by one it
+/// cannot decode, naming another owner, stops with exit 3.
+#[test]
+fn an_unknown_version_state_keeps_its_owners_lease() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("newer"));
+    etcd.ctl_ok(&["put", "/n/a", "1"]);
+    let m = RawMap::create(&map.0, &Options::new()).unwrap();
+    let holder = Holder::start();
+    let newer = |owner: (u32, u64)| {
+        let mut b = SyncState {
+            source: SourceKind::Etcd,
+            cluster_id: 1,
+            prefix: b"/n/".to_vec(),
+            strip_prefix: false,
+            endpoints: String::new(),
+            revision: 1,
+            seen_revision: 1,
+            last_event_unix_ms: 0,
+            updated_unix_ms: 0,
+            owner_pid: owner.0,
+            owner_start_time: owner.1,
+        }
+        .encode();
+        b[4] = 2; // the version
+        b.extend_from_slice(b"fields of a newer version");
+        b
+    };
+    let planted = newer(holder.owner());
+    m.write(|b| shmkv::__private::set_raw_sync_state(b, &planted))
+        .unwrap();
+    let mut refused = Sync::start(&etcd, "/n/", &map.0, &["--resnapshot"]);
+    assert_eq!(refused.wait_exit(Duration::from_secs(20)), Some(EXIT_LEASE));
+    let log = refused.log();
+    assert!(log.contains(&format!("pid {}", holder.owner().0)), "{log}");
+    assert_eq!(m.get(SYNC_STATE_KEY).unwrap().unwrap(), planted);
+    let sync = Sync::start(&etcd, "/n/", &map.0, &["--resnapshot", "--take-over"]);
+    assert_converges(&etcd, "/n/", &map.0, false, &sync);
+    let log = sync.log();
+    assert!(
+        log.contains("taking the map over") && log.contains("replacing the map's unreadable"),
+        "{log}"
+    );
+    // Taken over while running, by a state it cannot decode.
+    let mut sync = sync;
+    let planted = newer(holder.owner());
+    m.write(|b| shmkv::__private::set_raw_sync_state(b, &planted))
+        .unwrap();
+    assert_eq!(sync.wait_exit(Duration::from_secs(20)), Some(EXIT_LEASE));
+    assert!(sync.log().contains("taken over"), "{}", sync.log());
+    assert_eq!(m.get(SYNC_STATE_KEY).unwrap().unwrap(), planted);
+}
+
+/// A damaged map (not a damaged state) is an error (exit 1) that
+/// `--resnapshot` does not claim to fix, and the sync changes nothing.
+#[test]
+fn a_damaged_map_is_not_mistaken_for_an_unreadable_state() {
+    let etcd = Etcd::start();
+    let map = MapGuard(unique("damaged"));
+    etcd.ctl_ok(&["put", "/d/a", "1"]);
+    let sync = Sync::start(&etcd, "/d/", &map.0, &["--create"]);
+    assert_converges(&etcd, "/d/", &map.0, false, &sync);
+    let mut sync = sync;
+    assert_eq!(sync.signal_and_wait(SIGTERM), Some(0));
+    scribble_data_word(&map.0, shmkv::__private::data_offsets::COUNTERS_CHECK, 1);
+    for extra in [&[][..], &["--resnapshot"][..]] {
+        let mut s = Sync::start(&etcd, "/d/", &map.0, extra);
+        assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(1), "{extra:?}");
+        let log = s.log();
+        assert!(log.contains("corrupted"), "{log}");
+        assert!(
+            !log.contains("--resnapshot replaces") && !log.contains("replacing the map's"),
+            "{log}"
+        );
+    }
+    scribble_data_word(&map.0, shmkv::__private::data_offsets::COUNTERS_CHECK, 1);
+    RawMap::open(&map.0, &Options::new())
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert_eq!(map_entries(&map.0), vec![(b"/d/a".to_vec(), b"1".to_vec())]);
 }
 
 #[test]

@@ -432,3 +432,51 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A process that stands for another sync holding a lease: `sleep 120`,
+/// SIGKILLed by pid on drop.
+pub struct Holder(pub Child);
+
+impl Holder {
+    pub fn start() -> Holder {
+        Holder(
+            Command::new("sleep")
+                .arg("120")
+                .spawn()
+                .expect("start sleep"),
+        )
+    }
+
+    /// Its pid and start time (a live lease owner).
+    pub fn owner(&self) -> (u32, u64) {
+        let pid = self.0.id();
+        (pid, shmkv::process_start_time(pid).expect("sleep runs"))
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// XORs `x` into the 8-byte word at `off` of the map's data segment in
+/// force (a scribble by "another program"; `off` from
+/// `shmkv::__private::data_offsets`).
+pub fn scribble_data_word(map: &str, off: usize, x: u64) {
+    let m = RawMap::open(map, &Options::new()).unwrap();
+    let id = m.stats().unwrap().data_shmid;
+    // SAFETY: a null address lets the kernel choose; plain arguments.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    assert_ne!(p as isize, -1, "shmat: {}", std::io::Error::last_os_error());
+    assert_eq!(off % 8, 0);
+    // SAFETY: `off` is a header field's offset, inside the segment and
+    // 8-aligned (checked); the word is shared memory, so volatile;
+    // scribbling on it is the point of the test.
+    unsafe {
+        let w = p.cast::<u8>().add(off).cast::<u64>();
+        w.write_volatile(w.read_volatile() ^ x);
+        libc::shmdt(p);
+    }
+}
