@@ -35,7 +35,8 @@ fn a_read_only_view_under_steady_writes_is_busy_not_a_lock_timeout() {
         Ok(got)
     });
     let took = t.elapsed();
-    assert!(writes > 64, "the view ran {writes} times");
+    // At least the optimistic tries (64), then backed-off ones until 300 ms.
+    assert!(writes >= 64, "the view ran {writes} times");
     match result {
         Err(Error::Busy { name, changes, .. }) => {
             assert_eq!(name, c.name);

@@ -205,12 +205,16 @@ fn lock_timeout_names_the_holder() {
     )
     .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // The batch stays open until the checks below are done (no sleep that a
+    // slow machine could outlast).
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
         s.spawn(|| {
+            let done_rx = done_rx; // moved in: a Receiver is not Sync
             m.write(|b| {
                 b.insert(b"slow", b"batch")?;
                 tx.send(()).unwrap();
-                std::thread::sleep(Duration::from_millis(600));
+                let _ = done_rx.recv_timeout(Duration::from_secs(30));
                 Ok(())
             })
             .unwrap()
@@ -227,9 +231,11 @@ fn lock_timeout_names_the_holder() {
             }
             r => panic!("{r:?}"),
         }
-        assert!(t.elapsed() < Duration::from_millis(550));
+        // Gave up after its timeout, not after the holder finished.
+        assert!(t.elapsed() < Duration::from_secs(5));
         // Reads do not wait for the writer.
         assert_eq!(other.get(b"slow").unwrap(), None);
+        done_tx.send(()).unwrap();
     });
     assert_eq!(other.get(b"slow").unwrap().unwrap(), b"batch");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{arg, results, role, spawn, Cleanup, KillOnDrop};
+use common::{arg, await_result, results, role, spawn, Cleanup, KillOnDrop};
 use shmkv::__private::futex_wakes;
 use shmkv::{Options, RawMap};
 
@@ -51,8 +51,10 @@ fn a_waiter_in_another_process_wakes_within_milliseconds() {
             env.push(("READ_ONLY", "1".into()));
         }
         let mut w = KillOnDrop(Some(spawn(test, "waiter", &env)));
-        // Give the waiter time to go to sleep, then write.
-        std::thread::sleep(Duration::from_millis(300));
+        // The waiter has read `since` (whatever its start-up took); give
+        // it time to go to sleep, then write.
+        await_result(w.0.as_mut().unwrap(), "ready");
+        std::thread::sleep(Duration::from_millis(200));
         let wrote = monotonic_ns();
         m.insert(b"a", b"2").unwrap();
         let (status, lines) = results(w.0.take().unwrap());
@@ -137,7 +139,8 @@ fn a_sleeper_killed_while_waiting_stops_costing_writers_wake_calls() {
             env.push(("READ_ONLY", "1".into()));
         }
         let mut child = KillOnDrop(Some(spawn(test, "sleeper", &env)));
-        std::thread::sleep(Duration::from_millis(300));
+        await_result(child.0.as_mut().unwrap(), "ready");
+        std::thread::sleep(Duration::from_millis(200));
         // The sleeper is registered: a write wakes it (one wake call).
         let before = futex_wakes();
         m.insert(b"first", b"x").unwrap();

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -121,11 +122,15 @@ fn error_paths_name_the_map_and_the_cause() {
     let c = Cleanup::new("cli-locked");
     let m = RawMap::create(&c.name, &c.opts).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Held until the two commands below have run (not for a fixed time a
+    // slow machine could outlast).
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
         s.spawn(|| {
+            let done_rx = done_rx; // moved in: a Receiver is not Sync
             m.write(|_| {
                 tx.send(()).unwrap();
-                std::thread::sleep(Duration::from_millis(800));
+                let _ = done_rx.recv_timeout(Duration::from_secs(30));
                 Ok(())
             })
             .unwrap()
@@ -141,6 +146,7 @@ fn error_paths_name_the_map_and_the_cause() {
             err.contains(&format!("held by pid {}", std::process::id())),
             "{err}"
         );
+        done_tx.send(()).unwrap();
     });
 
     // An incompatible layout version.
@@ -215,25 +221,22 @@ fn watch_prints_versions_and_changed_keys() {
             .spawn()
             .unwrap(),
     ));
-    std::thread::sleep(Duration::from_millis(400));
+    // Each write only after the watcher printed the line before it (it
+    // prints a line per wake-up, so writes it has not yet seen would merge).
+    let mut lines = BufReader::new(w.0.as_mut().unwrap().stdout.take().unwrap()).lines();
+    let mut next_line = || lines.next().unwrap().unwrap();
+    assert_eq!(next_line(), format!("watching {:?} from version 2", c.name));
     m.write(|b| {
         b.insert(b"a", b"2")?;
         b.insert(b"c", b"1")?;
         b.remove(b"b").map(drop)
     })
     .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(next_line(), "version 3: ~a -b +c");
     m.insert(b"c", b"2").unwrap();
-    let out = w.0.take().unwrap().wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        text,
-        format!(
-            "watching {:?} from version 2\nversion 3: ~a -b +c\nversion 4: ~c\n",
-            c.name
-        )
-    );
+    assert_eq!(next_line(), "version 4: ~c");
+    assert!(lines.next().is_none(), "more lines after --count 2");
+    assert!(w.0.take().unwrap().wait().unwrap().success());
 }
 
 /// Issue 16 item 2: `watch` labels each line with the versions it covers
@@ -260,16 +263,19 @@ fn watch_lines_cover_exactly_their_versions() {
             .spawn()
             .unwrap(),
     ));
-    std::thread::sleep(Duration::from_millis(400));
+    // The writes start once the watcher has printed its first line (it
+    // knows its starting version then).
+    let mut stdout = BufReader::new(w.0.as_mut().unwrap().stdout.take().unwrap());
+    let mut text = String::new();
+    stdout.read_line(&mut text).unwrap();
     // 14 versions in quick succession: the watcher merges some of them.
     for i in 0..12u8 {
         m.insert(format!("x{}", 10 + i).as_bytes(), b"v").unwrap();
     }
     m.remove(b"x3").unwrap();
     m.insert(b"x3", b"same").unwrap();
-    let out = w.0.take().unwrap().wait_with_output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+    assert!(w.0.take().unwrap().wait().unwrap().success());
     let mut next = start + 1;
     let mut changed = std::collections::BTreeSet::new();
     for line in text.lines().skip(1) {
@@ -522,7 +528,11 @@ fn last_attacher(id: i32) -> i32 {
 fn ls_leaves_foreign_segments_alone_and_shows_half_created_maps() {
     // Another program's 512-byte segment at some key, no lock there.
     let key = 0x5e00_0000 | (std::process::id() as i32 & 0xffff);
-    let foreign = Segment::create(key, 512, 0o600);
+    // Detached at once (the guard drops): a segment this process keeps
+    // attached is inherited by any fork of it (another test's `Command`
+    // with `uid()` forks), and that child's exec detaches it, setting
+    // `shm_lpid` to the child's pid: a false "ls attached it" (seen once).
+    let foreign_id = Segment::create(key, 512, 0o600).id();
     struct Rm(i32);
     impl Drop for Rm {
         fn drop(&mut self) {
@@ -530,9 +540,9 @@ fn ls_leaves_foreign_segments_alone_and_shows_half_created_maps() {
             unsafe { libc::shmctl(self.0, libc::IPC_RMID, std::ptr::null_mut()) };
         }
     }
-    let _rm = Rm(foreign.id());
+    let _rm = Rm(foreign_id);
     let me = std::process::id() as i32;
-    assert_eq!(last_attacher(foreign.id()), me);
+    assert_eq!(last_attacher(foreign_id), me);
     // A map whose creator has not finished.
     let c = Cleanup::new("cli-ls-creating");
     let m = RawMap::create(&c.name, &c.opts).unwrap();
@@ -542,7 +552,7 @@ fn ls_leaves_foreign_segments_alone_and_shows_half_created_maps() {
     root.write_u64(root_offsets::MAGIC, u64::from_le_bytes(*b"SHMKVRC\x01"));
     let text = ok(&["ls"]);
     assert_eq!(
-        last_attacher(foreign.id()),
+        last_attacher(foreign_id),
         me,
         "ls attached another program's segment"
     );

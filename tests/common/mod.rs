@@ -113,6 +113,32 @@ pub fn results(child: Child) -> (std::process::ExitStatus, Vec<String>) {
     (out.status, lines)
 }
 
+/// Reads the child's stdout up to the line `RESULT <payload>` (a child
+/// saying it reached a point), byte by byte so that nothing after that line
+/// is consumed: [`results`] still gets the rest. Panics if the child ends
+/// first.
+pub fn await_result(child: &mut Child, payload: &str) {
+    use std::io::Read;
+    let want = format!("RESULT {payload}");
+    let out = child.stdout.as_mut().expect("the child's stdout is piped");
+    let mut line = Vec::new();
+    let mut b = [0u8];
+    loop {
+        match out.read(&mut b) {
+            Ok(0) => panic!("the child ended before printing {want:?}"),
+            Ok(_) if b[0] == b'\n' => {
+                if line == want.as_bytes() {
+                    return;
+                }
+                line.clear();
+            }
+            Ok(_) => line.push(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading the child's stdout: {e}"),
+        }
+    }
+}
+
 /// Kills a child we started (by its pid) if it is still running.
 pub struct KillOnDrop(pub Option<Child>);
 
