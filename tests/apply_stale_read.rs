@@ -33,7 +33,7 @@ fn a_view_that_straddles_a_crash_mid_apply_does_not_wait() {
         return crasher_role();
     }
     let test = "a_view_that_straddles_a_crash_mid_apply_does_not_wait";
-    let timeout = Duration::from_secs(3);
+    let timeout = Duration::from_secs(10);
     let c = Cleanup::with("straddle", Options::new().lock_timeout(timeout));
     let map = RawMap::create(&c.name, &c.opts).unwrap();
     map.insert(b"a", b"a-before").unwrap();
@@ -69,10 +69,11 @@ fn a_view_that_straddles_a_crash_mid_apply_does_not_wait() {
         (Some(b"a-before".to_vec()), Some(b"b-after".to_vec())),
         "the view returns the after state"
     );
-    // Excluding the crasher's own run time (well under a second), the view
-    // must not have waited: a fresh read reads the committed log at once.
+    // The view must not have waited for the lock timeout (10 s): a fresh
+    // read reads the committed log at once. The bound leaves room for the
+    // crasher's own run (a process start) on a loaded machine.
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(4),
         "a read-only view waited {took:?} (lock timeout {timeout:?}) for a dead writer"
     );
     drop(ro);

@@ -338,6 +338,12 @@ fn voluntary_switches() -> i64 {
     ru.ru_nvcsw
 }
 
+/// The file by which the idle waiter of map `name` says its idle wait is
+/// over (the parent writes only then, however late the child started).
+fn idle_done_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{name}.idle-done"))
+}
+
 /// In a child, as another user who may only read the map: waits 1.5 s
 /// with nothing written, then waits for the parent's write.
 fn idle_waiter_role() {
@@ -350,6 +356,7 @@ fn idle_waiter_role() {
         None
     );
     let switches = voluntary_switches() - before;
+    std::fs::write(idle_done_file(&arg("MAP")), b"").unwrap();
     let t = std::time::Instant::now();
     let v = m
         .wait_for_change(since, std::time::Duration::from_secs(10))
@@ -380,12 +387,20 @@ fn unprivileged_read_only_waiters_sleep_on_maps_that_wake_every_write() {
         let c = Cleanup::with("ro-idle", Options::new().mode(0o644));
         let m = RawMap::create(&c.name, &c.opts.clone().wake_every_write(wake)).unwrap();
         assert_eq!(m.stats().unwrap().wake_every_write, wake);
+        let done = idle_done_file(&c.name);
+        let _ = std::fs::remove_file(&done);
         let result = std::thread::scope(|s| {
             let child = s.spawn(|| run_as(TEST, "idle-waiter", &c.name, 65534, 65534, &[]));
-            std::thread::sleep(std::time::Duration::from_millis(2200));
+            // Write once the child's 1.5 s of quiet are over (it may start
+            // late on a loaded machine); it panics if the child died first.
+            while !done.exists() {
+                assert!(!child.is_finished(), "the idle waiter ended early");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             m.insert(b"k", b"v").unwrap();
             child.join().unwrap()
         });
+        let _ = std::fs::remove_file(&done);
         eprintln!("wake_every_write={wake}: {result}");
         let field = |k: &str| -> i64 {
             result
