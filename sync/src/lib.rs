@@ -166,7 +166,6 @@ fn now_ms() -> u64 {
 #[derive(Debug)]
 struct Stop(u8);
 
-/// A failure of one attempt: retried (etcd) or fatal.
 /// Why the lease batch at start did not take the lease.
 enum Refused {
     /// Another live sync (this pid) holds it (no `--take-over`).
@@ -175,6 +174,7 @@ enum Refused {
     Unreadable(Error),
 }
 
+/// A failure of one attempt: retried (etcd) or fatal.
 enum Fault {
     /// etcd unreachable or the stream broke: reconnect with backoff.
     Etcd(etcd_client::Error),
@@ -269,12 +269,9 @@ async fn run_etcd(args: &EtcdArgs) -> u8 {
         // A map error (a damaged table) propagates; a stored value that
         // does not decode is the state's own trouble, and its owner (at
         // fixed offsets in every version) is still honoured.
-        let raw = b.get(SYNC_STATE_KEY)?.map(<[u8]>::to_vec);
-        let decoded = raw.as_deref().map(SyncState::decode).transpose();
-        let owner = match &decoded {
-            Ok(s) => s.as_ref().map(|s| (s.owner_pid, s.owner_start_time)),
-            Err(_) => raw.as_deref().and_then(SyncState::encoded_owner),
-        };
+        let raw = b.get(SYNC_STATE_KEY)?;
+        let owner = raw.and_then(SyncState::encoded_owner);
+        let decoded = raw.map(SyncState::decode).transpose();
         if let Some((pid, start)) = owner {
             if pid != me.0 && is_live_owner(pid, start) {
                 if !args.take_over {
