@@ -427,7 +427,7 @@ fn main() -> ExitCode {
     #[cfg(feature = "etcd")]
     if let Cmd::Sync { source } = &cli.cmd {
         // Its own exit codes and log lines (shmkv_sync::exit).
-        return ExitCode::from(shmkv_sync::run(source));
+        return ExitCode::from(shmkv_sync::run(source, &options(&cli, false)));
     }
     match sizing_needs_create(&cli).and_then(|()| run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,

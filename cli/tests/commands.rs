@@ -5,7 +5,7 @@
 mod common;
 
 use common::{ok, shmkv, Cleanup};
-use shmkv::RawMap;
+use shmkv::{Options, RawMap};
 
 /// Exit code and stderr of a failing command.
 fn fails(args: &[&str]) -> (i32, String) {
@@ -374,6 +374,35 @@ fn a_synced_map_hides_its_sync_state_and_stat_shows_it() {
 /// exit 2, as is an etcd unreachable at start (after taking the lease,
 /// which it releases again); a live owner's lease is exit 3.
 #[cfg(feature = "etcd")]
+/// The global options reach the sync: `shmkv --sysv-key K sync etcd
+/// --create ...` creates the map at key K (it was created at the name's
+/// key: the flag, listed in `sync --help`, was dropped).
+#[test]
+fn sync_opens_the_map_with_the_global_options() {
+    let key = 0x5f00_0000 | (std::process::id() as i32 & 0xffff);
+    let c = Cleanup::with("cli-sync-key", Options::new().sysv_key(key));
+    let o = shmkv(&[
+        "--sysv-key",
+        &key.to_string(),
+        "sync",
+        "etcd",
+        "--endpoints",
+        "http://127.0.0.1:1",
+        "--prefix",
+        "/x/",
+        &c.name,
+        "--connect-timeout",
+        "1",
+        "--create",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot reach etcd"), "{err}");
+    let m = RawMap::open(&c.name, &c.opts).unwrap();
+    assert_eq!(m.stats().unwrap().key, key);
+    assert!(m.sync_state().unwrap().is_some());
+}
+
 #[test]
 fn sync_exit_codes_without_etcd() {
     let c = Cleanup::new("cli-sync-exit");

@@ -125,7 +125,10 @@ pub fn init_logging() {
 }
 
 /// Runs `shmkv sync SOURCE` to its end; returns the exit code ([`exit`]).
-pub fn run(source: &Source) -> u8 {
+/// The map is opened (or created) with `base`: the `shmkv` command's
+/// global options (`--sysv-key`, `--lock-timeout-ms`, `--raw`), or
+/// `Options::new()`.
+pub fn run(source: &Source, base: &Options) -> u8 {
     init_logging();
     let Source::Etcd(args) = source;
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -138,7 +141,7 @@ pub fn run(source: &Source) -> u8 {
             return exit::ERROR;
         }
     };
-    rt.block_on(run_etcd(args))
+    rt.block_on(run_etcd(args, base))
 }
 
 /// The end of `[prefix, end)` covering every key beginning with `prefix`
@@ -231,7 +234,7 @@ struct Syncer<'a> {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
-async fn run_etcd(args: &EtcdArgs) -> u8 {
+async fn run_etcd(args: &EtcdArgs, base: &Options) -> u8 {
     let me = (
         std::process::id(),
         shmkv::process_start_time(std::process::id()).unwrap_or(0),
@@ -256,7 +259,7 @@ async fn run_etcd(args: &EtcdArgs) -> u8 {
         error!("--page-size must be positive");
         return exit::USAGE;
     }
-    let map = match open_map(args) {
+    let map = match open_map(args, base) {
         Ok(m) => m,
         Err(e) => {
             error!(map = %args.map, "cannot open the map: {e}");
@@ -359,11 +362,11 @@ async fn run_etcd(args: &EtcdArgs) -> u8 {
     code
 }
 
-fn open_map(args: &EtcdArgs) -> shmkv::Result<RawMap> {
+fn open_map(args: &EtcdArgs, base: &Options) -> shmkv::Result<RawMap> {
     if !args.create {
-        return RawMap::open(&args.map, &Options::new());
+        return RawMap::open(&args.map, base);
     }
-    let mut o = Options::new();
+    let mut o = base.clone();
     if let Some(c) = args.capacity {
         o = o.capacity(c);
     }

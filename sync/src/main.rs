@@ -13,5 +13,6 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::from(shmkv_sync::run(&Cli::parse().source))
+    let source = Cli::parse().source;
+    std::process::ExitCode::from(shmkv_sync::run(&source, &shmkv::Options::new()))
 }
