@@ -215,7 +215,7 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
         self.raw.write(|b| b.remove_typed(&key.key_bytes()))
     }
 
-    /// Number of entries.
+    /// Number of entries (the hidden sync state not counted).
     pub fn len(&self) -> usize {
         self.raw.len()
     }
@@ -270,7 +270,8 @@ impl<K: Key + ?Sized, V: Archive> ShmMap<K, V> {
             .collect()
     }
 
-    /// Every entry as owned values, from one consistent snapshot.
+    /// Every entry as owned values, from one consistent snapshot (the
+    /// hidden sync state left out).
     pub fn entries(&self) -> Result<Vec<(K::Owned, V)>>
     where
         V: Loadable,

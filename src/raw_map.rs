@@ -124,7 +124,8 @@ impl RawMap {
         self.e.contains_key(key)
     }
 
-    /// Number of entries.
+    /// Number of entries (the hidden sync state, [`SYNC_STATE_KEY`](crate::SYNC_STATE_KEY),
+    /// not counted).
     #[inline]
     pub fn len(&self) -> usize {
         self.e.len()
@@ -153,7 +154,8 @@ impl RawMap {
         self.e.write(|b| b.remove(key))
     }
 
-    /// Every entry, as one consistent snapshot (see [`RawMap::view`](crate::RawMap::view)).
+    /// Every entry, as one consistent snapshot (see [`RawMap::view`](crate::RawMap::view));
+    /// the hidden sync state is left out.
     pub fn entries(&self) -> Result<Vec<Entry<'_>>> {
         self.e.entries()
     }

@@ -11,7 +11,6 @@
 
 use crate::error::{Error, Result};
 use crate::raw::batch::RawBatch;
-use crate::raw::txn::RawTxn;
 use crate::RawMap;
 
 /// The reserved key namespace: user `insert`/`remove` of a key beginning
@@ -200,6 +199,12 @@ impl SyncState {
         is_live_owner(self.owner_pid, self.owner_start_time)
     }
 
+    /// The lag in revisions, `seen_revision - revision`, never negative
+    /// and without overflow at extreme revisions.
+    pub fn lag_revisions(&self) -> i64 {
+        self.seen_revision.saturating_sub(self.revision).max(0)
+    }
+
     /// The owner (pid, start time) recorded in a stored state that may not
     /// decode (damaged after the lease fields, or written by a newer
     /// version of the encoding): `None` when the bytes are too short or do
@@ -221,7 +226,6 @@ impl SyncState {
 pub fn is_live_owner(pid: u32, start_time: u64) -> bool {
     pid != 0
         && start_time != 0
-        && crate::sys::procfs::process_alive(pid)
         && crate::sys::procfs::process_start_time(pid) == Some(start_time)
         && !matches!(
             crate::sys::procfs::process_state(pid),
@@ -262,13 +266,6 @@ impl RawBatch<'_> {
     }
 
     /// The sync state as this batch sees the map.
-    pub fn sync_state(&self) -> Result<Option<SyncState>> {
-        decode_opt(self.get(SYNC_STATE_KEY)?)
-    }
-}
-
-impl RawTxn<'_> {
-    /// [`RawBatch::sync_state`] in this transaction.
     pub fn sync_state(&self) -> Result<Option<SyncState>> {
         decode_opt(self.get(SYNC_STATE_KEY)?)
     }

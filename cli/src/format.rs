@@ -209,7 +209,7 @@ pub(crate) fn sync_json(s: &shmkv::SyncState) -> Value {
         "source": s.source.as_str(), "cluster_id": format!("{:x}", s.cluster_id),
         "prefix": String::from_utf8_lossy(&s.prefix), "strip_prefix": s.strip_prefix,
         "endpoints": s.endpoints, "revision": s.revision, "seen_revision": s.seen_revision,
-        "lag_revisions": s.seen_revision.saturating_sub(s.revision).max(0),
+        "lag_revisions": s.lag_revisions(),
         "seconds_since_last_event": (s.last_event_unix_ms != 0).then(|| secs_since(s.last_event_unix_ms)),
         "owner_pid": (s.owner_pid != 0).then_some(s.owner_pid), "owner_alive": s.owner_alive(),
     })
@@ -227,7 +227,7 @@ pub(crate) fn print_sync(s: &shmkv::SyncState) {
     println!(
         "revision    {} applied, lag {} revisions (seen {}), last event {}",
         s.revision,
-        s.seen_revision.saturating_sub(s.revision).max(0),
+        s.lag_revisions(),
         s.seen_revision,
         if s.last_event_unix_ms == 0 {
             "never".to_string()

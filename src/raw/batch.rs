@@ -85,7 +85,8 @@ impl RawBatch<'_> {
         }
     }
 
-    /// `insert` without the reserved-key check (the sync state).
+    /// `insert` without the reserved-key check: the sync state, and the
+    /// integer keys of `insert_typed` (8 bytes, never a system key).
     pub(crate) fn insert_system(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.check_process()?;
         // The system key is not a value of a typed map's type: no check.
@@ -117,7 +118,8 @@ impl RawBatch<'_> {
         self.remove_system(key)
     }
 
-    /// `remove` without the reserved-key check (the sync state).
+    /// `remove` without the reserved-key check: the sync state, and the
+    /// integer keys of `remove_typed`.
     pub(crate) fn remove_system(&mut self, key: &[u8]) -> Result<bool> {
         self.check_process()?;
         let h = hash_key(self.map.seed, key);

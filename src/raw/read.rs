@@ -79,27 +79,15 @@ impl Engine {
         // child if another thread of the parent held it then (std's lock
         // does not know about `fork`); a read must not wait for a thread
         // this process does not have. Contention only costs a parse.
-        let cached = match self.overlay_cache.try_read() {
-            Ok(c) => c
-                .as_ref()
+        let cached = tried(self.overlay_cache.try_read()).and_then(|c| {
+            c.as_ref()
                 .filter(|(w, _)| *w == g.word)
-                .map(|c| c.1.clone()),
-            Err(TryLockError::Poisoned(e)) => e
-                .into_inner()
-                .as_ref()
-                .filter(|(w, _)| *w == g.word)
-                .map(|c| c.1.clone()),
-            Err(TryLockError::WouldBlock) => None,
-        };
+                .map(|c| c.1.clone())
+        });
         let state = g.table.read_state(cached.as_ref())?;
         if let Some(o) = &state.overlay {
             if cached.is_none_or(|c| !Arc::ptr_eq(&c, o)) {
-                let slot = match self.overlay_cache.try_write() {
-                    Ok(c) => Some(c),
-                    Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-                    Err(TryLockError::WouldBlock) => None,
-                };
-                if let Some(mut slot) = slot {
+                if let Some(mut slot) = tried(self.overlay_cache.try_write()) {
                     *slot = Some((g.word, o.clone()));
                 }
             }
@@ -207,9 +195,10 @@ impl Engine {
     /// Number of entries, the hidden sync state not counted: the live
     /// count and the lookup of the state from one consistent snapshot, as
     /// a view reads it (read apart, a state written or removed between the
-    /// two reads gave a count the map never had). Never takes the lock nor
-    /// sleeps: after a few raced tries (writes committing back to back),
-    /// the two reads apart.
+    /// two reads gave a count the map never had). After a few raced tries
+    /// (writes committing back to back), the two reads apart. Takes the
+    /// lock or sleeps only as any lookup does: after a writer died
+    /// mid-write, leaving odd slots.
     pub(crate) fn len(&self) -> usize {
         const TRIES: u32 = 16;
         let pin = self.gens.pin();
@@ -249,7 +238,7 @@ impl Engine {
     }
 
     /// Whether the map holds the sync state key (an error reads as no).
-    pub(crate) fn has_sync_state(&self) -> bool {
+    fn has_sync_state(&self) -> bool {
         matches!(self.get_ref(crate::SYNC_STATE_KEY), Ok(Some(_)))
     }
 
@@ -343,6 +332,16 @@ impl Engine {
                 std::thread::sleep(Duration::from_micros(backoff.min(10_000)));
             }
         }
+    }
+}
+
+/// The guard of a `try_read`/`try_write`: also when poisoned (the cache
+/// only saves parsing), `None` when the lock is taken.
+fn tried<G>(r: std::sync::TryLockResult<G>) -> Option<G> {
+    match r {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 

@@ -98,6 +98,12 @@ impl<'m> RawTxn<'m> {
         self.batch.set_sync_state(state)
     }
 
+    /// The sync state as this transaction sees the map (as
+    /// [`RawBatch::sync_state`]).
+    pub fn sync_state(&self) -> Result<Option<crate::SyncState>> {
+        self.batch.sync_state()
+    }
+
     /// The value of `key` as this transaction sees the map, its own writes
     /// included (as [`RawBatch::get`]).
     pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {

@@ -13,7 +13,9 @@ use crate::sync::{AtomicU64, Ordering};
 
 /// Process-local fork count, bumped in the child by a `pthread_atfork`
 /// handler. `Gens` compares it with the value it last saw on its slow paths
-/// (reclaim, stats, the switch lock): never on the read path.
+/// (reclaim, stats, the switch lock), a batch with the epoch it began in
+/// (`RawBatch::check_process`), and the writer lock with its guard's
+/// (`Engine::lock`, `WriteGuard::drop`): never on the read path.
 pub(super) static FORK_EPOCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 /// The token of the thread that called the latest `fork` (the only thread
 /// the child has from the parent).
