@@ -4,10 +4,13 @@
 # a C compiler, PHP with FFI and APCu; protoc, etcd and etcdctl for the
 # sync crate's build and its etcd scenarios), then runs:
 #   1. cargo test --workspace --all-features (the library, the CLI, the C
-#      ABI's crate);
+#      ABI's crate, the etcd sync with its scenarios);
 #   2. scripts/test-ffi.sh: the checked-in C header against a fresh
 #      cbindgen run, the C API from a C program (shared and static
-#      library), the PHP library's tests.
+#      library), the PHP library's tests;
+#   3. scripts/python-test.sh: the Python package built into a virtualenv
+#      (maturin, pytest, gunicorn, msgpack installed there with pip when
+#      absent), then its pytest suite.
 # Nothing is skipped because a program is missing: it is installed, or the
 # run fails.
 set -euo pipefail

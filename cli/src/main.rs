@@ -245,9 +245,10 @@ enum Cmd {
     },
     /// Keep MAP a consistent replica of a key prefix of a store (etcd),
     /// until SIGTERM/SIGINT. Exit codes: 0 stopped by a signal, 1 error,
-    /// 2 usage or store unreachable at start, 3 another sync holds the
-    /// map's lease (see --take-over), 4 a revision does not fit (full,
-    /// value too large): nothing of it was applied (fix it in etcd, then
+    /// 2 usage, the map cannot be opened or created, or the store is
+    /// unreachable at start, 3 another sync holds the map's lease (see
+    /// --take-over), 4 a revision does not fit (full, key or value too
+    /// large, reserved key): nothing of it was applied (fix it in etcd, then
     /// restart with --resnapshot). Logs to stderr (RUST_LOG, default
     /// info).
     #[cfg(feature = "etcd")]

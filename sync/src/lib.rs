@@ -11,7 +11,8 @@
 //! - A lease (the owner's pid and start time in the sync state) keeps a
 //!   second sync off the map unless it takes over.
 //!
-//! The entry points are [`EtcdArgs`] (the command line) and [`run`].
+//! The entry points are [`Source`] (the command line; its etcd arguments
+//! are [`EtcdArgs`]) and [`run`].
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -60,7 +61,7 @@ pub struct EtcdArgs {
     #[arg(long)]
     pub strip_prefix: bool,
     /// Take the map over from a running sync (its lease is overwritten;
-    /// the old sync stops at its next revision with exit code 3).
+    /// the old sync stops within about a second with exit code 3).
     #[arg(long)]
     pub take_over: bool,
     /// Start with a fresh snapshot of etcd instead of resuming from the
@@ -715,7 +716,7 @@ impl Syncer<'_> {
         next.updated_unix_ms = now;
         next.owner_pid = self.me.0;
         next.owner_start_time = self.me.1;
-        let mut failed_key: Option<Vec<u8>> = None;
+        let mut failed_key: Option<&[u8]> = None;
         let mut lost = None;
         let r = self.map.write(|b| {
             lost = self.other_holder(b.get(SYNC_STATE_KEY)?);
@@ -723,18 +724,18 @@ impl Syncer<'_> {
                 return Ok(());
             }
             for k in &c.dels {
-                failed_key = Some(k.clone());
+                failed_key = Some(k);
                 b.remove(k)?;
             }
             for (k, v) in &c.puts {
-                failed_key = Some(k.clone());
+                failed_key = Some(k);
                 b.insert(k, v)?;
             }
             failed_key = None;
             b.set_sync_state(&next)
         });
         if let Err(e) = r {
-            return Err(Fault::Stop(self.map_failed(&e, rev, failed_key.as_deref())));
+            return Err(Fault::Stop(self.map_failed(&e, rev, failed_key)));
         }
         if let Some(owner) = lost {
             error!(owner, "the lease was taken over by another sync; stopping");

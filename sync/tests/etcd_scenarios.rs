@@ -1,7 +1,8 @@
 //! `shmkv sync etcd` against a real etcd (started by the tests; they fail,
-//! never skip, without `etcd`). Each scenario ends with the convergence
-//! check: the whole map against `etcdctl get --prefix` at the map's
-//! applied revision.
+//! never skip, without `etcd`). Each scenario checks convergence while a
+//! sync runs: the whole map against `etcdctl get --prefix` at the map's
+//! applied revision; those that end in an exit code then check that the
+//! map kept its last whole revision.
 #![allow(unreachable_pub)]
 
 mod common;
@@ -681,7 +682,8 @@ fn a_stripped_key_in_the_reserved_namespace_is_refused_with_exit_4() {
 
 /// A sync taken over while etcd is quiet: it stopped only at its next
 /// revision, so with no writes it kept running (and watching) forever
-/// after losing the lease. It must notice within a summary interval.
+/// after losing the lease. It must notice at its next lease check
+/// (`LEASE_CHECK`, 1 s).
 #[test]
 fn a_taken_over_sync_exits_without_waiting_for_a_revision() {
     let etcd = Etcd::start();
@@ -694,8 +696,8 @@ fn a_taken_over_sync_exits_without_waiting_for_a_revision() {
     wait_for(Duration::from_secs(10), "the take-over", || {
         m.sync_state().unwrap().unwrap().owner_pid == second.pid()
     });
-    // No etcd writes: the first one must still stop (its summary interval
-    // is 1 s in these tests).
+    // No etcd writes: the first one must still stop (it checks the lease
+    // every second).
     assert_eq!(first.wait_exit(Duration::from_secs(10)), Some(EXIT_LEASE));
     assert!(first.log().contains("taken over"), "{}", first.log());
     etcd.ctl_ok(&["put", "/q/b", "2"]);
