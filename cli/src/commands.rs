@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shmkv::{list_maps, Error, RawMap};
+use shmkv::{list_maps, Error, RawMap, SyncState};
 
 use crate::fail::{confirm, error_kind, fail, Fail};
 use crate::format::*;
@@ -100,15 +100,26 @@ pub(crate) fn create(cli: &Cli, name: &str, sizing: &Sizing) -> Out {
 pub(crate) fn stat(cli: &Cli, name: &str) -> Out {
     let m = open(cli, name, true)?;
     let s = m.stats().map_err(|e| Fail::map(name, e))?;
-    let sync = m.sync_state().map_err(|e| Fail::map(name, e))?;
+    // Read raw: a state that does not decode (damaged, or written by a
+    // newer version) is shown as such with its owner, not a failed `stat`.
+    let raw = m
+        .get(shmkv::SYNC_STATE_KEY)
+        .map_err(|e| Fail::map(name, e))?;
+    let sync = raw.as_deref().map(|b| (SyncState::decode(b), b));
     if cli.json {
         let mut v = stats_json(&s);
-        v["sync"] = sync.as_ref().map_or(Value::Null, sync_json);
+        v["sync"] = match &sync {
+            None => Value::Null,
+            Some((Ok(st), _)) => sync_json(st),
+            Some((Err(e), b)) => unreadable_sync_json(e, b),
+        };
         println!("{v}");
     } else {
         print_stats(&s);
-        if let Some(st) = &sync {
-            print_sync(st);
+        match &sync {
+            None => {}
+            Some((Ok(st), _)) => print_sync(st),
+            Some((Err(e), b)) => print_unreadable_sync(e, b),
         }
     }
     Ok(())

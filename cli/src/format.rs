@@ -244,3 +244,32 @@ pub(crate) fn print_sync(s: &shmkv::SyncState) {
         }
     );
 }
+
+/// The owner a stored sync state that does not decode still names, as
+/// `stat` shows it.
+fn unreadable_owner(raw: &[u8]) -> Option<(u32, bool)> {
+    shmkv::SyncState::encoded_owner(raw)
+        .filter(|&(pid, _)| pid != 0)
+        .map(|(pid, start)| (pid, shmkv::is_live_owner(pid, start)))
+}
+
+/// `stat --json`'s sync state when it does not decode.
+pub(crate) fn unreadable_sync_json(e: &shmkv::Error, raw: &[u8]) -> Value {
+    let owner = unreadable_owner(raw);
+    json!({
+        "unreadable": e.to_string(),
+        "owner_pid": owner.map(|o| o.0), "owner_alive": owner.is_some_and(|o| o.1),
+    })
+}
+
+pub(crate) fn print_unreadable_sync(e: &shmkv::Error, raw: &[u8]) {
+    println!("sync        state unreadable ({e}); `shmkv sync etcd --resnapshot` replaces it");
+    println!(
+        "owner       {}",
+        match unreadable_owner(raw) {
+            None => "none readable".to_string(),
+            Some((p, true)) => format!("pid {p} (alive)"),
+            Some((p, false)) => format!("pid {p} (not running)"),
+        }
+    );
+}

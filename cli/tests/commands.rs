@@ -364,6 +364,29 @@ fn a_synced_map_hides_its_sync_state_and_stat_shows_it() {
     let (code, err) = fails(&["put", n, "--key-b64", "AHNobWt2OnN5bmM=", "1"]);
     assert_eq!(code, 1);
     assert!(err.contains("reserved"), "{err}");
+    // A state written by a newer version (it does not decode): `stat`
+    // still shows the counters, says so and names the owner.
+    let mut newer = st.encode();
+    newer[4] = 2;
+    m.write(|b| shmkv::__private::set_raw_sync_state(b, &newer))
+        .unwrap();
+    let text = ok(&["stat", n]);
+    assert!(text.contains("entries     1"), "{text}");
+    assert!(
+        text.contains("state unreadable") && text.contains("unknown version 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pid {} (alive)", std::process::id())),
+        "{text}"
+    );
+    let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", n])).unwrap();
+    assert!(stat["sync"]["unreadable"]
+        .as_str()
+        .unwrap()
+        .contains("unknown version 2"));
+    assert_eq!(stat["sync"]["owner_pid"], std::process::id());
+    assert_eq!(stat["sync"]["owner_alive"], true);
     // A plain map has no sync lines.
     m.write(|b| b.clear_sync_state()).unwrap();
     let stat: serde_json::Value = serde_json::from_str(&ok(&["--json", "stat", n])).unwrap();
