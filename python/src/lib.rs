@@ -588,7 +588,6 @@ impl Map {
                 map: self.map.clone(),
             })),
             exports: Mutex::new(0),
-            _map: self.map.clone(),
         };
         let p = Bound::new(py, p)?;
         PyMemoryView::from(p.as_any())
@@ -866,7 +865,6 @@ fn drain_deferred() {
 struct Pinned {
     value: Mutex<Option<PinnedRef>>,
     exports: Mutex<usize>,
-    _map: Arc<RawMap>,
 }
 
 #[pymethods]

@@ -119,3 +119,60 @@ def test_batch_used_from_another_thread_is_refused(m):
         t.join()
     assert errors and isinstance(errors[0], RuntimeError)
     assert m["a"] == 1 and "b" not in m
+
+
+def test_a_leaked_batch_holds_the_lock_until_collected_or_process_exit(m):
+    """What the README promises for a batch not used with `with`: leaked on
+    its own (living) thread, the lock is held until the object is collected,
+    and nothing of it is applied; left open by a thread that exits, the lock
+    stays held (writers get LockTimeoutError naming this pid)."""
+    import gc
+    import os
+
+    other = shmkv.Map(m.name, create=False, lock_timeout=0.3)
+    b = m.batch()
+    b.__enter__()
+    b["leaked"] = 1
+    with pytest.raises(shmkv.LockTimeoutError) as e:
+        other["x"] = 1
+    assert e.value.holder_pid == os.getpid()
+    del b
+    gc.collect()
+    other["x"] = 1  # released with the object
+    assert "leaked" not in m and m["x"] == 1
+
+    # Left open by a thread that exits: held until the process exits, so
+    # this part runs in a child process (exit code 0 = as promised).
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            mine = shmkv.Map(m.name, create=False)
+            probe = shmkv.Map(m.name, create=False, lock_timeout=0.3)
+            kept = []
+
+            def leave_open():
+                t = mine.batch()
+                t.__enter__()
+                t["abandoned"] = 1
+                kept.append(t)
+
+            th = threading.Thread(target=leave_open)
+            th.start()
+            th.join()
+            held = []
+            for _ in range(2):
+                try:
+                    probe["y"] = 1
+                    held.append(False)
+                except shmkv.LockTimeoutError as err:
+                    held.append(err.holder_pid == os.getpid())
+                kept.clear()  # dropped on a thread that is not its own
+                gc.collect()
+            code = 0 if held == [True, True] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    other["y"] = 1  # the kernel released the lock with the process
+    assert "abandoned" not in m and m["y"] == 1

@@ -19,7 +19,7 @@ write). A map outlives every process until :meth:`Map.destroy`.
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any, Iterator, List, Optional, Tuple, Union
+from typing import Any, List, Tuple, Union
 
 from . import _errors, _shmkv
 from ._errors import (
