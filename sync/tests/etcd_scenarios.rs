@@ -13,12 +13,13 @@ use common::*;
 use etcd_client::{DeleteOptions, TxnOp};
 use shmkv::{Options, RawMap, SourceKind, SyncState, SYNC_STATE_KEY};
 
-const SIGTERM: i32 = 15;
-const SIGKILL: i32 = 9;
+const SIGTERM: i32 = libc::SIGTERM;
+const SIGKILL: i32 = libc::SIGKILL;
 
-/// Exit codes (shmkv_sync::exit).
-const EXIT_LEASE: i32 = 3;
-const EXIT_FULL: i32 = 4;
+/// Exit codes (shmkv_sync::exit), as a `Child`'s status gives them.
+const EXIT_ERROR: i32 = shmkv_sync::exit::ERROR as i32;
+const EXIT_LEASE: i32 = shmkv_sync::exit::LEASE as i32;
+const EXIT_FULL: i32 = shmkv_sync::exit::FULL as i32;
 
 fn kvs(prefix: &str, n: usize, tag: &str) -> Vec<(String, Vec<u8>)> {
     (0..n)
@@ -180,18 +181,6 @@ fn an_etcd_txn_is_applied_as_one_batch() {
     assert!(field("distinct") > 2, "the reader saw no change: {line}");
     // The log has a debug line per applied revision.
     assert!(sync.log().contains("applied revision"));
-}
-
-/// Kills a child process by pid on drop.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[test]
@@ -404,7 +393,7 @@ fn an_unreadable_sync_state_is_refused_unless_resnapshot_replaces_it() {
     m.write(|b| shmkv::__private::set_raw_sync_state(b, b"not a sync state"))
         .unwrap();
     let mut refused = Sync::start(&etcd, "/b/", &map.0, &[]);
-    assert_eq!(refused.wait_exit(Duration::from_secs(20)), Some(1));
+    assert_eq!(refused.wait_exit(Duration::from_secs(20)), Some(EXIT_ERROR));
     let log = refused.log();
     assert!(
         log.contains("sync state") && log.contains("--resnapshot"),
@@ -494,7 +483,11 @@ fn a_damaged_map_is_not_mistaken_for_an_unreadable_state() {
     scribble_data_word(&map.0, shmkv::__private::data_offsets::COUNTERS_CHECK, 1);
     for extra in [&[][..], &["--resnapshot"][..]] {
         let mut s = Sync::start(&etcd, "/d/", &map.0, extra);
-        assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(1), "{extra:?}");
+        assert_eq!(
+            s.wait_exit(Duration::from_secs(20)),
+            Some(EXIT_ERROR),
+            "{extra:?}"
+        );
         let log = s.log();
         assert!(log.contains("corrupted"), "{log}");
         assert!(
@@ -760,7 +753,7 @@ fn destroying_the_map_stops_the_sync() {
     assert!(RawMap::destroy_by_name(&map.0, &Options::new()).unwrap());
     etcd.ctl_ok(&["put", "/d/b", "2"]);
     let code = sync.wait_exit(Duration::from_secs(20));
-    assert_eq!(code, Some(1), "{}", sync.log());
+    assert_eq!(code, Some(EXIT_ERROR), "{}", sync.log());
 }
 
 /// Extreme numeric arguments: a huge --summary-interval (a timer far in

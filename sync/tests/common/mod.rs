@@ -433,31 +433,35 @@ pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Kills a child process by pid on drop.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A process that stands for another sync holding a lease: `sleep 120`,
 /// SIGKILLed by pid on drop.
-pub struct Holder(pub Child);
+pub struct Holder(KillOnDrop);
 
 impl Holder {
     pub fn start() -> Holder {
-        Holder(
-            Command::new("sleep")
-                .arg("120")
-                .spawn()
-                .expect("start sleep"),
-        )
+        let child = Command::new("sleep")
+            .arg("120")
+            .spawn()
+            .expect("start sleep");
+        Holder(KillOnDrop(Some(child)))
     }
 
     /// Its pid and start time (a live lease owner).
     pub fn owner(&self) -> (u32, u64) {
-        let pid = self.0.id();
+        let pid = self.0 .0.as_ref().expect("running").id();
         (pid, shmkv::process_start_time(pid).expect("sleep runs"))
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
