@@ -575,11 +575,11 @@ impl Map {
         let Some(r) = r else {
             return Err(missing_key(py, key));
         };
-        // SAFETY: the `Ref` borrows `*self.map`; the `Pinned` keeps a clone
-        // of that `Arc` in a field declared after the reference, so the map
-        // handle outlives the reference (fields drop in declaration order,
-        // and `PinnedRef::drop` either drops the reference at once or
-        // moves it, with its own clone of the `Arc`, to the deferred list).
+        // SAFETY: the `Ref` borrows `*self.map`; the `PinnedRef` that holds
+        // it also holds a clone of that `Arc` (`map`), so the map handle
+        // outlives the reference: `PinnedRef::drop` drops the reference
+        // before its fields go, or moves it, with its own clone of the
+        // `Arc`, to the deferred list.
         let r: Ref<'static, [u8]> = unsafe { std::mem::transmute(r) };
         let p = Pinned {
             value: Mutex::new(Some(PinnedRef {
